@@ -1,0 +1,328 @@
+"""StyleGAN2 (config-f and smaller, 'skip' architecture), numerically identical to NVIDIA's
+stylegan2-ada-pytorch `Generator` in fp32.
+
+Parameters are a plain nested dict that mirrors the official state-dict names with the official tensor
+layouts (`params["synthesis"]["b8"]["conv0"]["weight"]` is `synthesis.b8.conv0.weight`, [out, in, 3, 3]),
+so a converted checkpoint holds exactly the official numbers; the FIR filter buffers are not stored (they
+are always [1, 3, 3, 1]). `statedict.py` maps NVIDIA and rosinality names onto this tree.
+
+The generator is a pytree (`StyleGAN2`): its params are leaves and its config is static, so one jitted
+function serves every image and every checkpoint of the same shape.
+
+Entry points: `mapping` (z -> ws), `styles_from_ws` (ws -> S space), `synthesis` (W+ ws -> image),
+`synthesis_from_styles` (S -> image), `features` (ws -> block activations, stopping early).
+Only the 'skip' architecture exists (what NVIDIA's config-f and rosinality's models use); checkpoints of
+the 'orig' or 'resnet' architectures are refused by the state-dict mapping with a clear message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..errors import ConfigError
+from . import ops
+
+NOISE_MODES = ("const", "none", "random")
+
+
+@dataclasses.dataclass(frozen=True)
+class StyleGAN2Config:
+    """Architecture record. Shapes come from the weights (see `config_from_params`); conv_clamp and the
+    mapping lr multiplier cannot be read from shapes and travel in the checkpoint's record."""
+
+    resolution: int
+    z_dim: int
+    w_dim: int
+    mapping_layers: int
+    channels: tuple[tuple[int, int], ...]  # (resolution, channels) per synthesis block
+    conv_clamp: float | None = None
+    mapping_lr_multiplier: float = 0.01
+    img_channels: int = 3
+    architecture: str = "skip"
+
+    @property
+    def log2_resolution(self) -> int:
+        return int(math.log2(self.resolution))
+
+    @property
+    def block_resolutions(self) -> list[int]:
+        return [2 ** i for i in range(2, self.log2_resolution + 1)]
+
+    @property
+    def num_ws(self) -> int:
+        return 2 * self.log2_resolution - 2
+
+    def channels_at(self, res: int) -> int:
+        return dict(self.channels)[res]
+
+    def layer_names(self) -> list[str]:
+        """Style layers in generator order (ToRGB included): b4.conv1, b4.torgb, b8.conv0, ..."""
+        names = []
+        for res in self.block_resolutions:
+            names += [f"b{res}.conv1"] if res == 4 else [f"b{res}.conv0", f"b{res}.conv1"]
+            names.append(f"b{res}.torgb")
+        return names
+
+    def ws_index(self) -> dict[str, int]:
+        """The ws row each layer reads. A block's ToRGB shares the row of the next block's conv0."""
+        index, w_idx = {}, 0
+        for res in self.block_resolutions:
+            convs = ["conv1"] if res == 4 else ["conv0", "conv1"]
+            for j, conv in enumerate(convs):
+                index[f"b{res}.{conv}"] = w_idx + j
+            index[f"b{res}.torgb"] = w_idx + len(convs)
+            w_idx += len(convs)
+        return index
+
+    def style_dims(self) -> dict[str, int]:
+        """Width of every style vector (the layer's input channels)."""
+        dims = {}
+        for res in self.block_resolutions:
+            c_in = self.channels_at(res // 2) if res > 4 else self.channels_at(4)
+            c_out = self.channels_at(res)
+            if res == 4:
+                dims["b4.conv1"] = c_out
+            else:
+                dims[f"b{res}.conv0"] = c_in
+                dims[f"b{res}.conv1"] = c_out
+            dims[f"b{res}.torgb"] = c_out
+        return dims
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["channels"] = [list(c) for c in self.channels]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "StyleGAN2Config":
+        d = dict(d)
+        d["channels"] = tuple(tuple(int(v) for v in c) for c in d["channels"])
+        return cls(**d)
+
+
+def config_from_params(params, *, conv_clamp=None, mapping_lr_multiplier=0.01) -> StyleGAN2Config:
+    """Read the architecture from the parameter shapes (never from a channel formula)."""
+    mapping = params["mapping"]
+    fcs = sorted((k for k in mapping if k.startswith("fc")), key=lambda k: int(k[2:]))
+    z_dim = int(mapping[fcs[0]]["weight"].shape[1])
+    w_dim = int(mapping[fcs[-1]]["weight"].shape[0])
+    synth = params["synthesis"]
+    resolutions = sorted(int(k[1:]) for k in synth)
+    channels = tuple((r, int(synth[f"b{r}"]["conv1"]["weight"].shape[0])) for r in resolutions)
+    img_channels = int(synth[f"b{resolutions[-1]}"]["torgb"]["weight"].shape[0])
+    return StyleGAN2Config(resolution=resolutions[-1], z_dim=z_dim, w_dim=w_dim,
+                           mapping_layers=len(fcs), channels=channels, conv_clamp=conv_clamp,
+                           mapping_lr_multiplier=mapping_lr_multiplier, img_channels=img_channels)
+
+
+@flax.struct.dataclass
+class StyleGAN2:
+    """A StyleGAN2 generator: static config + parameter pytree."""
+
+    config: StyleGAN2Config = flax.struct.field(pytree_node=False)
+    params: dict
+
+    # ------------------------------------------------------------------ latent space facts
+    @property
+    def num_ws(self) -> int:
+        return self.config.num_ws
+
+    @property
+    def w_dim(self) -> int:
+        return self.config.w_dim
+
+    @property
+    def resolution(self) -> int:
+        return self.config.resolution
+
+    @property
+    def w_avg(self):
+        return self.params["mapping"]["w_avg"]
+
+    # ------------------------------------------------------------------ mapping
+    def mapping(self, z, *, truncation_psi=1.0, truncation_cutoff=None):
+        """z [N, z_dim] -> ws [N, num_ws, w_dim], with truncation towards w_avg on the first
+        `truncation_cutoff` rows (all rows when None)."""
+        cfg = self.config
+        if z.ndim != 2 or z.shape[1] != cfg.z_dim:
+            raise ConfigError(f"z must have shape [N, {cfg.z_dim}], got {tuple(z.shape)}")
+        lr = cfg.mapping_lr_multiplier
+        x = ops.normalize_2nd_moment(z.astype(jnp.float32))
+        hp = jax.lax.Precision.HIGHEST
+        for i in range(cfg.mapping_layers):
+            layer = self.params["mapping"][f"fc{i}"]
+            gain = lr / math.sqrt(layer["weight"].shape[1])
+            x = ops.dense(x, layer["weight"], jnp.zeros_like(layer["bias"]), weight_gain=gain,
+                          precision=hp)
+            x = ops.bias_lrelu_clamp(x, layer["bias"] * lr, gain=1.0, clamp=None)
+        ws = jnp.broadcast_to(x[:, None, :], (x.shape[0], cfg.num_ws, cfg.w_dim))
+        if truncation_psi != 1:
+            w_avg = self.w_avg
+            rows = cfg.num_ws if truncation_cutoff is None else truncation_cutoff
+            trunc = w_avg + truncation_psi * (ws[:, :rows] - w_avg)
+            ws = jnp.concatenate([trunc, ws[:, rows:]], axis=1)
+        return ws
+
+    # ------------------------------------------------------------------ S space
+    def styles_from_ws(self, ws) -> dict:
+        """ws [N, num_ws, w_dim] -> {layer name: [N, in_channels]}: every layer's affine output A(w).
+
+        ToRGB styles are stored before their 1/sqrt(in_channels) weight gain (as NVIDIA's affine
+        outputs them and as the authors' StyleSpace presets expect)."""
+        cfg = self.config
+        self._check_ws(ws)
+        styles = {}
+        for name, idx in cfg.ws_index().items():
+            affine = self._layer(name)["affine"]
+            gain = 1.0 / math.sqrt(affine["weight"].shape[1])
+            styles[name] = ops.dense(ws[:, idx].astype(jnp.float32), affine["weight"], affine["bias"],
+                                     weight_gain=gain, precision=jax.lax.Precision.HIGHEST)
+        return styles
+
+    # ------------------------------------------------------------------ synthesis
+    def synthesis(self, ws, *, noise_mode="const", key=None, dtype=jnp.float32):
+        """W+ codes [N, num_ws, w_dim] -> images [N, H, W, C] float32 (about [-1, 1] for trained nets)."""
+        return self.synthesis_from_styles(self.styles_from_ws(ws), noise_mode=noise_mode, key=key,
+                                          dtype=dtype)
+
+    def synthesis_from_styles(self, styles, *, noise_mode="const", key=None, dtype=jnp.float32):
+        img, _ = self._run(styles, noise_mode=noise_mode, key=key, dtype=dtype,
+                           feature_resolutions=(), stop_at=self.config.resolution)
+        return img
+
+    def features(self, ws, resolutions, *, noise_mode="const", key=None, dtype=jnp.float32) -> dict:
+        """Block outputs {res: [N, res, res, C]} for the requested resolutions. Blocks above the largest
+        requested resolution, and all ToRGB layers, are not computed."""
+        resolutions = tuple(sorted(set(int(r) for r in resolutions)))
+        bad = [r for r in resolutions if r not in self.config.block_resolutions]
+        if bad:
+            raise ConfigError(f"no synthesis block at resolution(s) {bad}; "
+                              f"blocks are {self.config.block_resolutions}")
+        styles = self.styles_from_ws(ws)
+        _, feats = self._run(styles, noise_mode=noise_mode, key=key, dtype=dtype,
+                             feature_resolutions=resolutions, stop_at=max(resolutions), rgb=False)
+        return feats
+
+    # ------------------------------------------------------------------ internals
+    def _layer(self, name):
+        block, layer = name.split(".")
+        return self.params["synthesis"][block][layer]
+
+    def _check_ws(self, ws):
+        cfg = self.config
+        if ws.ndim != 3 or ws.shape[1:] != (cfg.num_ws, cfg.w_dim):
+            raise ConfigError(f"ws must have shape [N, {cfg.num_ws}, {cfg.w_dim}], got {tuple(ws.shape)}")
+
+    def _run(self, styles, *, noise_mode, key, dtype, feature_resolutions, stop_at, rgb=True):
+        cfg = self.config
+        if noise_mode not in NOISE_MODES:
+            raise ConfigError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        if noise_mode == "random" and key is None:
+            raise ConfigError("noise_mode='random' needs a PRNG key (key=jax.random.key(seed))")
+        missing = [n for n in cfg.layer_names() if n not in styles]
+        if missing:
+            raise ConfigError(f"styles are missing layers {missing[:4]}{'...' if len(missing) > 4 else ''}")
+        n = styles["b4.conv1"].shape[0]
+        precision = ops.precision_for(dtype)
+        keys = iter(jax.random.split(key, 2 * cfg.num_ws)) if noise_mode == "random" else None
+
+        def conv_layer(x, name, up):
+            p = self._layer(name)
+            y, dcoefs = ops.modulated_conv(x, p["weight"], styles[name], demodulate=True, up=up,
+                                           precision=precision)
+            y = y * dcoefs.astype(y.dtype)[:, None, None, :]
+            res = y.shape[1]
+            if noise_mode == "const":
+                y = y + (p["noise_const"] * p["noise_strength"]).astype(y.dtype)[None, :, :, None]
+            elif noise_mode == "random":
+                noise = jax.random.normal(next(keys), (n, res, res, 1), jnp.float32)
+                y = y + (noise * p["noise_strength"]).astype(y.dtype)
+            return ops.bias_lrelu_clamp(y, p["bias"], gain=1.0, clamp=cfg.conv_clamp)
+
+        def torgb(x, name):
+            p = self._layer(name)
+            gain = 1.0 / math.sqrt(p["weight"].shape[1])
+            y, _ = ops.modulated_conv(x, p["weight"], styles[name] * gain, demodulate=False, up=1,
+                                      precision=precision)
+            y = y.astype(jnp.float32) + p["bias"].astype(jnp.float32)
+            if cfg.conv_clamp is not None:
+                y = jnp.clip(y, -cfg.conv_clamp, cfg.conv_clamp)
+            return y
+
+        const = self.params["synthesis"]["b4"]["const"]  # [C, 4, 4]
+        x = jnp.broadcast_to(jnp.transpose(const, (1, 2, 0))[None].astype(dtype),
+                             (n,) + (4, 4, const.shape[0]))
+        img, feats = None, {}
+        for res in cfg.block_resolutions:
+            if res > stop_at:
+                break
+            if res == 4:
+                x = conv_layer(x, "b4.conv1", up=1)
+            else:
+                x = conv_layer(x, f"b{res}.conv0", up=2)
+                x = conv_layer(x, f"b{res}.conv1", up=1)
+            if res in feature_resolutions:
+                feats[res] = x
+            if rgb:
+                y = torgb(x, f"b{res}.torgb")
+                img = y if img is None else ops.upsample_2x(img) + y
+        return img, feats
+
+
+def random_params(seed: int, config: StyleGAN2Config, *, scale=1.0) -> dict:
+    """Randomly initialised parameters of the given architecture, in the official layouts.
+
+    Initialised like NVIDIA's constructors (weights N(0, 1), lr-multiplied mapping weights N(0, 1/lr),
+    affine biases 1) plus `scale` times N(0, 1) perturbations of biases, noise and w_avg so that every
+    term is exercised. Used by tests and benchmarks; a real model comes from a converted checkpoint.
+    """
+    rng = np.random.RandomState(seed)  # numpy: one draw per tensor, no per-shape compilation
+    normal = lambda shape, s=1.0: (s * rng.standard_normal(shape)).astype(np.float32)
+    lr = config.mapping_lr_multiplier
+    mapping = {}
+    dims = [config.z_dim] + [config.w_dim] * config.mapping_layers
+    for i in range(config.mapping_layers):
+        mapping[f"fc{i}"] = {"weight": normal((dims[i + 1], dims[i]), 1.0 / lr),
+                             "bias": normal((dims[i + 1],), 0.1 * scale / lr)}
+    mapping["w_avg"] = normal((config.w_dim,), 0.1 * scale)
+    synthesis = {}
+    style_dims = config.style_dims()
+
+    def layer(name, c_out, k, res=None):
+        c_in = style_dims[name]
+        p = {"affine": {"weight": normal((c_in, config.w_dim)), "bias": 1.0 + normal((c_in,), 0.1 * scale)},
+             "weight": normal((c_out, c_in, k, k)), "bias": normal((c_out,), 0.1 * scale)}
+        if res is not None:
+            p["noise_const"] = normal((res, res))
+            p["noise_strength"] = normal((), 0.1 * scale)
+        return p
+
+    for res in config.block_resolutions:
+        c = config.channels_at(res)
+        block = {}
+        if res == 4:
+            block["const"] = normal((c, 4, 4))
+            block["conv1"] = layer("b4.conv1", c, 3, 4)
+        else:
+            block["conv0"] = layer(f"b{res}.conv0", c, 3, res)
+            block["conv1"] = layer(f"b{res}.conv1", c, 3, res)
+        block["torgb"] = layer(f"b{res}.torgb", config.img_channels, 1)
+        synthesis[f"b{res}"] = block
+    return {"mapping": mapping, "synthesis": synthesis}
+
+
+def ffhq_config(resolution=1024, *, channel_base=32768, channel_max=512, w_dim=512, mapping_layers=8,
+                conv_clamp=256) -> StyleGAN2Config:
+    """The config-f shape (NVIDIA's channel formula), for random-weight benchmarks and tests only;
+    checkpoints always take their channels from the weights."""
+    res_list = [2 ** i for i in range(2, int(math.log2(resolution)) + 1)]
+    channels = tuple((r, min(channel_base // r, channel_max)) for r in res_list)
+    return StyleGAN2Config(resolution=resolution, z_dim=w_dim, w_dim=w_dim, mapping_layers=mapping_layers,
+                           channels=channels, conv_clamp=conv_clamp)

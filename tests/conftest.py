@@ -1,0 +1,49 @@
+"""Shared fixtures: paths to ../shared, golden generators loaded once per session."""
+
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+GOLDEN = SHARED / "golden"
+
+
+def load_golden(name):
+    data = np.load(GOLDEN / f"{name}.npz")
+    return {k: data[k] for k in data.files}
+
+
+def golden_state(data):
+    return {k[len("state/"):]: v for k, v in data.items() if k.startswith("state/")}
+
+
+@pytest.fixture(scope="session")
+def golden_p1():
+    return load_golden("nvidia_P1")
+
+
+@pytest.fixture(scope="session")
+def golden_p2():
+    return load_golden("nvidia_P2")
+
+
+@pytest.fixture(scope="session")
+def golden_r1():
+    return load_golden("rosinality_R1")
+
+
+@pytest.fixture(scope="session")
+def generator_p1(golden_p1):
+    from chunkygan_jax.generators import stylegan2_from_nvidia
+    return stylegan2_from_nvidia(golden_state(golden_p1))
+
+
+@pytest.fixture(scope="session")
+def generator_p2(golden_p2):
+    from chunkygan_jax.generators import stylegan2_from_nvidia
+    return stylegan2_from_nvidia(golden_state(golden_p2), conv_clamp=256)
