@@ -1,0 +1,40 @@
+"""Shared plumbing for the command-line tools in bin/: flag parsing and error reporting.
+
+A user's mistake (bad flag, unreadable file, impossible option) ends with ONE line on stderr and exit
+status 2, never a traceback; the tools themselves only parse flags and call the library.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from absl import flags
+
+from .errors import ChunkyGANError
+
+EXIT_USAGE = 2
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
+def run(main: Callable[[], int | None], argv: list[str] | None = None) -> None:
+    """Parse absl flags from argv, run main(), and turn library errors into exit status 2."""
+    argv = sys.argv if argv is None else argv
+    try:
+        rest = flags.FLAGS(argv)
+    except flags.Error as e:
+        fail(str(e))
+    if len(rest) > 1:
+        fail(f"unexpected positional arguments {rest[1:]}; every option is a --flag")
+    try:
+        code = main()
+    except ChunkyGANError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
