@@ -107,6 +107,12 @@ class StyleGAN2Config:
         return cls(**d)
 
 
+def check_space(generator, space: str) -> None:
+    if space not in generator.latent_spaces:
+        raise ConfigError(f"unknown latent space {space!r} for this generator; "
+                          f"choose one of {generator.latent_spaces}")
+
+
 def config_from_params(params, *, conv_clamp=None, mapping_lr_multiplier=0.01) -> StyleGAN2Config:
     """Read the architecture from the parameter shapes (never from a channel formula)."""
     mapping = params["mapping"]
@@ -145,6 +151,32 @@ class StyleGAN2:
     @property
     def w_avg(self):
         return self.params["mapping"]["w_avg"]
+
+    # ------------------------------------------------------------------ the inversion protocol
+    latent_spaces = ("w", "w+", "s")
+    default_space = "w+"
+
+    def initial_codes(self, space: str, n: int, w=None):
+        """n copies of one starting code (w_avg unless `w` [w_dim] is given) in the requested space:
+        'w' -> [n, 1, w_dim] (broadcast to every layer), 'w+' -> [n, num_ws, w_dim],
+        's' -> {layer: [n, channels]} (the affine outputs of that w)."""
+        check_space(self, space)
+        w = self.w_avg if w is None else jnp.asarray(w, jnp.float32).reshape(self.w_dim)
+        rows = 1 if space == "w" else self.num_ws
+        ws = jnp.broadcast_to(w, (n, rows, self.w_dim)).astype(jnp.float32)
+        return self.styles_from_ws(jnp.broadcast_to(w, (n, self.num_ws, self.w_dim))) if space == "s" else ws
+
+    def to_ws(self, codes, space: str):
+        """W or W+ codes -> [N, num_ws, w_dim]."""
+        if space == "w":
+            return jnp.broadcast_to(codes, (codes.shape[0], self.num_ws, self.w_dim))
+        return codes
+
+    def synthesize(self, codes, space: str, *, noise_mode="const", key=None, dtype=jnp.float32):
+        """Images [N, H, W, 3] from codes of `space` (the generic entry point the inversion uses)."""
+        if space == "s":
+            return self.synthesis_from_styles(codes, noise_mode=noise_mode, key=key, dtype=dtype)
+        return self.synthesis(self.to_ws(codes, space), noise_mode=noise_mode, key=key, dtype=dtype)
 
     # ------------------------------------------------------------------ mapping
     def mapping(self, z, *, truncation_psi=1.0, truncation_cutoff=None):

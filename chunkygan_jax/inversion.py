@@ -1,0 +1,412 @@
+"""ChunkyGAN inversion: n latent codes and their masks, optimised jointly (paper eq. 2 and 3).
+
+    O = S^X * I + (1 - S^X) * sum_i G(X_i) * S_i                         (composite; S^X = 0 by default)
+    L = LPIPS(I, O) + l2_weight * mean((O - I)^2)
+        + lambda_reg * sum_i ||X_i - mean_j X_j||^2                     (paper's dispersion term)
+        + mean_latent_weight * mean(((w - w_avg) / w_std)^2)            (the authors' tool's term)
+
+Everything for B images runs as one jitted step: the B*n codes go through the generator as ONE batch,
+masks blend them, LPIPS compares with target features computed once. The loss is a sum over images and
+Adam is elementwise, so images in a batch never influence each other (invert_batch == many invert()).
+A jitted loop runs many steps per call; the host returns only at progress and snapshot points.
+
+Units of lambda_reg: squared distances in the latent space's own units, summed over segments, layers and
+dimensions (the paper's unnormalised sum). The paper's value 1 was tuned for FFHQ's W space; for other
+generators (small random ones, the demo DCGAN's z space) much smaller values, or 0, fit far better.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import io, masks as masks_lib
+from .errors import ConfigError, ImageError
+from .lpips import load_lpips, resize_for_lpips
+
+SPACE_ALIASES = {"wplus": "w+", "w_plus": "w+", "W": "w", "W+": "w+", "S": "s"}
+
+
+# ---------------------------------------------------------------------------------------- schedule
+def nvidia_lr_schedule(lr: float, steps: int, rampup: float = 0.05, rampdown: float = 0.25):
+    """NVIDIA's projector schedule: linear ramp-up over the first 5 %, cosine ramp-down over the last
+    25 %, lr = 0 at step 0. t is clamped to [0, 1], so steps past the end keep lr = 0 (the authors' tool
+    let it rise again)."""
+
+    def schedule(count):
+        t = jnp.clip(count / max(steps, 1), 0.0, 1.0)
+        ramp = jnp.minimum(1.0, (1.0 - t) / rampdown)
+        ramp = 0.5 - 0.5 * jnp.cos(jnp.pi * ramp)
+        ramp = ramp * jnp.minimum(1.0, t / rampup)
+        return lr * ramp
+
+    return schedule
+
+
+# ---------------------------------------------------------------------------------------- settings
+@dataclasses.dataclass(frozen=True)
+class InversionSettings:
+    segments: int = 8
+    space: str = "w+"
+    steps: int = 500
+    lr: float = 0.1
+    lambda_reg: float = 1.0
+    l2_weight: float = 0.0
+    mean_latent_weight: float = 0.0
+    lpips_net: str = "vgg"
+    lpips_resolution: Any = 256
+    seed: int = 0
+    noise_mode: str = "const"
+    dtype: str = "float32"
+
+    def validate(self, generator) -> "InversionSettings":
+        space = SPACE_ALIASES.get(self.space, self.space)
+        if space not in generator.latent_spaces:
+            raise ConfigError(f"unknown latent space {self.space!r}; this generator supports "
+                              f"{', '.join(generator.latent_spaces)}")
+        if not isinstance(self.segments, (int, np.integer)) or self.segments < 1:
+            raise ConfigError(f"segments must be an integer >= 1, got {self.segments!r}")
+        if not isinstance(self.steps, (int, np.integer)) or self.steps < 1:
+            raise ConfigError(f"steps must be an integer >= 1, got {self.steps!r}")
+        for name in ("lr", "lambda_reg", "l2_weight", "mean_latent_weight"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.mean_latent_weight > 0 and not hasattr(generator, "w_avg"):
+            raise ConfigError("mean_latent_weight needs a StyleGAN generator (W space)")
+        if self.mean_latent_weight > 0 and space == "s":
+            raise ConfigError("mean_latent_weight applies to the w and w+ spaces only")
+        return dataclasses.replace(self, space=space)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------- objective
+def dispersion(codes) -> jax.Array:
+    """sum_i ||X_i - mean_j X_j||^2 for codes with the segment axis first (any pytree)."""
+    leaves = jax.tree_util.tree_leaves(codes)
+    return sum(jnp.sum(jnp.square(x - jnp.mean(x, axis=0, keepdims=True))) for x in leaves)
+
+
+def composite(segment_images, segment_masks, target=None, static_mask=None):
+    """Paper eq. 1 and 3: sum_i G(X_i) S_i, with the static region S^X taken from the target."""
+    out = jnp.sum(segment_images * segment_masks[..., None], axis=-4)
+    if static_mask is not None:
+        sx = static_mask[..., None]
+        out = sx * target + (1.0 - sx) * out
+    return out
+
+
+def _mean_latent_term(generator, codes, space, w_std):
+    ws = generator.to_ws(codes, space)
+    z = (ws - generator.w_avg) / w_std
+    term = jnp.mean(jnp.square(z))
+    return term / generator.num_ws if space == "w+" else term
+
+
+def w_std_of(generator, num_samples=10_000, seed=123) -> float:
+    """The scalar spread of W used by NVIDIA's projector: sqrt(E ||w - w_avg||^2)."""
+    z = np.random.RandomState(seed).randn(num_samples, generator.config.z_dim).astype(np.float32)
+    w = jax.jit(lambda g, z: g.mapping(z)[:, 0])(generator, jnp.asarray(z))
+    return float(jnp.sqrt(jnp.sum(jnp.square(w - jnp.mean(w, axis=0))) / num_samples))
+
+
+def make_loss_fn(generator, lpips, mask_source, settings: InversionSettings):
+    """loss(latents, batch) -> (sum over images, per-image dict). `latents` = {"codes": [B, n, ...],
+    + the mask source's params with a leading B}; `batch` = target, target features, static mask, w_std."""
+    dtype = jnp.dtype(settings.dtype)
+    space = settings.space
+
+    def render(latents):
+        codes = latents["codes"]
+        b, n = jax.tree_util.tree_leaves(codes)[0].shape[:2]
+        flat = jax.tree_util.tree_map(lambda x: x.reshape((b * n,) + x.shape[2:]), codes)
+        imgs = generator.synthesize(flat, space, noise_mode=settings.noise_mode, dtype=dtype)
+        imgs = imgs.reshape((b, n) + imgs.shape[1:])
+        mask_params = {k: v for k, v in latents.items() if k != "codes"}
+        seg_masks = jax.vmap(mask_source.masks)(mask_params) if mask_params else \
+            jnp.broadcast_to(mask_source.masks({}), (b,) + mask_source.masks({}).shape)
+        return imgs, seg_masks
+
+    def loss_fn(latents, batch):
+        imgs, seg_masks = render(latents)
+        out = composite(imgs, seg_masks, batch["target"], batch.get("static_mask"))
+        feats = lpips.features(resize_for_lpips(out, settings.lpips_resolution))
+        lp = lpips.distance_from_features(feats, batch["target_features"])
+        total = lp
+        parts = {"lpips": lp}
+        if settings.l2_weight > 0:
+            l2 = jnp.mean(jnp.square(out - batch["target"]), axis=(1, 2, 3))
+            total = total + settings.l2_weight * l2
+            parts["l2"] = l2
+        if settings.lambda_reg > 0:
+            disp = jax.vmap(dispersion)(latents["codes"])
+            total = total + settings.lambda_reg * disp
+            parts["dispersion"] = disp
+        if settings.mean_latent_weight > 0:
+            ml = jax.vmap(lambda c: _mean_latent_term(generator, c, space, batch["w_std"]))(latents["codes"])
+            total = total + settings.mean_latent_weight * ml
+            parts["mean_latent"] = ml
+        parts["total"] = total
+        return jnp.sum(total), parts
+
+    return loss_fn, render
+
+
+# ---------------------------------------------------------------------------------------- the loop
+@dataclasses.dataclass
+class InversionState:
+    latents: Any
+    opt_state: Any
+    step: int
+    history: np.ndarray  # [B, steps] total loss per step
+
+
+class Inverter:
+    """Compiled inversion for one generator and one setup, reused across images of the same shape
+    (no recompilation between images). `invert()` and `invert_batch()` build one per call; keep an
+    Inverter yourself to invert many images with one compilation."""
+
+    def __init__(self, generator, settings: InversionSettings, mask_source=None, *, static_mask=False):
+        self.generator = generator
+        self.settings = settings.validate(generator)
+        s = self.settings
+        self.mask_source = mask_source if mask_source is not None else masks_lib.make_mask_source(
+            None, s.segments, generator.resolution, seed=s.seed)
+        self.lpips = load_lpips(s.lpips_net, compute_dtype=jnp.dtype(s.dtype))
+        self.optimizer = optax.adam(nvidia_lr_schedule(s.lr, s.steps))
+        self.loss_fn, self.render = make_loss_fn(generator, self.lpips, self.mask_source, s)
+        self.w_std = w_std_of(generator) if s.mean_latent_weight > 0 else 1.0
+        self._has_static = static_mask
+        optimizer, loss_fn = self.optimizer, self.loss_fn
+
+        def one_step(carry, batch):
+            latents, opt_state, step, history = carry
+            (_, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(latents, batch)
+            updates, opt_state = optimizer.update(grads, opt_state, latents)
+            latents = optax.apply_updates(latents, updates)
+            history = jax.lax.dynamic_update_slice(history, parts["total"][:, None], (0, step))
+            return latents, opt_state, step + 1, history
+
+        def run(latents, opt_state, step, history, batch, count):
+            carry = jax.lax.fori_loop(0, count, lambda _, c: one_step(c, batch),
+                                      (latents, opt_state, step, history))
+            return carry
+
+        self._run = jax.jit(run)
+        self._features = jax.jit(lambda x: self.lpips.features(resize_for_lpips(x, s.lpips_resolution)))
+        self._evaluate = jax.jit(self._evaluate_impl)
+
+    def _evaluate_impl(self, latents, batch):
+        imgs, seg_masks = self.render(latents)
+        _, parts = self.loss_fn(latents, batch)
+        out = composite(imgs, seg_masks, batch["target"], batch.get("static_mask"))
+        return imgs, seg_masks, out, parts
+
+    # ------------------------------------------------------------------ setup
+    def initial_latents(self, batch_size: int, initial_codes=None):
+        s = self.settings
+        if initial_codes is None:
+            codes = self.generator.initial_codes(s.space, s.segments)
+            codes = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (batch_size,) + x.shape), codes)
+        else:
+            codes = jax.tree_util.tree_map(jnp.asarray, initial_codes)
+        latents = {"codes": codes}
+        mask_params = self.mask_source.init(s.segments)
+        latents.update(jax.tree_util.tree_map(
+            lambda x: jnp.broadcast_to(x, (batch_size,) + x.shape), mask_params))
+        return latents
+
+    def make_batch(self, targets, static_masks=None) -> dict:
+        targets = jnp.asarray(targets, jnp.float32)
+        if bool(static_masks is not None) != self._has_static:
+            raise ConfigError("this Inverter was built " + ("with" if self._has_static else "without")
+                              + " a static mask; build another for the other case")
+        batch = {"target": targets, "target_features": self._features(targets),
+                 "w_std": jnp.float32(self.w_std)}
+        if static_masks is not None:
+            batch["static_mask"] = jnp.asarray(static_masks, jnp.float32)
+        return batch
+
+    def start(self, latents, batch_size: int) -> InversionState:
+        return InversionState(latents=latents, opt_state=self.optimizer.init(latents), step=0,
+                              history=np.zeros((batch_size, self.settings.steps), np.float32))
+
+    def advance(self, state: InversionState, batch, count: int) -> InversionState:
+        count = int(min(count, self.settings.steps - state.step))
+        if count <= 0:
+            return state
+        latents, opt_state, step, history = self._run(
+            state.latents, state.opt_state, jnp.int32(state.step), jnp.asarray(state.history), batch,
+            jnp.int32(count))
+        return InversionState(latents, opt_state, int(step), np.asarray(history))
+
+    def evaluate(self, latents, batch):
+        imgs, seg_masks, out, parts = self._evaluate(latents, batch)
+        return (np.asarray(imgs), np.asarray(seg_masks), np.asarray(out),
+                {k: np.asarray(v) for k, v in parts.items()})
+
+
+# ---------------------------------------------------------------------------------------- results
+@dataclasses.dataclass
+class Snapshot:
+    step: int
+    composite: np.ndarray  # [H, W, 3]
+    masks: np.ndarray  # [n, H, W]
+
+
+@dataclasses.dataclass
+class InversionResult:
+    """What an inversion produced. `latents` is the pytree to continue from (codes and mask params)."""
+
+    target: np.ndarray  # [H, W, 3] in [-1, 1]
+    composite: np.ndarray  # [H, W, 3]
+    segment_images: np.ndarray  # [n, H, W, 3]
+    masks: np.ndarray  # [n, H, W]
+    latents: dict
+    loss_history: np.ndarray  # [steps]
+    final_losses: dict  # lpips, total, ... (floats)
+    settings: dict
+    static_mask: np.ndarray | None = None
+    snapshots: list = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def codes(self):
+        return self.latents["codes"]
+
+    def save(self, directory) -> Path:
+        """Write latents, masks, settings and images so that editing can continue later."""
+        from .results import save_result
+        return save_result(self, directory)
+
+
+def _unbatch(tree, i):
+    return jax.tree_util.tree_map(lambda x: np.asarray(x[i]), tree)
+
+
+def _prepare(generator, image, static_mask, crop, alpha):
+    target = io.as_target_image(image, generator.resolution, crop=crop, alpha=alpha)
+    sx = None
+    if static_mask is not None:
+        if isinstance(static_mask, (str, Path)):
+            sx = io.load_mask(static_mask, generator.resolution)
+        else:
+            sx = np.asarray(static_mask, np.float32)
+            if sx.shape != (generator.resolution,) * 2:
+                raise ImageError(f"static_mask must be [{generator.resolution}, {generator.resolution}], "
+                                 f"got {sx.shape}")
+            if not np.all(np.isfinite(sx)) or sx.min() < 0 or sx.max() > 1:
+                raise ImageError("static_mask values must lie in [0, 1]")
+    return target, sx
+
+
+def _resolve_generator(generator):
+    if isinstance(generator, (str, Path)):
+        from .checkpoints import load_generator
+        return load_generator(generator)
+    if generator is None:
+        from .demo import load_demo_generator
+        return load_demo_generator()
+    return generator
+
+
+def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1, lambda_reg=1.0,
+                 l2_weight=0.0, mean_latent_weight=0.0, lpips_net="vgg", lpips_resolution=256,
+                 masks=None, learn_masks=None, static_masks=None, seed=0, noise_mode="const",
+                 dtype="float32", callback: Callable | None = None, progress_every=25,
+                 snapshot_steps=(), crop="none", alpha="refuse", inverter: Inverter | None = None,
+                 initial_codes=None) -> list[InversionResult]:
+    """Invert B images at once (one jitted step for all B x n segments). See `invert` for options;
+    `static_masks` is a list (one per image, or None)."""
+    generator = _resolve_generator(generator)
+    space = space or generator.default_space
+    settings = InversionSettings(segments=segments, space=space, steps=steps, lr=lr, lambda_reg=lambda_reg,
+                                 l2_weight=l2_weight, mean_latent_weight=mean_latent_weight,
+                                 lpips_net=lpips_net, lpips_resolution=lpips_resolution, seed=seed,
+                                 noise_mode=noise_mode, dtype=dtype).validate(generator)
+    if not images:
+        raise ConfigError("no images to invert")
+    static_masks = list(static_masks) if static_masks is not None else [None] * len(images)
+    if len(static_masks) != len(images):
+        raise ConfigError(f"{len(static_masks)} static masks for {len(images)} images")
+    prepared = [_prepare(generator, im, sm, crop, alpha) for im, sm in zip(images, static_masks)]
+    targets = np.stack([p[0] for p in prepared])
+    has_static = any(p[1] is not None for p in prepared)
+    sxs = np.stack([p[1] if p[1] is not None else np.zeros(targets.shape[1:3], np.float32)
+                    for p in prepared]) if has_static else None
+    if inverter is None:
+        source = masks_lib.make_mask_source(masks, settings.segments, generator.resolution, seed=seed,
+                                            learn=learn_masks)
+        inverter = Inverter(generator, settings, source, static_mask=has_static)
+    elif inverter.settings != settings:
+        raise ConfigError("the given inverter was built for other settings")
+
+    t0 = time.perf_counter()
+    batch = inverter.make_batch(targets, sxs)
+    state = inverter.start(inverter.initial_latents(len(images), initial_codes), len(images))
+    stops = sorted({int(s) for s in snapshot_steps if 0 <= int(s) <= steps}
+                   | set(range(progress_every, steps, progress_every)) | {steps}) if progress_every else \
+        sorted({int(s) for s in snapshot_steps if 0 <= int(s) <= steps} | {steps})
+    snapshots = [[] for _ in images]
+    snap_set = {int(s) for s in snapshot_steps}
+    for stop in stops:
+        state = inverter.advance(state, batch, stop - state.step)
+        if stop in snap_set:
+            _, seg_masks, out, _ = inverter.evaluate(state.latents, batch)
+            for i in range(len(images)):
+                snapshots[i].append(Snapshot(stop, out[i], seg_masks[i]))
+        if callback is not None:
+            callback(state.step, steps, state.history[:, max(state.step - 1, 0)])
+    imgs, seg_masks, out, parts = inverter.evaluate(state.latents, batch)
+    seconds = time.perf_counter() - t0
+    if not np.all(np.isfinite(parts["total"])):
+        raise ConfigError("the inversion diverged (non-finite loss); lower lr or the loss weights")
+    results = []
+    for i in range(len(images)):
+        results.append(InversionResult(
+            target=targets[i], composite=out[i], segment_images=imgs[i], masks=seg_masks[i],
+            latents=_unbatch(state.latents, i), loss_history=state.history[i].copy(),
+            final_losses={k: float(v[i]) for k, v in parts.items()}, settings=settings.to_dict(),
+            static_mask=None if sxs is None else sxs[i], snapshots=snapshots[i], seconds=seconds))
+    return results
+
+
+def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, lambda_reg=1.0,
+           l2_weight=0.0, mean_latent_weight=0.0, lpips_net="vgg", lpips_resolution=256, masks=None,
+           learn_masks=None, static_mask=None, seed=0, noise_mode="const", dtype="float32",
+           callback=None, progress_every=25, snapshot_steps=(), crop="none", alpha="refuse",
+           initial_codes=None) -> InversionResult:
+    """Reconstruct one photo as `segments` latent codes blended by soft masks (ChunkyGAN).
+
+    image: a path or an array ([H, W, 3] uint8, or float in [-1, 1]) at the generator's resolution.
+    generator: a generator object, a checkpoint path (ours, NVIDIA .pkl, rosinality .pt), or None for
+        the demo face generator.
+    space: 'w', 'w+' (default for StyleGAN2) or 's'; codes start at w_avg.
+    masks: None / 'logits' (learned low-resolution logits from a soft Voronoi layout), 'layout' (that
+        layout, fixed), an array [n, H, W] or label map [H, W] (user masks, fixed unless learn_masks),
+        or a mask source such as a segment generator.
+    static_mask: [H, W] in [0, 1] (or a mask file): where 1, the composite is the input image (eq. 3).
+    lambda_reg: weight of the paper's dispersion term (see the module docstring for its units).
+    callback(step, steps, losses): called every `progress_every` steps.
+    snapshot_steps: steps at which the composite and masks are kept (for a progression sheet).
+    """
+    init = None if initial_codes is None else jax.tree_util.tree_map(lambda x: np.asarray(x)[None], initial_codes)
+    return invert_batch([image], generator, segments=segments, space=space, steps=steps, lr=lr,
+                        lambda_reg=lambda_reg, l2_weight=l2_weight, mean_latent_weight=mean_latent_weight,
+                        lpips_net=lpips_net, lpips_resolution=lpips_resolution, masks=masks,
+                        learn_masks=learn_masks, static_masks=[static_mask], seed=seed,
+                        noise_mode=noise_mode, dtype=dtype, callback=callback,
+                        progress_every=progress_every, snapshot_steps=snapshot_steps, crop=crop,
+                        alpha=alpha, initial_codes=init)[0]

@@ -1,0 +1,188 @@
+"""Images and masks at the file boundary, and atomic writes.
+
+Inside the library images are float32 [H, W, 3] (or NHWC) in [-1, 1]; uint8 exists only here.
+Conversions that happen silently are documented: greyscale is replicated to RGB, a fully opaque alpha
+channel is dropped, 16-bit images are scaled to 8 bits, a square image of another size is resized with
+Lanczos to the generator's resolution. Non-square images and translucent alpha are refused unless the
+caller asks for a conversion (crop="center", alpha="white"), because silently guessing would change
+what is being reconstructed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ImageError
+
+CROPS = ("none", "center")
+ALPHAS = ("refuse", "drop", "white")
+
+
+def _open(path) -> Image.Image:
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a directory, expected an image file")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ImageError(f"{path}: not a readable image ({e})") from None
+    return img
+
+
+def _to_float_array(img: Image.Image) -> np.ndarray:
+    """Any PIL mode -> float64 [H, W, C] in [0, 1], C in (1, 2, 3, 4)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        return (arr / top)[..., None]
+    if img.mode == "F":
+        raise ImageError("floating-point image files are not supported; save as 8- or 16-bit PNG")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
+        img = img.convert("RGB" if img.mode != "1" else "L")
+    arr = np.asarray(img, dtype=np.float64) / 255.0
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def image_to_rgb(arr: np.ndarray, *, alpha="refuse", source="image") -> np.ndarray:
+    """[H, W, C] in [0, 1] with C = 1..4 -> [H, W, 3], applying the alpha policy."""
+    if alpha not in ALPHAS:
+        raise ImageError(f"alpha policy must be one of {ALPHAS}")
+    c = arr.shape[-1]
+    if c in (2, 4):
+        a = arr[..., -1:]
+        arr = arr[..., :-1]
+        if np.all(a >= 1.0):
+            pass  # fully opaque: dropping alpha loses nothing
+        elif alpha == "refuse":
+            raise ImageError(f"{source}: has transparent pixels; flatten it first or choose an alpha "
+                             "policy (--alpha=white composites on white, --alpha=drop ignores alpha)")
+        elif alpha == "white":
+            arr = arr * a + (1.0 - a)
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    return arr
+
+
+def _crop_square(img: Image.Image, crop: str, source) -> Image.Image:
+    w, h = img.size
+    if w == h:
+        return img
+    if crop == "center":
+        s = min(w, h)
+        left, top = (w - s) // 2, (h - s) // 2
+        return img.crop((left, top, left + s, top + s))
+    raise ImageError(f"{source}: image is {w}x{h}, not square; crop it first or pass --crop=center")
+
+
+def load_image(path, resolution: int | None = None, *, crop="none", alpha="refuse") -> np.ndarray:
+    """Read an image file -> float32 [H, W, 3] in [-1, 1], resized to `resolution` if given."""
+    if crop not in CROPS:
+        raise ImageError(f"crop must be one of {CROPS}, got {crop!r}")
+    img = _open(path)
+    img = _crop_square(img, crop, path)
+    if resolution is not None and img.size != (resolution, resolution):
+        if img.mode.startswith("I"):
+            img = Image.fromarray((_to_float_array(img)[..., 0] * 255).round().astype(np.uint8))
+        img = img.resize((resolution, resolution), Image.Resampling.LANCZOS)
+    rgb = image_to_rgb(_to_float_array(img), alpha=alpha, source=path)
+    return (rgb * 2.0 - 1.0).astype(np.float32)
+
+
+def as_target_image(image, resolution: int, *, crop="none", alpha="refuse") -> np.ndarray:
+    """A path or an array -> float32 [H, W, 3] in [-1, 1] at `resolution`.
+
+    Arrays: uint8 HWC (0..255) or float HWC in [-1, 1]; a leading batch axis of 1 is accepted.
+    Arrays are never resized silently: their size must equal the generator's resolution."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image, resolution, crop=crop, alpha=alpha)
+    arr = np.asarray(image)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 2, 3, 4):
+        raise ImageError(f"image array must be [H, W, C] with C in 1..4, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        arr = arr.astype(np.float64) / 255.0
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)):
+            raise ImageError("image array contains NaN or infinite values")
+        if arr.min() < -1.001 or arr.max() > 1.001:
+            raise ImageError(f"float image arrays must lie in [-1, 1], got [{arr.min():.3g}, {arr.max():.3g}]")
+        arr = (arr.astype(np.float64) + 1.0) / 2.0
+    else:
+        raise ImageError(f"image array dtype must be uint8 or float, got {arr.dtype}")
+    if arr.shape[:2] != (resolution, resolution):
+        raise ImageError(f"image array is {arr.shape[1]}x{arr.shape[0]}, the generator makes "
+                         f"{resolution}x{resolution}; resize it first (or pass a file path)")
+    return (image_to_rgb(np.clip(arr, 0, 1), alpha=alpha) * 2.0 - 1.0).astype(np.float32)
+
+
+def load_mask(path, resolution: int) -> np.ndarray:
+    """A greyscale mask file -> float32 [H, W] in [0, 1]. Its size must match exactly (a mask
+    resized behind the user's back would move region borders)."""
+    img = _open(path)
+    if img.size != (resolution, resolution):
+        raise ImageError(f"{path}: mask is {img.size[0]}x{img.size[1]}, expected {resolution}x{resolution}")
+    arr = _to_float_array(img)
+    if arr.shape[-1] in (2, 4):
+        arr = arr[..., :-1]  # masks ignore alpha
+    return arr.mean(axis=-1).astype(np.float32)
+
+
+def load_label_map(path, resolution: int) -> np.ndarray:
+    """A label-map PNG (palette or greyscale indices 0..n-1) -> int32 [H, W]."""
+    img = _open(path)
+    if img.size != (resolution, resolution):
+        raise ImageError(f"{path}: label map is {img.size[0]}x{img.size[1]}, expected {resolution}x{resolution}")
+    if img.mode not in ("P", "L", "I", "I;16"):
+        raise ImageError(f"{path}: a label map must be a palette or greyscale image of segment indices, "
+                         f"got mode {img.mode}")
+    return np.asarray(img).astype(np.int32)
+
+
+def to_uint8(image) -> np.ndarray:
+    """[-1, 1] float -> uint8, rounding like NVIDIA's projector ((x + 1) * 127.5)."""
+    return np.clip(np.round((np.asarray(image, np.float64) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path, *, is_dir=False):
+    """Yield a temporary sibling path; rename it onto `final` only if the block succeeds, so a crash or
+    an error never leaves a half-written output under the final name."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if is_dir:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=final.suffix, dir=final.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if is_dir and final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+        raise
+
+
+def save_png(path, image_uint8: np.ndarray) -> None:
+    with atomic_path(Path(path)) as tmp:
+        Image.fromarray(image_uint8).save(tmp, format="PNG")

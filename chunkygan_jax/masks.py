@@ -1,0 +1,169 @@
+"""Where the segment masks S come from (paper eq. 1): fixed user masks, free low-resolution logits, a
+default layout for any n, and (segmenter.py) the learned segment generator G^S.
+
+A mask source is a small object with
+  init(n)            -> the pytree of its optimisable parameters (may be empty),
+  masks(params)      -> float32 [n, H, W], each pixel summing to 1 over the n segments.
+The inversion optimises the parameters together with the latent codes, so a source whose params are
+empty is a fixed mask.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .errors import ConfigError, ImageError
+
+GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+
+
+def layout_centers(n: int, seed: int = 0) -> np.ndarray:
+    """n well-spread points in [0, 1]^2 (a Fibonacci lattice), in (y, x); the seed shifts the lattice
+    cyclically so that other seeds give other, equally even layouts."""
+    shift = np.random.RandomState(seed).uniform(size=2) if seed else np.zeros(2)
+    i = np.arange(n, dtype=np.float64)
+    y = ((i + 0.5) / n + shift[0]) % 1.0
+    x = ((i * GOLDEN) + 0.5 / n + shift[1]) % 1.0
+    return np.stack([y, x], axis=1)
+
+
+def default_layout(n: int, resolution: int, *, seed: int = 0, softness: float = 0.25) -> np.ndarray:
+    """Soft Voronoi masks [n, R, R] around `layout_centers`: works for any n without a trained segmenter.
+    `softness` is the blend width as a fraction of the typical cell size."""
+    if n < 1:
+        raise ConfigError(f"segments must be >= 1, got {n}")
+    centers = layout_centers(n, seed)
+    coords = (np.arange(resolution) + 0.5) / resolution
+    yy, xx = np.meshgrid(coords, coords, indexing="ij")
+    d2 = (yy[None] - centers[:, 0, None, None]) ** 2 + (xx[None] - centers[:, 1, None, None]) ** 2
+    cell = 1.0 / math.sqrt(n)
+    logits = -d2 / (2.0 * (softness * cell) ** 2)
+    logits -= logits.max(axis=0, keepdims=True)
+    e = np.exp(logits)
+    return (e / e.sum(axis=0, keepdims=True)).astype(np.float32)
+
+
+def normalize_masks(masks) -> np.ndarray:
+    """Non-negative [n, H, W] -> sums to 1 per pixel. Pixels no mask covers are shared equally (a user
+    who paints only some regions gets those regions, with the rest split evenly)."""
+    m = np.asarray(masks, np.float64)
+    if m.ndim != 3:
+        raise ImageError(f"masks must have shape [n, H, W], got {m.shape}")
+    if not np.all(np.isfinite(m)) or m.min() < 0:
+        raise ImageError("masks must be finite and non-negative")
+    total = m.sum(axis=0, keepdims=True)
+    uncovered = total <= 1e-12
+    m = np.where(uncovered, 1.0 / m.shape[0], m / np.where(uncovered, 1.0, total))
+    return m.astype(np.float32)
+
+
+def masks_from_labels(labels: np.ndarray, n: int | None = None) -> np.ndarray:
+    """Label map [H, W] of indices 0..n-1 -> hard one-hot masks [n, H, W]."""
+    labels = np.asarray(labels)
+    top = int(labels.max()) + 1
+    n = top if n is None else n
+    if labels.min() < 0 or top > n:
+        raise ImageError(f"label map holds labels {sorted(set(np.unique(labels).tolist()))[:8]}, "
+                         f"expected indices 0..{n - 1}")
+    return (labels[None] == np.arange(n)[:, None, None]).astype(np.float32)
+
+
+@flax.struct.dataclass
+class FixedMasks:
+    """Masks that are not optimised (user masks, or the default layout frozen)."""
+
+    value: jax.Array  # [n, H, W], sums to 1
+
+    def init(self, n: int) -> dict:
+        if self.value.shape[0] != n:
+            raise ConfigError(f"{self.value.shape[0]} masks given for {n} segments")
+        return {}
+
+    def masks(self, params: dict) -> jax.Array:
+        return self.value
+
+
+@flax.struct.dataclass
+class LogitMasks:
+    """Free low-resolution logits, bilinearly upsampled and softmaxed over segments. The low resolution
+    keeps masks smooth and cheap to optimise (per-pixel masks would overfit noise)."""
+
+    initial: jax.Array  # [n, h, w] initial logits
+    resolution: int = flax.struct.field(pytree_node=False)
+
+    def init(self, n: int) -> dict:
+        if self.initial.shape[0] != n:
+            raise ConfigError(f"{self.initial.shape[0]} mask logits given for {n} segments")
+        return {"mask_logits": self.initial}
+
+    def masks(self, params: dict) -> jax.Array:
+        logits = params["mask_logits"]
+        n = logits.shape[0]
+        up = jax.image.resize(logits, (n, self.resolution, self.resolution), method="bilinear")
+        return jax.nn.softmax(up, axis=0)
+
+
+def logit_masks_from(masks, resolution: int, *, logit_resolution: int = 16, temperature: float = 1.0) -> LogitMasks:
+    """Learnable logits whose softmax starts close to `masks` [n, R, R]."""
+    m = np.asarray(masks, np.float32)
+    n = m.shape[0]
+    small = np.asarray(jax.image.resize(m, (n, logit_resolution, logit_resolution), method="linear"))
+    logits = np.log(np.clip(small, 1e-4, None)) / temperature
+    return LogitMasks(initial=jnp.asarray(logits - logits.mean(axis=0, keepdims=True)), resolution=resolution)
+
+
+MASK_MODES = ("logits", "layout")
+
+
+def make_mask_source(masks, n: int, resolution: int, *, seed: int = 0, learn: bool | None = None):
+    """Resolve the `masks=` option of invert():
+    - None or "logits": learnable logits starting at the default layout;
+    - "layout": the default layout, fixed;
+    - an array [n, H, W] (soft or hard) or a label map [H, W]: fixed user masks (normalised),
+      learnable if learn=True;
+    - any object with init()/masks() (e.g. a segment generator): used as is.
+    """
+    if hasattr(masks, "init") and hasattr(masks, "masks"):
+        return masks
+    if n == 1 and (masks is None or isinstance(masks, str)):
+        return FixedMasks(jnp.ones((1, resolution, resolution), jnp.float32))
+    if masks is None or isinstance(masks, str):
+        mode = masks or "logits"
+        if mode not in MASK_MODES:
+            raise ConfigError(f"masks must be one of {MASK_MODES}, an array or a mask source; got {mode!r}")
+        layout = default_layout(n, resolution, seed=seed)
+        if mode == "layout" and not learn:
+            return FixedMasks(jnp.asarray(layout))
+        return logit_masks_from(layout, resolution)
+    arr = np.asarray(masks)
+    if arr.ndim == 2:
+        arr = masks_from_labels(arr, n)
+    if arr.ndim != 3 or arr.shape[1:] != (resolution, resolution):
+        raise ImageError(f"masks must be [n, {resolution}, {resolution}] or a label map "
+                         f"[{resolution}, {resolution}], got {arr.shape}")
+    if arr.shape[0] != n:
+        raise ConfigError(f"{arr.shape[0]} masks given for {n} segments")
+    arr = normalize_masks(arr)
+    return logit_masks_from(arr, resolution) if learn else FixedMasks(jnp.asarray(arr))
+
+
+def color_code(masks: np.ndarray) -> np.ndarray:
+    """Soft masks [n, H, W] -> uint8 [H, W, 3] visualisation (mask-weighted palette colours)."""
+    n = masks.shape[0]
+    hues = (np.arange(n) * GOLDEN) % 1.0
+    palette = np.stack([_hsv_to_rgb(h, 0.75, 0.95) for h in hues])
+    rgb = np.einsum("nhw,nc->hwc", np.asarray(masks, np.float64), palette)
+    return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _hsv_to_rgb(h, s, v):
+    i = int(h * 6.0) % 6
+    f = h * 6.0 - int(h * 6.0)
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i])
+
