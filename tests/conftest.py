@@ -47,3 +47,27 @@ def generator_p1(golden_p1):
 def generator_p2(golden_p2):
     from chunkygan_jax.generators import stylegan2_from_nvidia
     return stylegan2_from_nvidia(golden_state(golden_p2), conv_clamp=256)
+
+
+def scaled_rgb_state(data, scale=0.25):
+    """Golden random weights with ToRGB scaled so that images lie roughly in [-1, 1], like a trained
+    generator's (the raw random weights give about [-6.5, 7.6])."""
+    state = golden_state(data)
+    for k in list(state):
+        if ".torgb.weight" in k or ".torgb.bias" in k:
+            state[k] = state[k] * scale
+    return state
+
+
+@pytest.fixture(scope="session")
+def small_generator(golden_p2):
+    """64 px, w_dim 128, images in about [-1, 1]: the generator for inversion tests."""
+    from chunkygan_jax.generators import stylegan2_from_nvidia
+    return stylegan2_from_nvidia(scaled_rgb_state(golden_p2), conv_clamp=256)
+
+
+@pytest.fixture(scope="session")
+def tiny_generator(golden_p1):
+    """32 px, w_dim 64, images in about [-1, 1]: the cheapest generator, for plumbing tests."""
+    from chunkygan_jax.generators import stylegan2_from_nvidia
+    return stylegan2_from_nvidia(scaled_rgb_state(golden_p1))
