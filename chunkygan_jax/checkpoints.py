@@ -1,0 +1,259 @@
+"""Our generator checkpoint format, and the cache of converted foreign checkpoints.
+
+A generator checkpoint is a directory:
+
+    generator.json   record: {"format_version": 1, "kind": "stylegan2", "config": {...}, "source": {...},
+                     "w_avg_source": ..., "converter_version": "1", "num_params": N}
+    params/          orbax checkpoint of the parameter tree (numpy float32 arrays)
+
+`load_generator` also takes an NVIDIA `.pkl` or rosinality `.pt`: it is converted once and cached under
+`cache_root()/generators/<sha256 of the file>/`, so later loads skip the (slow) pickle parsing.
+
+The record's "kind" selects how params become a generator object; `register_generator_kind` lets
+another module add kinds without touching this file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import CheckpointError
+from .generators.statedict import expected_shapes
+from .generators.stylegan2 import StyleGAN2, StyleGAN2Config
+
+__all__ = ["FORMAT_VERSION", "RECORD_NAME", "cache_root", "convert_checkpoint", "load_generator",
+           "read_record", "register_generator_kind", "save_generator"]
+
+FORMAT_VERSION = 1
+CONVERTER_VERSION = "1"  # bump when conversion output changes: cached conversions are then redone
+RECORD_NAME = "generator.json"
+PARAMS_NAME = "params"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Kind:
+    type: type
+    to_config: Callable[[Any], dict]  # generator -> JSON-able config dict
+    from_params: Callable[[dict, dict], Any]  # (config dict, params tree) -> generator; CheckpointError if they disagree
+
+
+_KINDS: dict[str, _Kind] = {}
+
+
+def register_generator_kind(kind: str, generator_type: type, to_config: Callable, from_params: Callable) -> None:
+    """Make `save_generator` accept `generator_type` and `load_generator` read records of `kind`."""
+    _KINDS[kind] = _Kind(generator_type, to_config, from_params)
+
+
+def _stylegan2_from_params(config: dict, params: dict) -> StyleGAN2:
+    try:
+        cfg = StyleGAN2Config.from_dict(config)
+        expected = expected_shapes(cfg)
+    except (TypeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"bad StyleGAN2 config in record: {e}") from None
+    flat = _flatten(params)
+    problems = sorted(set(expected) ^ set(flat))
+    problems += [f"{k} {flat[k].shape} != {expected[k]}" for k in expected if k in flat and flat[k].shape != expected[k]]
+    if problems:
+        raise CheckpointError("params do not match the recorded config: " + ", ".join(problems[:8])
+                              + (f" (+{len(problems) - 8} more)" if len(problems) > 8 else ""))
+    return StyleGAN2(config=cfg, params=params)
+
+
+register_generator_kind("stylegan2", StyleGAN2, lambda g: g.config.to_dict(), _stylegan2_from_params)
+
+
+def _flatten(tree, prefix="") -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _as_numpy(tree):
+    # orbax then writes plain host arrays; jax arrays would also record a device sharding we don't want.
+    return {k: _as_numpy(v) if isinstance(v, dict) else np.asarray(v) for k, v in tree.items()}
+
+
+# ---------------------------------------------------------------------------------------------- save
+
+
+def save_generator(generator, directory, *, source: dict | None = None, overwrite: bool = False) -> dict:
+    """Write `generator` as a checkpoint directory and return its record.
+
+    `source` is the provenance from `converters.stylegan2.convert_file`; its "w_avg_source" entry goes
+    to the record's top level ("checkpoint" when absent). The directory appears complete or not at
+    all: everything is built in a temporary sibling and renamed into place. An existing non-empty
+    directory is replaced only with `overwrite=True`, and only if it is a generator checkpoint (so a
+    mistyped --output can never delete an unrelated folder).
+    """
+    kind = next((name for name, k in _KINDS.items() if isinstance(generator, k.type)), None)
+    if kind is None:
+        raise CheckpointError(f"no checkpoint kind registered for {type(generator).__name__}")
+    target = Path(directory).absolute()
+    _check_target(target, overwrite)
+    source = dict(source or {})
+    params = _as_numpy(generator.params)
+    record = {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "config": _KINDS[kind].to_config(generator),
+        "source": {k: v for k, v in source.items() if k != "w_avg_source"} or None,
+        "w_avg_source": source.get("w_avg_source", "checkpoint"),
+        "converter_version": CONVERTER_VERSION,
+        "num_params": int(sum(a.size for a in _flatten(params).values())),
+    }
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        import orbax.checkpoint as ocp  # lazy: orbax is slow to import and only needed here
+
+        with ocp.StandardCheckpointer() as ckptr:  # leaving the block waits for the async write
+            ckptr.save(tmp / PARAMS_NAME, params)
+        (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
+        _commit(tmp, target)
+    except OSError as e:
+        raise CheckpointError(f"cannot write generator checkpoint {target}: {e}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return record
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise CheckpointError(f"{target} exists and is not a directory")
+    if any(target.iterdir()):
+        if not overwrite:
+            raise CheckpointError(f"{target} already exists and is not empty (use overwrite / --overwrite)")
+        if not (target / RECORD_NAME).is_file():
+            raise CheckpointError(f"refusing to overwrite {target}: it is not a generator checkpoint (no {RECORD_NAME})")
+
+
+def _commit(tmp: Path, target: Path) -> None:
+    """Rename the finished `tmp` to `target`; an old checkpoint there is moved aside first and only
+    deleted once the new one is in place (rename cannot replace a non-empty directory)."""
+    old = None
+    if target.exists() and any(target.iterdir()):
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(target, old)
+    try:
+        os.replace(tmp, target)  # also replaces an empty directory
+    except OSError:
+        if old is not None:
+            os.rename(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- load
+
+
+def read_record(directory) -> dict:
+    """The validated generator.json of a checkpoint directory."""
+    directory = Path(directory)
+    path = directory / RECORD_NAME
+    if not directory.is_dir():
+        raise CheckpointError(f"generator checkpoint not found: {directory}")
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a generator checkpoint (no {RECORD_NAME})")
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"corrupt {path}: {e}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise CheckpointError(f"corrupt {path}: not a generator record")
+    if record.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {record.get('format_version')!r} is not supported "
+                              f"(this version reads {FORMAT_VERSION})")
+    if record.get("kind") not in _KINDS:
+        raise CheckpointError(f"{path}: unknown generator kind {record.get('kind')!r} "
+                              f"(known: {', '.join(sorted(_KINDS))})")
+    return record
+
+
+def _load_directory(directory: Path):
+    record = read_record(directory)
+    params_dir = (directory / PARAMS_NAME).absolute()
+    if not params_dir.is_dir():
+        raise CheckpointError(f"{directory}: params/ is missing")
+    import orbax.checkpoint as ocp
+
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            params = ckptr.restore(params_dir)
+        params = _as_numpy(params)
+    # orbax/tensorstore raise many undocumented types (ValueError, FileNotFoundError, tensorstore's
+    # own) for damaged files; all mean the same thing here.
+    except Exception as e:  # noqa: BLE001
+        detail = str(e).split(" [tensorstore_spec=")[0][:300]  # tensorstore appends a huge JSON spec
+        raise CheckpointError(f"{params_dir}: unreadable params ({type(e).__name__}: {detail})") from None
+    return _KINDS[record["kind"]].from_params(record["config"], params)
+
+
+def cache_root() -> Path:
+    """$CHUNKYGAN_CACHE, else $XDG_CACHE_HOME/chunkygan_jax, else ~/.cache/chunkygan_jax."""
+    if os.environ.get("CHUNKYGAN_CACHE"):
+        return Path(os.environ["CHUNKYGAN_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "chunkygan_jax"
+
+
+def load_generator(path):
+    """Load a generator from our checkpoint directory, or from an NVIDIA `.pkl` / rosinality `.pt`
+    (converted on first use and cached by the file's sha256)."""
+    path = Path(path)
+    if path.is_dir():
+        return _load_directory(path)
+    if not path.is_file():
+        raise CheckpointError(f"generator checkpoint not found: {path}")
+    from converters import stylegan2 as conv
+
+    sha = conv.file_sha256(path)
+    entry = cache_root() / "generators" / sha
+    stale = False
+    if (entry / RECORD_NAME).is_file():
+        try:
+            # An entry from an older converter is redone: conversion fixes must reach cached files too.
+            stale = read_record(entry).get("converter_version") != CONVERTER_VERSION
+            if not stale:
+                return _load_directory(entry)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e} [cached conversion of {path}; delete {entry} to convert again]") from None
+    generator, source = conv.convert_file(path, sha256=sha)
+    try:
+        save_generator(generator, entry, source=source, overwrite=stale)
+    except CheckpointError as e:
+        # Another process may have cached the same file meanwhile; otherwise the cache is unwritable,
+        # which only costs a reconversion next time.
+        if not (entry / RECORD_NAME).is_file():
+            warnings.warn(f"could not cache the conversion of {path}: {e}", stacklevel=2)
+    return generator
+
+
+def convert_checkpoint(src, directory, *, overwrite: bool = False):
+    """Convert an NVIDIA `.pkl` / rosinality `.pt` file into a checkpoint directory (not via the cache).
+    Returns (generator, record). Nothing is written when the input cannot be converted."""
+    target = Path(directory)
+    _check_target(target.absolute(), overwrite)  # fail before the slow conversion, too
+    if not Path(src).is_file():
+        raise CheckpointError(f"input checkpoint not found: {src}")
+    from converters import stylegan2 as conv
+
+    generator, source = conv.convert_file(src)
+    return generator, save_generator(generator, target, source=source, overwrite=overwrite)
