@@ -398,3 +398,27 @@ def resize_for_lpips(x: jax.Array, policy: int | str | None = 256) -> jax.Array:
     hp = lax.Precision.HIGHEST
     y = jnp.einsum("oh,nhwc->nowc", mh, x.astype(jnp.float32), precision=hp)
     return jnp.einsum("pw,nowc->nopc", mw, y, precision=hp).astype(x.dtype)
+
+
+_WIDTHS = {"vgg": (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512),
+           "alex": (64, 192, 384, 256, 256)}
+
+
+def random_lpips(net: str = "vgg", seed: int = 0, compute_dtype: Any = jnp.float32) -> LPIPS:
+    """An LPIPS of the real architecture with random (He-initialised) weights and positive lin
+    weights: the same cost as the real metric, for benchmarks on machines without the weight files.
+    Its distances mean nothing."""
+    key = _canonical_net(net)
+    rng = np.random.RandomState(seed)
+    params, cin, taps = {}, 3, []
+    for i, (op, width) in enumerate(zip([o for o in _NET_SPECS[key][2] if o[0] == "conv"], _WIDTHS[key])):
+        k = op[1]
+        params[f"conv{i}"] = {"kernel": (rng.standard_normal((k, k, cin, width)) * np.sqrt(2.0 / (k * k * cin))
+                                         ).astype(np.float32), "bias": np.zeros(width, np.float32)}
+        cin = width
+        if op[4]:
+            taps.append(width)
+    for j, c in enumerate(taps):
+        params[f"lin{j}"] = rng.uniform(0, 1, c).astype(np.float32)
+    return LPIPS(params=jax.tree_util.tree_map(jnp.asarray, params), net=key,
+                 compute_dtype=np.dtype(compute_dtype))

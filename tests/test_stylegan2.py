@@ -158,3 +158,11 @@ def test_wrong_ws_shape_is_a_clear_error(generator_p1):
         generator_p1.synthesis(jnp.zeros((1, 7, 64)))
     with pytest.raises(ConfigError, match="no synthesis block"):
         generator_p1.features(jnp.zeros((1, 8, 64)), resolutions=(12,))
+
+
+def test_remat_gives_the_same_gradients(golden_p1, generator_p1):
+    ws = jnp.asarray(golden_p1["ws_in"][:2])
+    grad = lambda remat: jax.jit(jax.grad(lambda w: jnp.sum(generator_p1.synthesis(w, remat=remat) ** 2)))(ws)
+    plain, remat = grad(False), grad(True)
+    assert float(jnp.abs(plain).max()) > 0
+    np.testing.assert_allclose(remat, plain, rtol=0, atol=1e-5 * float(jnp.abs(plain).max()))

@@ -172,11 +172,13 @@ class StyleGAN2:
             return jnp.broadcast_to(codes, (codes.shape[0], self.num_ws, self.w_dim))
         return codes
 
-    def synthesize(self, codes, space: str, *, noise_mode="const", key=None, dtype=jnp.float32):
+    def synthesize(self, codes, space: str, *, noise_mode="const", key=None, dtype=jnp.float32,
+                   remat=False):
         """Images [N, H, W, 3] from codes of `space` (the generic entry point the inversion uses)."""
+        kw = dict(noise_mode=noise_mode, key=key, dtype=dtype, remat=remat)
         if space == "s":
-            return self.synthesis_from_styles(codes, noise_mode=noise_mode, key=key, dtype=dtype)
-        return self.synthesis(self.to_ws(codes, space), noise_mode=noise_mode, key=key, dtype=dtype)
+            return self.synthesis_from_styles(codes, **kw)
+        return self.synthesis(self.to_ws(codes, space), **kw)
 
     # ------------------------------------------------------------------ mapping
     def mapping(self, z, *, truncation_psi=1.0, truncation_cutoff=None):
@@ -219,14 +221,19 @@ class StyleGAN2:
         return styles
 
     # ------------------------------------------------------------------ synthesis
-    def synthesis(self, ws, *, noise_mode="const", key=None, dtype=jnp.float32):
-        """W+ codes [N, num_ws, w_dim] -> images [N, H, W, C] float32 (about [-1, 1] for trained nets)."""
-        return self.synthesis_from_styles(self.styles_from_ws(ws), noise_mode=noise_mode, key=key,
-                                          dtype=dtype)
+    def synthesis(self, ws, *, noise_mode="const", key=None, dtype=jnp.float32, remat=False):
+        """W+ codes [N, num_ws, w_dim] -> images [N, H, W, C] float32 (about [-1, 1] for trained nets).
 
-    def synthesis_from_styles(self, styles, *, noise_mode="const", key=None, dtype=jnp.float32):
+        dtype: compute dtype of the convolutions (bfloat16 for speed; the image stays float32).
+        remat: recompute each block's activations in the backward pass instead of storing them
+        (jax.checkpoint per block), bounding memory at high resolution for some extra compute."""
+        return self.synthesis_from_styles(self.styles_from_ws(ws), noise_mode=noise_mode, key=key,
+                                          dtype=dtype, remat=remat)
+
+    def synthesis_from_styles(self, styles, *, noise_mode="const", key=None, dtype=jnp.float32,
+                              remat=False):
         img, _ = self._run(styles, noise_mode=noise_mode, key=key, dtype=dtype,
-                           feature_resolutions=(), stop_at=self.config.resolution)
+                           feature_resolutions=(), stop_at=self.config.resolution, remat=remat)
         return img
 
     def features(self, ws, resolutions, *, noise_mode="const", key=None, dtype=jnp.float32) -> dict:
@@ -252,7 +259,7 @@ class StyleGAN2:
         if ws.ndim != 3 or ws.shape[1:] != (cfg.num_ws, cfg.w_dim):
             raise ConfigError(f"ws must have shape [N, {cfg.num_ws}, {cfg.w_dim}], got {tuple(ws.shape)}")
 
-    def _run(self, styles, *, noise_mode, key, dtype, feature_resolutions, stop_at, rgb=True):
+    def _run(self, styles, *, noise_mode, key, dtype, feature_resolutions, stop_at, rgb=True, remat=False):
         cfg = self.config
         if noise_mode not in NOISE_MODES:
             raise ConfigError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
@@ -291,20 +298,27 @@ class StyleGAN2:
         const = self.params["synthesis"]["b4"]["const"]  # [C, 4, 4]
         x = jnp.broadcast_to(jnp.transpose(const, (1, 2, 0))[None].astype(dtype),
                              (n,) + (4, 4, const.shape[0]))
-        img, feats = None, {}
-        for res in cfg.block_resolutions:
-            if res > stop_at:
-                break
+        def block(x, img, res):
             if res == 4:
                 x = conv_layer(x, "b4.conv1", up=1)
             else:
                 x = conv_layer(x, f"b{res}.conv0", up=2)
                 x = conv_layer(x, f"b{res}.conv1", up=1)
-            if res in feature_resolutions:
-                feats[res] = x
             if rgb:
                 y = torgb(x, f"b{res}.torgb")
                 img = y if img is None else ops.upsample_2x(img) + y
+            return x, img
+
+        img, feats = None, {}
+        for res in cfg.block_resolutions:
+            if res > stop_at:
+                break
+            run_block = block
+            if remat and noise_mode != "random":  # random noise draws from an iterator: not re-traceable
+                run_block = jax.checkpoint(block, static_argnums=(2,))
+            x, img = run_block(x, img, res)
+            if res in feature_resolutions:
+                feats[res] = x
         return img, feats
 
 
