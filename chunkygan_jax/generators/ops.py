@@ -109,7 +109,9 @@ def fused_upsample_kernel(weight_oikk):
     Output channel layout: (phase_y, phase_x, out), consumed by `depth_to_space`.
     """
     band = jnp.asarray(_fir_band_matrix(), weight_oikk.dtype)
-    full = jnp.einsum("au,oiuv,bv->oiab", band, weight_oikk, band)  # [out, in, 6, 6] = w * f (full)
+    # HIGHEST: on GPUs the default fp32 einsum runs in TF32 and would round the weights (1e-3 errors)
+    full = jnp.einsum("au,oiuv,bv->oiab", band, weight_oikk, band,
+                      precision=jax.lax.Precision.HIGHEST)  # [out, in, 6, 6] = w * f (full)
     rows = jnp.asarray(_PHASE_ROWS)
     # phases[ey, ex, o, i, j, k] = full[o, i, rows[ey, j], rows[ex, k]]
     phases = full[:, :, rows[:, None, :, None], rows[None, :, None, :]]  # [o, i, 2, 2, 3, 3]
