@@ -1,0 +1,173 @@
+"""The inversion: the method's own claim (segments fit what one code cannot), the objective's pieces,
+determinism, and the API's handling of bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from chunkygan_jax import masks as masks_lib
+from chunkygan_jax.errors import ConfigError, ImageError
+from chunkygan_jax.inversion import InversionSettings, Inverter, dispersion, invert, nvidia_lr_schedule
+
+FAST = dict(lpips_net="alex", lpips_resolution="full", progress_every=0)
+
+
+@pytest.fixture(scope="module")
+def two_halves(small_generator, golden_p2):
+    """A target made of two different W+ codes: left half from one, right half from the other."""
+    ws = jnp.asarray(golden_p2["ws_in"][:2])
+    imgs = np.asarray(small_generator.synthesis(ws))
+    r = small_generator.resolution
+    left = np.zeros((r, r), np.float32)
+    left[:, : r // 2] = 1.0
+    target = np.clip(left[..., None] * imgs[0] + (1 - left[..., None]) * imgs[1], -1, 1)
+    return target, left
+
+
+@pytest.fixture(scope="module")
+def claim_results(small_generator, two_halves):
+    target, left = two_halves
+    common = dict(steps=120, lambda_reg=0.0, **FAST)
+    return {
+        "global": invert(target, small_generator, segments=1, **common),
+        "halves": invert(target, small_generator, segments=2, masks=np.stack([left, 1 - left]), **common),
+        "learned": invert(target, small_generator, segments=2, **common),
+    }
+
+
+def test_two_segments_fit_what_one_code_cannot(claim_results):
+    g = claim_results["global"].final_losses["lpips"]
+    halves = claim_results["halves"].final_losses["lpips"]
+    learned = claim_results["learned"].final_losses["lpips"]
+    print(f"two-halves LPIPS: global W+ {g:.5f}, n=2 true masks {halves:.5f} ({halves / g:.2f}x), "
+          f"n=2 learned masks {learned:.5f} ({learned / g:.2f}x)")
+    assert halves <= 0.5 * g
+    assert learned < g
+
+
+def test_loss_decreases_and_history_is_complete(claim_results):
+    h = claim_results["learned"].loss_history
+    assert h.shape == (120,) and np.all(np.isfinite(h))
+    assert h[0] == h[1]  # lr = 0 at step 0 (NVIDIA's schedule): the first step changes nothing
+    assert h[-1] < 0.5 * h[0]
+
+
+def test_masks_sum_to_one_and_composite_is_the_blend(claim_results):
+    r = claim_results["learned"]
+    np.testing.assert_allclose(r.masks.sum(axis=0), 1.0, atol=1e-5)
+    blend = np.sum(r.segment_images * r.masks[..., None], axis=0)
+    np.testing.assert_allclose(r.composite, blend, atol=1e-5)
+
+
+def test_schedule_is_nvidias_and_never_rises_again():
+    sched = nvidia_lr_schedule(0.1, 100)
+    lrs = np.array([float(sched(i)) for i in range(0, 200)])
+    assert lrs[0] == 0.0
+    np.testing.assert_allclose(lrs[5:75], 0.1, rtol=1e-6)  # plateau after the 5 % ramp-up
+    assert np.all(np.diff(lrs[75:101]) <= 1e-9) and lrs[100] == pytest.approx(0.0, abs=1e-9)
+    assert np.all(lrs[100:] == lrs[100])  # t is clamped: running longer never raises lr again
+
+
+def test_static_mask_keeps_the_input_exactly(tiny_generator):
+    r = tiny_generator.resolution
+    rng = np.random.RandomState(3)
+    target = rng.uniform(-1, 1, (r, r, 3)).astype(np.float32)
+    static = np.zeros((r, r), np.float32)
+    static[:10, :] = 1.0
+    res = invert(target, tiny_generator, segments=2, steps=4, static_mask=static, **FAST)
+    np.testing.assert_array_equal(res.composite[:10], target[:10])
+    assert np.abs(res.composite[12:] - target[12:]).max() > 1e-3
+
+
+def test_same_seed_same_latents_and_seed_changes_layout(tiny_generator, two_halves):
+    target = np.asarray(jax.image.resize(two_halves[0], (32, 32, 3), "linear"))
+    a = invert(target, tiny_generator, segments=3, steps=6, seed=7, **FAST)
+    b = invert(target, tiny_generator, segments=3, steps=6, seed=7, **FAST)
+    c = invert(target, tiny_generator, segments=3, steps=6, seed=8, **FAST)
+    for k in a.latents:
+        np.testing.assert_array_equal(a.latents[k], b.latents[k])
+    assert np.abs(a.latents["mask_logits"] - c.latents["mask_logits"]).max() > 1e-3
+
+
+def test_lambda_reg_reduces_dispersion(tiny_generator, two_halves):
+    target = np.asarray(jax.image.resize(two_halves[0], (32, 32, 3), "linear"))
+    common = dict(segments=3, steps=30, **FAST)
+    free = invert(target, tiny_generator, lambda_reg=0.0, **common)
+    tied = invert(target, tiny_generator, lambda_reg=1.0, **common)
+    d_free, d_tied = float(dispersion(free.codes)), float(dispersion(tied.codes))
+    assert d_free > 0 and d_tied < 0.5 * d_free, (d_free, d_tied)
+
+
+@pytest.mark.parametrize("space", ["w", "s"])
+def test_other_spaces_run_and_improve(tiny_generator, two_halves, space):
+    target = np.asarray(jax.image.resize(two_halves[0], (32, 32, 3), "linear"))
+    res = invert(target, tiny_generator, segments=2, steps=12, space=space, lambda_reg=0.0, **FAST)
+    if space == "w":
+        assert res.codes.shape == (2, 1, tiny_generator.w_dim)
+    else:
+        assert set(res.codes) == set(tiny_generator.config.layer_names())
+        assert res.codes["b8.torgb"].shape[0] == 2
+    assert res.loss_history[-1] < res.loss_history[0]
+
+
+def test_result_round_trip(tmp_path, tiny_generator):
+    from chunkygan_jax.results import load_result
+
+    r = tiny_generator.resolution
+    target = np.zeros((r, r, 3), np.float32)
+    res = invert(target, tiny_generator, segments=2, steps=3, **FAST)
+    loaded = load_result(res.save(tmp_path / "res"))
+    for k in res.latents:
+        np.testing.assert_array_equal(loaded.latents[k], res.latents[k])
+    np.testing.assert_array_equal(loaded.masks, res.masks)
+    assert loaded.settings == res.settings
+
+
+def test_inverter_compiles_once_for_many_images(tiny_generator):
+    settings = InversionSettings(segments=2, steps=3, lpips_net="alex", lpips_resolution="full")
+    inv = Inverter(tiny_generator, settings)
+    r = tiny_generator.resolution
+    for seed in range(3):
+        target = np.random.RandomState(seed).uniform(-1, 1, (1, r, r, 3)).astype(np.float32)
+        batch = inv.make_batch(target)
+        inv.advance(inv.start(inv.initial_latents(1), 1), batch, 3)
+    assert inv._run._cache_size() == 1
+
+
+def test_bad_options_are_clear_errors(tiny_generator):
+    r = tiny_generator.resolution
+    img = np.zeros((r, r, 3), np.float32)
+    with pytest.raises(ConfigError, match="segments"):
+        invert(img, tiny_generator, segments=0, steps=1, **FAST)
+    with pytest.raises(ConfigError, match="steps"):
+        invert(img, tiny_generator, steps=0, **FAST)
+    with pytest.raises(ConfigError, match="latent space"):
+        invert(img, tiny_generator, space="q", steps=1, **FAST)
+    with pytest.raises(ImageError, match="32x32"):
+        invert(np.zeros((16, 16, 3), np.float32), tiny_generator, steps=1, **FAST)
+    with pytest.raises(ImageError, match=r"\[-1, 1\]"):
+        invert(img + 3, tiny_generator, steps=1, **FAST)
+    with pytest.raises(ImageError, match="NaN"):
+        invert(img * np.nan, tiny_generator, steps=1, **FAST)
+    with pytest.raises(ConfigError, match="3 masks given for 2 segments"):
+        invert(img, tiny_generator, segments=2, masks=np.ones((3, r, r)), steps=1, **FAST)
+    with pytest.raises(ImageError, match="masks must be"):
+        invert(img, tiny_generator, segments=2, masks=np.ones((2, 8, 8)), steps=1, **FAST)
+
+
+def test_user_masks_normalised_and_label_maps():
+    soft = np.stack([np.full((4, 4), 0.2), np.full((4, 4), 0.6)])
+    soft[:, 0, 0] = 0.0
+    norm = masks_lib.normalize_masks(soft)
+    np.testing.assert_allclose(norm.sum(0), 1.0, atol=1e-6)
+    np.testing.assert_allclose(norm[:, 1, 1], [0.25, 0.75], atol=1e-6)
+    np.testing.assert_allclose(norm[:, 0, 0], [0.5, 0.5])  # uncovered pixels are shared
+    labels = np.array([[0, 1], [2, 1]])
+    onehot = masks_lib.masks_from_labels(labels, 3)
+    assert onehot.shape == (3, 2, 2) and onehot[2, 1, 0] == 1 and onehot.sum() == 4
+    with pytest.raises(ImageError, match="expected indices 0..1"):
+        masks_lib.masks_from_labels(labels, 2)
+    layout = masks_lib.default_layout(5, 16)
+    np.testing.assert_allclose(layout.sum(0), 1.0, atol=1e-6)
+    assert len(np.unique(layout.argmax(0))) == 5  # every segment owns some pixels
