@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import io, masks as masks_lib
+from . import distributed, io, masks as masks_lib
 from .errors import ConfigError, ImageError
 from .lpips import load_lpips, resize_for_lpips
 
@@ -178,13 +178,20 @@ class Inverter:
     (no recompilation between images). `invert()` and `invert_batch()` build one per call; keep an
     Inverter yourself to invert many images with one compilation."""
 
-    def __init__(self, generator, settings: InversionSettings, mask_source=None, *, static_mask=False):
+    def __init__(self, generator, settings: InversionSettings, mask_source=None, *, static_mask=False,
+                 mesh=None):
+        # mesh: a jax.sharding.Mesh (distributed.data_mesh()): the batch axis is split over its data axis
+        # and the networks are replicated; host-side arrays (targets in, history and evaluate() out) are
+        # then this process's rows. None: one device, as before.
+        self.mesh = mesh
+        rep = (lambda tree: distributed.replicate(tree, mesh)) if mesh is not None else (lambda tree: tree)
+        generator = rep(generator)
         self.generator = generator
         self.settings = settings.validate(generator)
         s = self.settings
-        self.mask_source = mask_source if mask_source is not None else masks_lib.make_mask_source(
-            None, s.segments, generator.resolution, seed=s.seed)
-        self.lpips = load_lpips(s.lpips_net, compute_dtype=jnp.dtype(s.dtype))
+        self.mask_source = rep(mask_source if mask_source is not None else masks_lib.make_mask_source(
+            None, s.segments, generator.resolution, seed=s.seed))
+        self.lpips = rep(load_lpips(s.lpips_net, compute_dtype=jnp.dtype(s.dtype)))
         self.optimizer = optax.adam(nvidia_lr_schedule(s.lr, s.steps))
         self.loss_fn, self.render = make_loss_fn(generator, self.lpips, self.mask_source, s)
         self.w_std = w_std_of(generator) if s.mean_latent_weight > 0 else 1.0
@@ -202,11 +209,23 @@ class Inverter:
         def run(latents, opt_state, step, history, batch, count):
             carry = jax.lax.fori_loop(0, count, lambda _, c: one_step(c, batch),
                                       (latents, opt_state, step, history))
-            return carry
+            return carry if mesh is None else distributed.constrain_batch(carry, mesh, history.shape[0])
 
         self._run = jax.jit(run)
         self._features = jax.jit(lambda x: self.lpips.features(resize_for_lpips(x, s.lpips_resolution)))
         self._evaluate = jax.jit(self._evaluate_impl)
+        self._init = self.optimizer.init if mesh is None else jax.jit(
+            lambda l: distributed.constrain_batch(optimizer.init(l), mesh, _batch_of(l)))
+
+    def _to_device(self, tree):
+        if self.mesh is None:
+            return jax.tree_util.tree_map(jnp.asarray, tree)
+        return distributed.shard_batch(tree, self.mesh)
+
+    def _to_host(self, tree):
+        if self.mesh is None:
+            return jax.tree_util.tree_map(np.asarray, tree)
+        return distributed.local_rows(tree)
 
     def _evaluate_impl(self, latents, batch):
         imgs, seg_masks = self.render(latents)
@@ -226,36 +245,36 @@ class Inverter:
         mask_params = self.mask_source.init(s.segments)
         latents.update(jax.tree_util.tree_map(
             lambda x: jnp.broadcast_to(x, (batch_size,) + x.shape), mask_params))
-        return latents
+        return latents if self.mesh is None else self._to_device(self._to_host(latents))
 
     def make_batch(self, targets, static_masks=None) -> dict:
-        targets = jnp.asarray(targets, jnp.float32)
+        targets = jnp.asarray(targets, jnp.float32) if self.mesh is None else \
+            self._to_device(np.asarray(targets, np.float32))
         if bool(static_masks is not None) != self._has_static:
             raise ConfigError("this Inverter was built " + ("with" if self._has_static else "without")
                               + " a static mask; build another for the other case")
         batch = {"target": targets, "target_features": self._features(targets),
-                 "w_std": jnp.float32(self.w_std)}
+                 "w_std": jnp.float32(self.w_std) if self.mesh is None else np.float32(self.w_std)}
         if static_masks is not None:
-            batch["static_mask"] = jnp.asarray(static_masks, jnp.float32)
+            batch["static_mask"] = self._to_device(np.asarray(static_masks, np.float32))
         return batch
 
     def start(self, latents, batch_size: int) -> InversionState:
-        return InversionState(latents=latents, opt_state=self.optimizer.init(latents), step=0,
+        return InversionState(latents=latents, opt_state=self._init(latents), step=0,
                               history=np.zeros((batch_size, self.settings.steps), np.float32))
 
     def advance(self, state: InversionState, batch, count: int) -> InversionState:
         count = int(min(count, self.settings.steps - state.step))
         if count <= 0:
             return state
+        scalar = jnp.int32 if self.mesh is None else np.int32
         latents, opt_state, step, history = self._run(
-            state.latents, state.opt_state, jnp.int32(state.step), jnp.asarray(state.history), batch,
-            jnp.int32(count))
-        return InversionState(latents, opt_state, int(step), np.asarray(history))
+            state.latents, state.opt_state, scalar(state.step), self._to_device(state.history), batch,
+            scalar(count))
+        return InversionState(latents, opt_state, int(step), self._to_host(history))
 
     def evaluate(self, latents, batch):
-        imgs, seg_masks, out, parts = self._evaluate(latents, batch)
-        return (np.asarray(imgs), np.asarray(seg_masks), np.asarray(out),
-                {k: np.asarray(v) for k, v in parts.items()})
+        return self._to_host(self._evaluate(latents, batch))
 
 
 # ---------------------------------------------------------------------------------------- results
@@ -290,6 +309,10 @@ class InversionResult:
         """Write latents, masks, settings and images so that editing can continue later."""
         from .results import save_result
         return save_result(self, directory)
+
+
+def _batch_of(tree) -> int:
+    return jax.tree_util.tree_leaves(tree)[0].shape[0]
 
 
 def _unbatch(tree, i):
@@ -327,9 +350,11 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
                  masks=None, learn_masks=None, static_masks=None, seed=0, noise_mode="const",
                  dtype="float32", callback: Callable | None = None, progress_every=25,
                  snapshot_steps=(), crop="none", alpha="refuse", inverter: Inverter | None = None,
-                 initial_codes=None) -> list[InversionResult]:
+                 initial_codes=None, mesh=None) -> list[InversionResult]:
     """Invert B images at once (one jitted step for all B x n segments). See `invert` for options;
-    `static_masks` is a list (one per image, or None)."""
+    `static_masks` is a list (one per image, or None). `mesh` (distributed.data_mesh()) shards the
+    images over its devices; the batch is padded to a multiple of this process's devices with copies
+    of the last image, whose results are dropped."""
     generator = _resolve_generator(generator)
     space = space or generator.default_space
     settings = InversionSettings(segments=segments, space=space, steps=steps, lr=lr, lambda_reg=lambda_reg,
@@ -349,13 +374,23 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
     if inverter is None:
         source = masks_lib.make_mask_source(masks, settings.segments, generator.resolution, seed=seed,
                                             learn=learn_masks)
-        inverter = Inverter(generator, settings, source, static_mask=has_static)
+        inverter = Inverter(generator, settings, source, static_mask=has_static, mesh=mesh)
     elif inverter.settings != settings:
         raise ConfigError("the given inverter was built for other settings")
+    if mesh is not None and inverter.mesh is not mesh:
+        raise ConfigError("the given inverter was built for another mesh")
+    count = len(images)
+    if inverter.mesh is not None:  # pad to whole rows per device; padded results are dropped below
+        pad = -count % len(inverter.mesh.local_devices)
+        padded = lambda x: np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
+        targets = padded(targets)
+        sxs = None if sxs is None else padded(sxs)
+        initial_codes = None if initial_codes is None else jax.tree_util.tree_map(
+            lambda x: padded(np.asarray(x)), initial_codes)
 
     t0 = time.perf_counter()
     batch = inverter.make_batch(targets, sxs)
-    state = inverter.start(inverter.initial_latents(len(images), initial_codes), len(images))
+    state = inverter.start(inverter.initial_latents(len(targets), initial_codes), len(targets))
     stops = sorted({int(s) for s in snapshot_steps if 0 <= int(s) <= steps}
                    | set(range(progress_every, steps, progress_every)) | {steps}) if progress_every else \
         sorted({int(s) for s in snapshot_steps if 0 <= int(s) <= steps} | {steps})
@@ -365,16 +400,16 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
         state = inverter.advance(state, batch, stop - state.step)
         if stop in snap_set:
             _, seg_masks, out, _ = inverter.evaluate(state.latents, batch)
-            for i in range(len(images)):
+            for i in range(count):
                 snapshots[i].append(Snapshot(stop, out[i], seg_masks[i]))
         if callback is not None:
-            callback(state.step, steps, state.history[:, max(state.step - 1, 0)])
+            callback(state.step, steps, state.history[:count, max(state.step - 1, 0)])
     imgs, seg_masks, out, parts = inverter.evaluate(state.latents, batch)
     seconds = time.perf_counter() - t0
-    if not np.all(np.isfinite(parts["total"])):
+    if not np.all(np.isfinite(parts["total"][:count])):
         raise ConfigError("the inversion diverged (non-finite loss); lower lr or the loss weights")
     results = []
-    for i in range(len(images)):
+    for i in range(count):
         results.append(InversionResult(
             target=targets[i], composite=out[i], segment_images=imgs[i], masks=seg_masks[i],
             latents=_unbatch(state.latents, i), loss_history=state.history[i].copy(),

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Images/s of the dataset runner (distributed.invert_dataset: read, invert, write results and
+manifest) with the batch sharded over 1 and over 4 devices.
+
+On CPU the devices are simulated (XLA_FLAGS=--xla_force_host_platform_device_count=D) and share the
+same cores, so the ratio is a sanity check of the sharded path (it should stay near 1, not collapse),
+not a speed-up. On a machine with D real accelerators, run with --devices=1,D.
+
+  python3 bench/dataset_throughput.py                                  # CPU: 1 and 4 simulated devices
+  python3 bench/dataset_throughput.py --devices=1 --real               # the real devices (GPU/TPU)
+
+Each device count runs in its own process: one warm-up batch (compilation), then --images images are
+timed end to end. Generator: random weights of a small StyleGAN2 (64 px, w_dim 128), or --generator.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def child(args):
+    import jax
+    import numpy as np
+    from PIL import Image
+
+    jax.config.update("jax_default_matmul_precision", "highest")
+    from chunkygan_jax import distributed
+    from chunkygan_jax.generators import StyleGAN2, ffhq_config, random_params
+    from chunkygan_jax.inversion import InversionSettings, Inverter
+    from chunkygan_jax.masks import make_mask_source
+
+    if args.generator:
+        from chunkygan_jax.checkpoints import load_generator
+        generator = load_generator(args.generator)
+    else:
+        cfg = ffhq_config(64, channel_base=4096, channel_max=128, w_dim=128, mapping_layers=2)
+        generator = StyleGAN2(cfg, random_params(0, cfg))
+    common = dict(segments=args.segments, steps=args.steps, lpips_net=args.lpips_net,
+                  lpips_resolution="full", lambda_reg=0.0)
+    mesh = distributed.data_mesh()
+    settings = InversionSettings(space=generator.default_space, **common)
+    inverter = Inverter(generator, settings, make_mask_source(None, args.segments, generator.resolution), mesh=mesh)
+    r = generator.resolution
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for folder, count in (("warm", args.batch_size), ("data", args.images)):
+            (tmp / folder).mkdir()
+            for i in range(count):
+                img = np.random.RandomState(i).uniform(0, 255, (8, 8, 3)).astype(np.uint8)
+                Image.fromarray(img).resize((r, r), Image.Resampling.BICUBIC).save(tmp / folder / f"{i:05d}.png")
+        kw = dict(batch_size=args.batch_size, inverter=inverter, progress=False, **common)
+        t0 = time.perf_counter()
+        distributed.invert_dataset(tmp / "warm", tmp / "out_warm", generator, **kw)
+        compile_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        summary = distributed.invert_dataset(tmp / "data", tmp / "out", generator, **kw)
+        seconds = time.perf_counter() - t0
+    print(json.dumps({"devices": jax.device_count(), "platform": jax.devices()[0].platform,
+                      "device_kind": jax.devices()[0].device_kind, "images": summary.local_done,
+                      "batch_size": args.batch_size, "segments": args.segments, "steps": args.steps,
+                      "resolution": r, "seconds": seconds, "images_per_s": summary.local_done / seconds,
+                      "warmup_s": compile_s}))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--devices", default="1,4", help="device counts to compare")
+    p.add_argument("--real", action="store_true", help="use the real devices (no CPU simulation flag)")
+    p.add_argument("--images", type=int, default=8)
+    p.add_argument("--batch_size", type=int, default=4, help="global batch (a multiple of every device count)")
+    p.add_argument("--segments", type=int, default=4)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--lpips_net", default="alex")
+    p.add_argument("--generator", default=None, help="a generator checkpoint instead of random weights")
+    p.add_argument("--out", default=None, help="also write the rows as JSON here")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        return child(args)
+    rows = []
+    for d in [int(x) for x in args.devices.split(",")]:
+        env = dict(os.environ)
+        if not args.real:
+            env["JAX_PLATFORMS"] = "cpu"
+            env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={d}".strip()
+        cmd = [sys.executable, __file__, "--child", f"--images={args.images}", f"--batch_size={args.batch_size}",
+               f"--segments={args.segments}", f"--steps={args.steps}", f"--lpips_net={args.lpips_net}"]
+        if args.generator:
+            cmd.append(f"--generator={args.generator}")
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"device count {d} failed:\n{proc.stderr[-3000:]}")
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    base = rows[0]["images_per_s"]
+    print(f"{'devices':>7} {'platform':>8} {'images':>6} {'batch':>5} {'n':>3} {'steps':>5} {'res':>4} "
+          f"{'warm-up s':>9} {'images/s':>9} {'ratio':>6}")
+    for r in rows:
+        print(f"{r['devices']:>7} {r['platform']:>8} {r['images']:>6} {r['batch_size']:>5} {r['segments']:>3} "
+              f"{r['steps']:>5} {r['resolution']:>4} {r['warmup_s']:>9.1f} {r['images_per_s']:>9.3f} "
+              f"{r['images_per_s'] / base:>6.2f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
