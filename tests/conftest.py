@@ -1,6 +1,13 @@
 """Shared fixtures: paths to ../shared, golden generators loaded once per session."""
 
+import os
+import tempfile
 from pathlib import Path
+
+# One persistent compilation cache for the whole test session, inherited by the CLI subprocesses the
+# tests start: a tool run in a subprocess then reuses the programs the test process already compiled.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="chunkygan-test-jax-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax
 import numpy as np
