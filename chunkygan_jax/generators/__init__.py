@@ -2,3 +2,4 @@
 
 from .stylegan2 import StyleGAN2, StyleGAN2Config, config_from_params, ffhq_config, random_params
 from .statedict import compute_w_avg, stylegan2_from_nvidia, stylegan2_from_rosinality
+from .dcgan import DCGAN
