@@ -1,4 +1,11 @@
-"""chunkygan_jax: ChunkyGAN real-image inversion via segments, in JAX."""
+"""chunkygan_jax: ChunkyGAN real-image inversion via segments, in JAX.
+
+The public API, re-exported: invert / invert_batch (inversion.py), load_generator / save_generator
+(checkpoints.py), load_result (results.py), the generators and the error types.
+"""
 
 from .errors import ChunkyGANError, CheckpointError, ConfigError, ImageError
 from .generators import StyleGAN2, StyleGAN2Config
+from .checkpoints import load_generator, save_generator
+from .inversion import InversionResult, InversionSettings, Inverter, invert, invert_batch
+from .results import load_result

@@ -18,6 +18,7 @@ generators (small random ones, the demo DCGAN's z space) much smaller values, or
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from pathlib import Path
@@ -66,9 +67,12 @@ class InversionSettings:
     seed: int = 0
     noise_mode: str = "const"
     dtype: str = "float32"
+    remat: bool = False  # recompute synthesis blocks in the backward pass (memory at 1024 px)
 
     def validate(self, generator) -> "InversionSettings":
         space = SPACE_ALIASES.get(self.space, self.space)
+        if hasattr(generator, "check_space"):  # the generator's own, more specific message
+            generator.check_space(space)
         if space not in generator.latent_spaces:
             raise ConfigError(f"unknown latent space {self.space!r}; this generator supports "
                               f"{', '.join(generator.latent_spaces)}")
@@ -122,25 +126,35 @@ def w_std_of(generator, num_samples=10_000, seed=123) -> float:
     return float(jnp.sqrt(jnp.sum(jnp.square(w - jnp.mean(w, axis=0))) / num_samples))
 
 
-def make_loss_fn(generator, lpips, mask_source, settings: InversionSettings):
-    """loss(latents, batch) -> (sum over images, per-image dict). `latents` = {"codes": [B, n, ...],
-    + the mask source's params with a leading B}; `batch` = target, target features, static mask, w_std."""
+def make_loss_fn(settings: InversionSettings):
+    """loss(nets, latents, batch) -> (sum over images, per-image dict) and render(nets, latents).
+
+    nets = (generator, lpips, mask_source) are pytrees passed as ARGUMENTS (not closed over), so one
+    compiled program serves every checkpoint of the same architecture and parameters are never baked
+    into the program as constants. `latents` = {"codes": [B, n, ...], + the mask source's params with a
+    leading B}; `batch` = target, target features, static mask, w_std."""
     dtype = jnp.dtype(settings.dtype)
     space = settings.space
 
-    def render(latents):
+    def render(nets, latents):
+        generator, _, mask_source = nets
         codes = latents["codes"]
         b, n = jax.tree_util.tree_leaves(codes)[0].shape[:2]
         flat = jax.tree_util.tree_map(lambda x: x.reshape((b * n,) + x.shape[2:]), codes)
-        imgs = generator.synthesize(flat, space, noise_mode=settings.noise_mode, dtype=dtype)
+        extra = {"remat": True} if settings.remat else {}
+        imgs = generator.synthesize(flat, space, noise_mode=settings.noise_mode, dtype=dtype, **extra)
         imgs = imgs.reshape((b, n) + imgs.shape[1:])
         mask_params = {k: v for k, v in latents.items() if k != "codes"}
-        seg_masks = jax.vmap(mask_source.masks)(mask_params) if mask_params else \
-            jnp.broadcast_to(mask_source.masks({}), (b,) + mask_source.masks({}).shape)
+        if mask_params:
+            seg_masks = jax.vmap(mask_source.masks)(mask_params)
+        else:
+            fixed = mask_source.masks({})
+            seg_masks = jnp.broadcast_to(fixed, (b,) + fixed.shape)
         return imgs, seg_masks
 
-    def loss_fn(latents, batch):
-        imgs, seg_masks = render(latents)
+    def loss_fn(nets, latents, batch):
+        generator, lpips, _ = nets
+        imgs, seg_masks = render(nets, latents)
         out = composite(imgs, seg_masks, batch["target"], batch.get("static_mask"))
         feats = lpips.features(resize_for_lpips(out, settings.lpips_resolution))
         lp = lpips.distance_from_features(feats, batch["target_features"])
@@ -164,6 +178,54 @@ def make_loss_fn(generator, lpips, mask_source, settings: InversionSettings):
     return loss_fn, render
 
 
+# Adam's eps for the mask parameters. All codes start equal, so every segment renders the same image
+# and the true gradient of the masks is exactly zero until the codes part; with eps = 1e-8 Adam would
+# blow rounding noise (~1e-9) up to full learning-rate steps, making the masks depend on float
+# summation order (batch size, device count). 1e-6 damps that noise a thousandfold while leaving real
+# mask gradients (>= 1e-5) essentially unscaled.
+MASK_ADAM_EPS = 1e-6
+
+
+def make_optimizer(settings: InversionSettings):
+    schedule = nvidia_lr_schedule(settings.lr, settings.steps)
+    labels = lambda latents: {k: jax.tree_util.tree_map(lambda _: "codes" if k == "codes" else "masks", v)
+                              for k, v in latents.items()}
+    return optax.multi_transform({"codes": optax.adam(schedule), "masks": optax.adam(schedule, eps=MASK_ADAM_EPS)},
+                                 labels)
+
+
+@functools.lru_cache(maxsize=16)
+def _programs(settings: InversionSettings, mesh):
+    """The jitted functions for one setup, shared by every Inverter with equal settings and mesh (jax
+    then caches one executable per architecture and shape)."""
+    optimizer = make_optimizer(settings)
+    loss_fn, render = make_loss_fn(settings)
+
+    def one_step(nets, carry, batch):
+        latents, opt_state, step, history = carry
+        (_, parts), grads = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)(nets, latents, batch)
+        updates, opt_state = optimizer.update(grads, opt_state, latents)
+        latents = optax.apply_updates(latents, updates)
+        history = jax.lax.dynamic_update_slice(history, parts["total"][:, None], (0, step))
+        return latents, opt_state, step + 1, history
+
+    def run(nets, latents, opt_state, step, history, batch, count):
+        carry = jax.lax.fori_loop(0, count, lambda _, c: one_step(nets, c, batch),
+                                  (latents, opt_state, step, history))
+        return carry if mesh is None else distributed.constrain_batch(carry, mesh, history.shape[0])
+
+    def evaluate(nets, latents, batch):
+        imgs, seg_masks = render(nets, latents)
+        _, parts = loss_fn(nets, latents, batch)
+        out = composite(imgs, seg_masks, batch["target"], batch.get("static_mask"))
+        return imgs, seg_masks, out, parts
+
+    init = optimizer.init if mesh is None else jax.jit(
+        lambda l: distributed.constrain_batch(optimizer.init(l), mesh, _batch_of(l)))
+    return dict(optimizer=optimizer, run=jax.jit(run), evaluate=jax.jit(evaluate), init=init,
+                features=jax.jit(lambda lp, x: lp.features(resize_for_lpips(x, settings.lpips_resolution))))
+
+
 # ---------------------------------------------------------------------------------------- the loop
 @dataclasses.dataclass
 class InversionState:
@@ -174,48 +236,30 @@ class InversionState:
 
 
 class Inverter:
-    """Compiled inversion for one generator and one setup, reused across images of the same shape
-    (no recompilation between images). `invert()` and `invert_batch()` build one per call; keep an
-    Inverter yourself to invert many images with one compilation."""
+    """Inversion for one generator and one setup. The compiled programs are shared by all Inverters
+    with equal settings, so neither a new image nor a new Inverter (invert() builds one per call)
+    recompiles; only a new architecture, image size, batch size or setting does."""
 
     def __init__(self, generator, settings: InversionSettings, mask_source=None, *, static_mask=False,
-                 mesh=None):
+                 mesh=None, lpips=None):
         # mesh: a jax.sharding.Mesh (distributed.data_mesh()): the batch axis is split over its data axis
         # and the networks are replicated; host-side arrays (targets in, history and evaluate() out) are
-        # then this process's rows. None: one device, as before.
+        # then this process's rows. None: one device.
+        # lpips: an LPIPS object to use instead of the pretrained one (e.g. random weights in benchmarks).
         self.mesh = mesh
         rep = (lambda tree: distributed.replicate(tree, mesh)) if mesh is not None else (lambda tree: tree)
-        generator = rep(generator)
-        self.generator = generator
+        self.generator = rep(generator)
         self.settings = settings.validate(generator)
         s = self.settings
         self.mask_source = rep(mask_source if mask_source is not None else masks_lib.make_mask_source(
             None, s.segments, generator.resolution, seed=s.seed))
-        self.lpips = rep(load_lpips(s.lpips_net, compute_dtype=jnp.dtype(s.dtype)))
-        self.optimizer = optax.adam(nvidia_lr_schedule(s.lr, s.steps))
-        self.loss_fn, self.render = make_loss_fn(generator, self.lpips, self.mask_source, s)
+        self.lpips = rep(lpips if lpips is not None else load_lpips(s.lpips_net, compute_dtype=jnp.dtype(s.dtype)))
+        self.nets = (self.generator, self.lpips, self.mask_source)
         self.w_std = w_std_of(generator) if s.mean_latent_weight > 0 else 1.0
         self._has_static = static_mask
-        optimizer, loss_fn = self.optimizer, self.loss_fn
-
-        def one_step(carry, batch):
-            latents, opt_state, step, history = carry
-            (_, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(latents, batch)
-            updates, opt_state = optimizer.update(grads, opt_state, latents)
-            latents = optax.apply_updates(latents, updates)
-            history = jax.lax.dynamic_update_slice(history, parts["total"][:, None], (0, step))
-            return latents, opt_state, step + 1, history
-
-        def run(latents, opt_state, step, history, batch, count):
-            carry = jax.lax.fori_loop(0, count, lambda _, c: one_step(c, batch),
-                                      (latents, opt_state, step, history))
-            return carry if mesh is None else distributed.constrain_batch(carry, mesh, history.shape[0])
-
-        self._run = jax.jit(run)
-        self._features = jax.jit(lambda x: self.lpips.features(resize_for_lpips(x, s.lpips_resolution)))
-        self._evaluate = jax.jit(self._evaluate_impl)
-        self._init = self.optimizer.init if mesh is None else jax.jit(
-            lambda l: distributed.constrain_batch(optimizer.init(l), mesh, _batch_of(l)))
+        self._programs = _programs(s, mesh)
+        self.optimizer = self._programs["optimizer"]
+        self._run = self._programs["run"]
 
     def _to_device(self, tree):
         if self.mesh is None:
@@ -226,12 +270,6 @@ class Inverter:
         if self.mesh is None:
             return jax.tree_util.tree_map(np.asarray, tree)
         return distributed.local_rows(tree)
-
-    def _evaluate_impl(self, latents, batch):
-        imgs, seg_masks = self.render(latents)
-        _, parts = self.loss_fn(latents, batch)
-        out = composite(imgs, seg_masks, batch["target"], batch.get("static_mask"))
-        return imgs, seg_masks, out, parts
 
     # ------------------------------------------------------------------ setup
     def initial_latents(self, batch_size: int, initial_codes=None):
@@ -253,14 +291,14 @@ class Inverter:
         if bool(static_masks is not None) != self._has_static:
             raise ConfigError("this Inverter was built " + ("with" if self._has_static else "without")
                               + " a static mask; build another for the other case")
-        batch = {"target": targets, "target_features": self._features(targets),
+        batch = {"target": targets, "target_features": self._programs["features"](self.lpips, targets),
                  "w_std": jnp.float32(self.w_std) if self.mesh is None else np.float32(self.w_std)}
         if static_masks is not None:
             batch["static_mask"] = self._to_device(np.asarray(static_masks, np.float32))
         return batch
 
     def start(self, latents, batch_size: int) -> InversionState:
-        return InversionState(latents=latents, opt_state=self._init(latents), step=0,
+        return InversionState(latents=latents, opt_state=self._programs["init"](latents), step=0,
                               history=np.zeros((batch_size, self.settings.steps), np.float32))
 
     def advance(self, state: InversionState, batch, count: int) -> InversionState:
@@ -269,12 +307,12 @@ class Inverter:
             return state
         scalar = jnp.int32 if self.mesh is None else np.int32
         latents, opt_state, step, history = self._run(
-            state.latents, state.opt_state, scalar(state.step), self._to_device(state.history), batch,
-            scalar(count))
+            self.nets, state.latents, state.opt_state, scalar(state.step), self._to_device(state.history),
+            batch, scalar(count))
         return InversionState(latents, opt_state, int(step), self._to_host(history))
 
     def evaluate(self, latents, batch):
-        return self._to_host(self._evaluate(latents, batch))
+        return self._to_host(self._programs["evaluate"](self.nets, latents, batch))
 
 
 # ---------------------------------------------------------------------------------------- results
@@ -345,7 +383,7 @@ def _resolve_generator(generator):
     return generator
 
 
-def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1, lambda_reg=1.0,
+def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1, lambda_reg=None,
                  l2_weight=0.0, mean_latent_weight=0.0, lpips_net="vgg", lpips_resolution=256,
                  masks=None, learn_masks=None, static_masks=None, seed=0, noise_mode="const",
                  dtype="float32", callback: Callable | None = None, progress_every=25,
@@ -357,6 +395,8 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
     of the last image, whose results are dropped."""
     generator = _resolve_generator(generator)
     space = space or generator.default_space
+    if lambda_reg is None:  # the generator's calibrated value (1.0, the paper's, for StyleGAN2's W)
+        lambda_reg = getattr(generator, "default_lambda_reg", 1.0)
     settings = InversionSettings(segments=segments, space=space, steps=steps, lr=lr, lambda_reg=lambda_reg,
                                  l2_weight=l2_weight, mean_latent_weight=mean_latent_weight,
                                  lpips_net=lpips_net, lpips_resolution=lpips_resolution, seed=seed,
@@ -418,7 +458,7 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
     return results
 
 
-def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, lambda_reg=1.0,
+def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, lambda_reg=None,
            l2_weight=0.0, mean_latent_weight=0.0, lpips_net="vgg", lpips_resolution=256, masks=None,
            learn_masks=None, static_mask=None, seed=0, noise_mode="const", dtype="float32",
            callback=None, progress_every=25, snapshot_steps=(), crop="none", alpha="refuse",
@@ -433,7 +473,8 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
         layout, fixed), an array [n, H, W] or label map [H, W] (user masks, fixed unless learn_masks),
         or a mask source such as a segment generator.
     static_mask: [H, W] in [0, 1] (or a mask file): where 1, the composite is the input image (eq. 3).
-    lambda_reg: weight of the paper's dispersion term (see the module docstring for its units).
+    lambda_reg: weight of the paper's dispersion term (see the module docstring for its units); None
+        takes the generator's `default_lambda_reg` (StyleGAN2: 1.0 as in the paper; demo DCGAN: 0).
     callback(step, steps, losses): called every `progress_every` steps.
     snapshot_steps: steps at which the composite and masks are kept (for a progression sheet).
     """

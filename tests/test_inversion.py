@@ -124,15 +124,21 @@ def test_result_round_trip(tmp_path, tiny_generator):
     assert loaded.settings == res.settings
 
 
-def test_inverter_compiles_once_for_many_images(tiny_generator):
-    settings = InversionSettings(segments=2, steps=3, lpips_net="alex", lpips_resolution="full")
-    inv = Inverter(tiny_generator, settings)
+def test_no_recompilation_between_images_or_inverters(tiny_generator):
+    settings = InversionSettings(segments=2, steps=3, lpips_net="alex", lpips_resolution="full", seed=11)
     r = tiny_generator.resolution
-    for seed in range(3):
+    runs = set()
+    for seed in range(3):  # a new Inverter per image, as invert() does
+        inv = Inverter(tiny_generator, settings)
         target = np.random.RandomState(seed).uniform(-1, 1, (1, r, r, 3)).astype(np.float32)
         batch = inv.make_batch(target)
         inv.advance(inv.start(inv.initial_latents(1), 1), batch, 3)
-    assert inv._run._cache_size() == 1
+        runs.add(id(inv._run))
+    assert len(runs) == 1 and inv._run._cache_size() == 1
+    # invert() on a new image with the same settings reuses that program too.
+    before = inv._run._cache_size()
+    invert(np.zeros((r, r, 3), np.float32), tiny_generator, segments=2, steps=3, seed=11, **FAST)
+    assert inv._run._cache_size() == before
 
 
 def test_bad_options_are_clear_errors(tiny_generator):

@@ -133,6 +133,8 @@ class DCGAN:
     # ------------------------------------------------------------------ the inversion protocol
     latent_spaces = ("z",)
     default_space = "z"
+    # z ~ N(0, I) in 100 dims: the paper's lambda_reg = 1 pins all segment codes together here
+    default_lambda_reg = 0.0
 
     def check_space(self, space: str) -> None:
         if space != "z":

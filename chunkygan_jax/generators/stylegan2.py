@@ -155,6 +155,7 @@ class StyleGAN2:
     # ------------------------------------------------------------------ the inversion protocol
     latent_spaces = ("w", "w+", "s")
     default_space = "w+"
+    default_lambda_reg = 1.0  # the paper's value, tuned for FFHQ's W space
 
     def initial_codes(self, space: str, n: int, w=None):
         """n copies of one starting code (w_avg unless `w` [w_dim] is given) in the requested space:
