@@ -257,7 +257,7 @@ class Inverter:
         self.nets = (self.generator, self.lpips, self.mask_source)
         self.w_std = w_std_of(generator) if s.mean_latent_weight > 0 else 1.0
         self._has_static = static_mask
-        self._programs = _programs(s, mesh)
+        self._programs = _programs(dataclasses.replace(s, seed=0), mesh)  # the seed only moves the layout
         self.optimizer = self._programs["optimizer"]
         self._run = self._programs["run"]
 

@@ -28,7 +28,7 @@ def two_halves(small_generator, golden_p2):
 @pytest.fixture(scope="module")
 def claim_results(small_generator, two_halves):
     target, left = two_halves
-    common = dict(steps=120, lambda_reg=0.0, **FAST)
+    common = dict(steps=100, lambda_reg=0.0, **FAST)
     return {
         "global": invert(target, small_generator, segments=1, **common),
         "halves": invert(target, small_generator, segments=2, masks=np.stack([left, 1 - left]), **common),
@@ -48,7 +48,7 @@ def test_two_segments_fit_what_one_code_cannot(claim_results):
 
 def test_loss_decreases_and_history_is_complete(claim_results):
     h = claim_results["learned"].loss_history
-    assert h.shape == (120,) and np.all(np.isfinite(h))
+    assert h.shape == (100,) and np.all(np.isfinite(h))
     assert h[0] == h[1]  # lr = 0 at step 0 (NVIDIA's schedule): the first step changes nothing
     assert h[-1] < 0.5 * h[0]
 
@@ -75,16 +75,16 @@ def test_static_mask_keeps_the_input_exactly(tiny_generator):
     target = rng.uniform(-1, 1, (r, r, 3)).astype(np.float32)
     static = np.zeros((r, r), np.float32)
     static[:10, :] = 1.0
-    res = invert(target, tiny_generator, segments=2, steps=4, static_mask=static, **FAST)
+    res = invert(target, tiny_generator, segments=2, steps=6, static_mask=static, **FAST)
     np.testing.assert_array_equal(res.composite[:10], target[:10])
     assert np.abs(res.composite[12:] - target[12:]).max() > 1e-3
 
 
 def test_same_seed_same_latents_and_seed_changes_layout(tiny_generator, two_halves):
     target = np.asarray(jax.image.resize(two_halves[0], (32, 32, 3), "linear"))
-    a = invert(target, tiny_generator, segments=3, steps=6, seed=7, **FAST)
-    b = invert(target, tiny_generator, segments=3, steps=6, seed=7, **FAST)
-    c = invert(target, tiny_generator, segments=3, steps=6, seed=8, **FAST)
+    a = invert(target, tiny_generator, segments=2, steps=6, seed=7, **FAST)
+    b = invert(target, tiny_generator, segments=2, steps=6, seed=7, **FAST)
+    c = invert(target, tiny_generator, segments=2, steps=6, seed=8, **FAST)
     for k in a.latents:
         np.testing.assert_array_equal(a.latents[k], b.latents[k])
     assert np.abs(a.latents["mask_logits"] - c.latents["mask_logits"]).max() > 1e-3
@@ -92,7 +92,7 @@ def test_same_seed_same_latents_and_seed_changes_layout(tiny_generator, two_halv
 
 def test_lambda_reg_reduces_dispersion(tiny_generator, two_halves):
     target = np.asarray(jax.image.resize(two_halves[0], (32, 32, 3), "linear"))
-    common = dict(segments=3, steps=30, **FAST)
+    common = dict(segments=2, steps=6, **FAST)
     free = invert(target, tiny_generator, lambda_reg=0.0, **common)
     tied = invert(target, tiny_generator, lambda_reg=1.0, **common)
     d_free, d_tied = float(dispersion(free.codes)), float(dispersion(tied.codes))
@@ -102,7 +102,7 @@ def test_lambda_reg_reduces_dispersion(tiny_generator, two_halves):
 @pytest.mark.parametrize("space", ["w", "s"])
 def test_other_spaces_run_and_improve(tiny_generator, two_halves, space):
     target = np.asarray(jax.image.resize(two_halves[0], (32, 32, 3), "linear"))
-    res = invert(target, tiny_generator, segments=2, steps=12, space=space, lambda_reg=0.0, **FAST)
+    res = invert(target, tiny_generator, segments=2, steps=6, space=space, lambda_reg=0.0, **FAST)
     if space == "w":
         assert res.codes.shape == (2, 1, tiny_generator.w_dim)
     else:
@@ -116,7 +116,7 @@ def test_result_round_trip(tmp_path, tiny_generator):
 
     r = tiny_generator.resolution
     target = np.zeros((r, r, 3), np.float32)
-    res = invert(target, tiny_generator, segments=2, steps=3, **FAST)
+    res = invert(target, tiny_generator, segments=2, steps=6, **FAST)
     loaded = load_result(res.save(tmp_path / "res"))
     for k in res.latents:
         np.testing.assert_array_equal(loaded.latents[k], res.latents[k])
@@ -125,19 +125,20 @@ def test_result_round_trip(tmp_path, tiny_generator):
 
 
 def test_no_recompilation_between_images_or_inverters(tiny_generator):
-    settings = InversionSettings(segments=2, steps=3, lpips_net="alex", lpips_resolution="full", seed=11)
+    settings = InversionSettings(segments=2, steps=6, lpips_net="alex", lpips_resolution="full", seed=11)
     r = tiny_generator.resolution
-    runs = set()
+    runs, sizes = set(), []
     for seed in range(3):  # a new Inverter per image, as invert() does
         inv = Inverter(tiny_generator, settings)
         target = np.random.RandomState(seed).uniform(-1, 1, (1, r, r, 3)).astype(np.float32)
         batch = inv.make_batch(target)
-        inv.advance(inv.start(inv.initial_latents(1), 1), batch, 3)
+        inv.advance(inv.start(inv.initial_latents(1), 1), batch, 6)
         runs.add(id(inv._run))
-    assert len(runs) == 1 and inv._run._cache_size() == 1
+        sizes.append(inv._run._cache_size())  # the program is shared with other tests' equal settings
+    assert len(runs) == 1 and sizes[0] == sizes[1] == sizes[2]
     # invert() on a new image with the same settings reuses that program too.
     before = inv._run._cache_size()
-    invert(np.zeros((r, r, 3), np.float32), tiny_generator, segments=2, steps=3, seed=11, **FAST)
+    invert(np.zeros((r, r, 3), np.float32), tiny_generator, segments=2, steps=6, seed=11, **FAST)
     assert inv._run._cache_size() == before
 
 
