@@ -78,3 +78,13 @@ def tiny_generator(golden_p1):
     """32 px, w_dim 64, images in about [-1, 1]: the cheapest generator, for plumbing tests."""
     from chunkygan_jax.generators import stylegan2_from_nvidia
     return stylegan2_from_nvidia(scaled_rgb_state(golden_p1))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_generator, tmp_path_factory):
+    """`tiny_generator` saved in our checkpoint format, for the command-line tools."""
+    from chunkygan_jax.checkpoints import save_generator
+
+    path = tmp_path_factory.mktemp("checkpoint") / "tiny"
+    save_generator(tiny_generator, path)
+    return path

@@ -18,12 +18,8 @@ FAST = ["--steps=6", "--segments=2", "--lpips_net=alex", "--lpips_resolution=ful
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_generator, tmp_path_factory):
-    from chunkygan_jax.checkpoints import save_generator
-
-    path = tmp_path_factory.mktemp("gen") / "tiny"
-    save_generator(tiny_generator, path)
-    return path
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

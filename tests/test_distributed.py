@@ -59,12 +59,8 @@ def images_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def generator_dir(tiny_generator, tmp_path_factory):
-    from chunkygan_jax.checkpoints import save_generator
-
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    save_generator(tiny_generator, path)
-    return path
+def generator_dir(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
