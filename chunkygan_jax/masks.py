@@ -120,10 +120,13 @@ def logit_masks_from(masks, resolution: int, *, logit_resolution: int = 16, temp
 MASK_MODES = ("logits", "layout")
 
 
-def make_mask_source(masks, n: int, resolution: int, *, seed: int = 0, learn: bool | None = None):
+def make_mask_source(masks, n: int, resolution: int, *, seed: int = 0, learn: bool | None = None,
+                     generator=None):
     """Resolve the `masks=` option of invert():
     - None or "logits": learnable logits starting at the default layout;
     - "layout": the default layout, fixed;
+    - "kmeans": the segment generator G^S with the unsupervised k-means head of `generator` (fitted once
+      per generator, n and seed, then cached; see segmenter.py), its code X^S learned unless learn=False;
     - an array [n, H, W] (soft or hard) or a label map [H, W]: fixed user masks (normalised),
       learnable if learn=True;
     - any object with init()/masks() (e.g. a segment generator): used as is.
@@ -132,10 +135,16 @@ def make_mask_source(masks, n: int, resolution: int, *, seed: int = 0, learn: bo
         return masks
     if n == 1 and (masks is None or isinstance(masks, str)):
         return FixedMasks(jnp.ones((1, resolution, resolution), jnp.float32))
+    if isinstance(masks, str) and masks == "kmeans":
+        if generator is None:
+            raise ConfigError("masks='kmeans' needs the generator (pass generator= to make_mask_source)")
+        from .segmenter import kmeans_segmenter
+        return kmeans_segmenter(generator, n, seed=seed, frozen=learn is False)
     if masks is None or isinstance(masks, str):
         mode = masks or "logits"
         if mode not in MASK_MODES:
-            raise ConfigError(f"masks must be one of {MASK_MODES}, an array or a mask source; got {mode!r}")
+            raise ConfigError(f"masks must be one of {MASK_MODES + ('kmeans',)}, an array or a mask source; "
+                              f"got {mode!r}")
         layout = default_layout(n, resolution, seed=seed)
         if mode == "layout" and not learn:
             return FixedMasks(jnp.asarray(layout))
