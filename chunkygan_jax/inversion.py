@@ -413,7 +413,7 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
                     for p in prepared]) if has_static else None
     if inverter is None:
         source = masks_lib.make_mask_source(masks, settings.segments, generator.resolution, seed=seed,
-                                            learn=learn_masks)
+                                            learn=learn_masks, generator=generator)
         inverter = Inverter(generator, settings, source, static_mask=has_static, mesh=mesh)
     elif inverter.settings != settings:
         raise ConfigError("the given inverter was built for other settings")
