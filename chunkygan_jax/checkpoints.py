@@ -164,6 +164,14 @@ def _commit(tmp: Path, target: Path) -> None:
 # ---------------------------------------------------------------------------------------------- load
 
 
+def load_json_record(path) -> dict:
+    """A checkpoint's JSON record, or CheckpointError naming the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"corrupt {path}: {e}") from None
+
+
 def read_record(directory) -> dict:
     """The validated generator.json of a checkpoint directory."""
     directory = Path(directory)
@@ -172,10 +180,7 @@ def read_record(directory) -> dict:
         raise CheckpointError(f"generator checkpoint not found: {directory}")
     if not path.is_file():
         raise CheckpointError(f"{directory} is not a generator checkpoint (no {RECORD_NAME})")
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"corrupt {path}: {e}") from None
+    record = load_json_record(path)
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise CheckpointError(f"corrupt {path}: not a generator record")
     if record.get("format_version") != FORMAT_VERSION:

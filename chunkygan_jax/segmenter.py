@@ -505,10 +505,9 @@ def read_segmenter_record(directory) -> dict:
     path = Path(directory) / RECORD_NAME
     if not path.is_file():
         raise CheckpointError(f"{directory} is not a segmenter checkpoint (no {RECORD_NAME})")
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"corrupt {path}: {e}") from None
+    from .checkpoints import load_json_record
+
+    record = load_json_record(path)
     if not isinstance(record, dict) or record.get("kind") != "chunkygan_segmenter":
         raise CheckpointError(f"{path}: not a segmenter record")
     if record.get("format_version") != FORMAT_VERSION:
