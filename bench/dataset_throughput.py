@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Images/s of the dataset runner (distributed.invert_dataset: read, invert, write results and
+"""Images/s of the dataset runner (dataset.invert_dataset: read, invert, write results and
 manifest) with the batch sharded over 1 and over 4 devices.
 
 On CPU the devices are simulated (XLA_FLAGS=--xla_force_host_platform_device_count=D) and share the
@@ -31,10 +31,10 @@ def child(args):
     from PIL import Image
 
     jax.config.update("jax_default_matmul_precision", "highest")
-    from chunkygan_jax import distributed
+    from chunkygan_jax import dataset, sharding
     from chunkygan_jax.generators import StyleGAN2, ffhq_config, random_params
     from chunkygan_jax.inversion import InversionSettings, Inverter
-    from chunkygan_jax.masks import make_mask_source
+    from chunkygan_jax.mask_sources import make_mask_source
 
     if args.generator:
         from chunkygan_jax.checkpoints import load_generator
@@ -44,7 +44,7 @@ def child(args):
         generator = StyleGAN2(cfg, random_params(0, cfg))
     common = dict(segments=args.segments, steps=args.steps, lpips_net=args.lpips_net,
                   lpips_resolution="full", lambda_reg=0.0)
-    mesh = distributed.data_mesh()
+    mesh = sharding.data_mesh()
     settings = InversionSettings(space=generator.default_space, **common)
     inverter = Inverter(generator, settings, make_mask_source(None, args.segments, generator.resolution), mesh=mesh)
     r = generator.resolution
@@ -57,10 +57,10 @@ def child(args):
                 Image.fromarray(img).resize((r, r), Image.Resampling.BICUBIC).save(tmp / folder / f"{i:05d}.png")
         kw = dict(batch_size=args.batch_size, inverter=inverter, progress=False, **common)
         t0 = time.perf_counter()
-        distributed.invert_dataset(tmp / "warm", tmp / "out_warm", generator, **kw)
+        dataset.invert_dataset(tmp / "warm", tmp / "out_warm", generator, **kw)
         compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        summary = distributed.invert_dataset(tmp / "data", tmp / "out", generator, **kw)
+        summary = dataset.invert_dataset(tmp / "data", tmp / "out", generator, **kw)
         seconds = time.perf_counter() - t0
     print(json.dumps({"devices": jax.device_count(), "platform": jax.devices()[0].platform,
                       "device_kind": jax.devices()[0].device_kind, "images": summary.local_done,

@@ -1,11 +1,18 @@
 """chunkygan_jax: ChunkyGAN real-image inversion via segments, in JAX.
 
-The public API, re-exported: invert / invert_batch (inversion.py), load_generator / save_generator
-(checkpoints.py), load_result (results.py), the generators and the error types.
+The public API, re-exported: invert / invert_batch / Inverter (inversion.py), load_generator /
+save_generator (checkpoints.py), resolve_generator (demo.py), InversionResult / load_result
+(results.py), the generators and the error types. The layering of the modules is described in
+WORKSPACE.md.
 """
 
 from .errors import ChunkyGANError, CheckpointError, ConfigError, ImageError
-from .generators import StyleGAN2, StyleGAN2Config
+from .generators import DCGAN, StyleGAN2, StyleGAN2Config
 from .checkpoints import load_generator, save_generator
-from .inversion import InversionResult, InversionSettings, Inverter, invert, invert_batch
-from .results import load_result
+from .demo import resolve_generator
+from .results import InversionResult, load_result
+from .inversion import InversionSettings, Inverter, invert, invert_batch
+
+__all__ = ["ChunkyGANError", "CheckpointError", "ConfigError", "DCGAN", "ImageError", "InversionResult",
+           "InversionSettings", "Inverter", "StyleGAN2", "StyleGAN2Config", "invert", "invert_batch",
+           "load_generator", "load_result", "resolve_generator", "save_generator"]

@@ -9,26 +9,27 @@ A generator checkpoint is a directory:
 `load_generator` also takes an NVIDIA `.pkl` or rosinality `.pt`: it is converted once and cached under
 `cache_root()/generators/<sha256 of the file>/`, so later loads skip the (slow) pickle parsing.
 
-The record's "kind" selects how params become a generator object; `register_generator_kind` lets
-another module add kinds without touching this file.
+The record's "kind" selects how params become a generator object. The kinds are listed here, explicitly
+("stylegan2", "dcgan"); `register_generator_kind` adds another one when called.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from .converters import stylegan2 as conv
 from .errors import CheckpointError
+from .files import atomic_path, cache_root, read_json_record, sha256_file
+from .generators.dcgan import DCGAN, dcgan_from_params
 from .generators.statedict import expected_shapes
 from .generators.stylegan2 import StyleGAN2, StyleGAN2Config
+from .trees import flatten_tree
 
 __all__ = ["FORMAT_VERSION", "RECORD_NAME", "cache_root", "convert_checkpoint", "load_generator",
            "read_record", "register_generator_kind", "save_generator"]
@@ -60,7 +61,7 @@ def _stylegan2_from_params(config: dict, params: dict) -> StyleGAN2:
         expected = expected_shapes(cfg)
     except (TypeError, KeyError, ValueError) as e:
         raise CheckpointError(f"bad StyleGAN2 config in record: {e}") from None
-    flat = _flatten(params)
+    flat = flatten_tree(params, sep=".")
     problems = sorted(set(expected) ^ set(flat))
     problems += [f"{k} {flat[k].shape} != {expected[k]}" for k in expected if k in flat and flat[k].shape != expected[k]]
     if problems:
@@ -69,17 +70,10 @@ def _stylegan2_from_params(config: dict, params: dict) -> StyleGAN2:
     return StyleGAN2(config=cfg, params=params)
 
 
-register_generator_kind("stylegan2", StyleGAN2, lambda g: g.config.to_dict(), _stylegan2_from_params)
-
-
-def _flatten(tree, prefix="") -> dict[str, np.ndarray]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
+_KINDS.update({
+    "stylegan2": _Kind(StyleGAN2, lambda g: g.config.to_dict(), _stylegan2_from_params),
+    "dcgan": _Kind(DCGAN, lambda g: g.config.to_dict(), dcgan_from_params),
+})
 
 
 def _as_numpy(tree):
@@ -113,22 +107,17 @@ def save_generator(generator, directory, *, source: dict | None = None, overwrit
         "source": {k: v for k, v in source.items() if k != "w_avg_source"} or None,
         "w_avg_source": source.get("w_avg_source", "checkpoint"),
         "converter_version": CONVERTER_VERSION,
-        "num_params": int(sum(a.size for a in _flatten(params).values())),
+        "num_params": int(sum(a.size for a in flatten_tree(params, sep=".").values())),
     }
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
-        import orbax.checkpoint as ocp  # lazy: orbax is slow to import and only needed here
+        with atomic_path(target, is_dir=True) as tmp:
+            import orbax.checkpoint as ocp  # lazy: orbax is slow to import and only needed here
 
-        with ocp.StandardCheckpointer() as ckptr:  # leaving the block waits for the async write
-            ckptr.save(tmp / PARAMS_NAME, params)
-        (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
-        _commit(tmp, target)
+            with ocp.StandardCheckpointer() as ckptr:  # leaving the block waits for the async write
+                ckptr.save(tmp / PARAMS_NAME, params)
+            (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
     except OSError as e:
         raise CheckpointError(f"cannot write generator checkpoint {target}: {e}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return record
 
 
@@ -144,32 +133,7 @@ def _check_target(target: Path, overwrite: bool) -> None:
             raise CheckpointError(f"refusing to overwrite {target}: it is not a generator checkpoint (no {RECORD_NAME})")
 
 
-def _commit(tmp: Path, target: Path) -> None:
-    """Rename the finished `tmp` to `target`; an old checkpoint there is moved aside first and only
-    deleted once the new one is in place (rename cannot replace a non-empty directory)."""
-    old = None
-    if target.exists() and any(target.iterdir()):
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(target, old)
-    try:
-        os.replace(tmp, target)  # also replaces an empty directory
-    except OSError:
-        if old is not None:
-            os.rename(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 # ---------------------------------------------------------------------------------------------- load
-
-
-def load_json_record(path) -> dict:
-    """A checkpoint's JSON record, or CheckpointError naming the file."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"corrupt {path}: {e}") from None
 
 
 def read_record(directory) -> dict:
@@ -180,7 +144,7 @@ def read_record(directory) -> dict:
         raise CheckpointError(f"generator checkpoint not found: {directory}")
     if not path.is_file():
         raise CheckpointError(f"{directory} is not a generator checkpoint (no {RECORD_NAME})")
-    record = load_json_record(path)
+    record = read_json_record(path)
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise CheckpointError(f"corrupt {path}: not a generator record")
     if record.get("format_version") != FORMAT_VERSION:
@@ -211,14 +175,6 @@ def _load_directory(directory: Path):
     return _KINDS[record["kind"]].from_params(record["config"], params)
 
 
-def cache_root() -> Path:
-    """$CHUNKYGAN_CACHE, else $XDG_CACHE_HOME/chunkygan_jax, else ~/.cache/chunkygan_jax."""
-    if os.environ.get("CHUNKYGAN_CACHE"):
-        return Path(os.environ["CHUNKYGAN_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "chunkygan_jax"
-
-
 def load_generator(path):
     """Load a generator from our checkpoint directory, or from an NVIDIA `.pkl` / rosinality `.pt`
     (converted on first use and cached by the file's sha256)."""
@@ -227,9 +183,7 @@ def load_generator(path):
         return _load_directory(path)
     if not path.is_file():
         raise CheckpointError(f"generator checkpoint not found: {path}")
-    from converters import stylegan2 as conv
-
-    sha = conv.file_sha256(path)
+    sha = sha256_file(path)
     entry = cache_root() / "generators" / sha
     stale = False
     if (entry / RECORD_NAME).is_file():
@@ -258,7 +212,5 @@ def convert_checkpoint(src, directory, *, overwrite: bool = False):
     _check_target(target.absolute(), overwrite)  # fail before the slow conversion, too
     if not Path(src).is_file():
         raise CheckpointError(f"input checkpoint not found: {src}")
-    from converters import stylegan2 as conv
-
     generator, source = conv.convert_file(src)
     return generator, save_generator(generator, target, source=source, overwrite=overwrite)

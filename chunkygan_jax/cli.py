@@ -13,7 +13,8 @@ from absl import flags
 
 from .errors import ChunkyGANError
 
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # bad input or options: one line on stderr, nothing written
+EXIT_SOME_FAILED = 3  # bin/invert_dataset: some images failed (the manifest says why)
 
 
 def fail(message: str) -> None:

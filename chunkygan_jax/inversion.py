@@ -29,9 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import distributed, io, masks as masks_lib
+from . import io, sharding
+from .demo import resolve_generator
 from .errors import ConfigError, ImageError
+from .generators.stylegan2 import sample_ws
 from .lpips import load_lpips, resize_for_lpips
+from .mask_sources import make_mask_source
+from .results import InversionResult, Snapshot
 
 SPACE_ALIASES = {"wplus": "w+", "w_plus": "w+", "W": "w", "W+": "w+", "S": "s"}
 
@@ -121,9 +125,8 @@ def _mean_latent_term(generator, codes, space, w_std):
 
 def w_std_of(generator, num_samples=10_000, seed=123) -> float:
     """The scalar spread of W used by NVIDIA's projector: sqrt(E ||w - w_avg||^2)."""
-    z = np.random.RandomState(seed).randn(num_samples, generator.config.z_dim).astype(np.float32)
-    w = jax.jit(lambda g, z: g.mapping(z)[:, 0])(generator, jnp.asarray(z))
-    return float(jnp.sqrt(jnp.sum(jnp.square(w - jnp.mean(w, axis=0))) / num_samples))
+    w = sample_ws(generator, num_samples, seed)[:, 0].astype(np.float64)
+    return float(np.sqrt(np.sum(np.square(w - w.mean(axis=0))) / num_samples))
 
 
 def make_loss_fn(settings: InversionSettings):
@@ -212,7 +215,7 @@ def _programs(settings: InversionSettings, mesh):
     def run(nets, latents, opt_state, step, history, batch, count):
         carry = jax.lax.fori_loop(0, count, lambda _, c: one_step(nets, c, batch),
                                   (latents, opt_state, step, history))
-        return carry if mesh is None else distributed.constrain_batch(carry, mesh, history.shape[0])
+        return carry if mesh is None else sharding.constrain_batch(carry, mesh, history.shape[0])
 
     def evaluate(nets, latents, batch):
         imgs, seg_masks = render(nets, latents)
@@ -221,7 +224,7 @@ def _programs(settings: InversionSettings, mesh):
         return imgs, seg_masks, out, parts
 
     init = optimizer.init if mesh is None else jax.jit(
-        lambda l: distributed.constrain_batch(optimizer.init(l), mesh, _batch_of(l)))
+        lambda l: sharding.constrain_batch(optimizer.init(l), mesh, _batch_of(l)))
     return dict(optimizer=optimizer, run=jax.jit(run), evaluate=jax.jit(evaluate), init=init,
                 features=jax.jit(lambda lp, x: lp.features(resize_for_lpips(x, settings.lpips_resolution))))
 
@@ -242,16 +245,16 @@ class Inverter:
 
     def __init__(self, generator, settings: InversionSettings, mask_source=None, *, static_mask=False,
                  mesh=None, lpips=None):
-        # mesh: a jax.sharding.Mesh (distributed.data_mesh()): the batch axis is split over its data axis
+        # mesh: a jax.sharding.Mesh (sharding.data_mesh()): the batch axis is split over its data axis
         # and the networks are replicated; host-side arrays (targets in, history and evaluate() out) are
         # then this process's rows. None: one device.
         # lpips: an LPIPS object to use instead of the pretrained one (e.g. random weights in benchmarks).
         self.mesh = mesh
-        rep = (lambda tree: distributed.replicate(tree, mesh)) if mesh is not None else (lambda tree: tree)
+        rep = (lambda tree: sharding.replicate(tree, mesh)) if mesh is not None else (lambda tree: tree)
         self.generator = rep(generator)
         self.settings = settings.validate(generator)
         s = self.settings
-        self.mask_source = rep(mask_source if mask_source is not None else masks_lib.make_mask_source(
+        self.mask_source = rep(mask_source if mask_source is not None else make_mask_source(
             None, s.segments, generator.resolution, seed=s.seed))
         self.lpips = rep(lpips if lpips is not None else load_lpips(s.lpips_net, compute_dtype=jnp.dtype(s.dtype)))
         self.nets = (self.generator, self.lpips, self.mask_source)
@@ -264,12 +267,12 @@ class Inverter:
     def _to_device(self, tree):
         if self.mesh is None:
             return jax.tree_util.tree_map(jnp.asarray, tree)
-        return distributed.shard_batch(tree, self.mesh)
+        return sharding.shard_batch(tree, self.mesh)
 
     def _to_host(self, tree):
         if self.mesh is None:
             return jax.tree_util.tree_map(np.asarray, tree)
-        return distributed.local_rows(tree)
+        return sharding.local_rows(tree)
 
     # ------------------------------------------------------------------ setup
     def initial_latents(self, batch_size: int, initial_codes=None):
@@ -315,40 +318,7 @@ class Inverter:
         return self._to_host(self._programs["evaluate"](self.nets, latents, batch))
 
 
-# ---------------------------------------------------------------------------------------- results
-@dataclasses.dataclass
-class Snapshot:
-    step: int
-    composite: np.ndarray  # [H, W, 3]
-    masks: np.ndarray  # [n, H, W]
-
-
-@dataclasses.dataclass
-class InversionResult:
-    """What an inversion produced. `latents` is the pytree to continue from (codes and mask params)."""
-
-    target: np.ndarray  # [H, W, 3] in [-1, 1]
-    composite: np.ndarray  # [H, W, 3]
-    segment_images: np.ndarray  # [n, H, W, 3]
-    masks: np.ndarray  # [n, H, W]
-    latents: dict
-    loss_history: np.ndarray  # [steps]
-    final_losses: dict  # lpips, total, ... (floats)
-    settings: dict
-    static_mask: np.ndarray | None = None
-    snapshots: list = dataclasses.field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def codes(self):
-        return self.latents["codes"]
-
-    def save(self, directory) -> Path:
-        """Write latents, masks, settings and images so that editing can continue later."""
-        from .results import save_result
-        return save_result(self, directory)
-
-
+# ---------------------------------------------------------------------------------------- entry points
 def _batch_of(tree) -> int:
     return jax.tree_util.tree_leaves(tree)[0].shape[0]
 
@@ -373,16 +343,6 @@ def _prepare(generator, image, static_mask, crop, alpha):
     return target, sx
 
 
-def _resolve_generator(generator):
-    if isinstance(generator, (str, Path)):
-        from .checkpoints import load_generator
-        return load_generator(generator)
-    if generator is None:
-        from .demo import load_demo_generator
-        return load_demo_generator()
-    return generator
-
-
 def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1, lambda_reg=None,
                  l2_weight=0.0, mean_latent_weight=0.0, lpips_net="vgg", lpips_resolution=256,
                  masks=None, learn_masks=None, static_masks=None, seed=0, noise_mode="const",
@@ -390,10 +350,10 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
                  snapshot_steps=(), crop="none", alpha="refuse", inverter: Inverter | None = None,
                  initial_codes=None, mesh=None) -> list[InversionResult]:
     """Invert B images at once (one jitted step for all B x n segments). See `invert` for options;
-    `static_masks` is a list (one per image, or None). `mesh` (distributed.data_mesh()) shards the
+    `static_masks` is a list (one per image, or None). `mesh` (sharding.data_mesh()) shards the
     images over its devices; the batch is padded to a multiple of this process's devices with copies
     of the last image, whose results are dropped."""
-    generator = _resolve_generator(generator)
+    generator = resolve_generator(generator)
     space = space or generator.default_space
     if lambda_reg is None:  # the generator's calibrated value (1.0, the paper's, for StyleGAN2's W)
         lambda_reg = getattr(generator, "default_lambda_reg", 1.0)
@@ -412,7 +372,7 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
     sxs = np.stack([p[1] if p[1] is not None else np.zeros(targets.shape[1:3], np.float32)
                     for p in prepared]) if has_static else None
     if inverter is None:
-        source = masks_lib.make_mask_source(masks, settings.segments, generator.resolution, seed=seed,
+        source = make_mask_source(masks, settings.segments, generator.resolution, seed=seed,
                                             learn=learn_masks, generator=generator)
         inverter = Inverter(generator, settings, source, static_mask=has_static, mesh=mesh)
     elif inverter.settings != settings:

@@ -1,4 +1,4 @@
-"""Images and masks at the file boundary, and atomic writes.
+"""Images and masks at the file boundary.
 
 Inside the library images are float32 [H, W, 3] (or NHWC) in [-1, 1]; uint8 exists only here.
 Conversions that happen silently are documented: greyscale is replicated to RGB, a fully opaque alpha
@@ -10,16 +10,14 @@ what is being reconstructed.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageError
+from .files import atomic_path
 
 CROPS = ("none", "center")
 ALPHAS = ("refuse", "drop", "white")
@@ -156,31 +154,6 @@ def load_label_map(path, resolution: int) -> np.ndarray:
 def to_uint8(image) -> np.ndarray:
     """[-1, 1] float -> uint8, rounding like NVIDIA's projector ((x + 1) * 127.5)."""
     return np.clip(np.round((np.asarray(image, np.float64) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-@contextlib.contextmanager
-def atomic_path(final: Path, *, is_dir=False):
-    """Yield a temporary sibling path; rename it onto `final` only if the block succeeds, so a crash or
-    an error never leaves a half-written output under the final name."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if is_dir:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=final.suffix, dir=final.parent)
-        os.close(fd)
-        tmp = Path(name)
-    try:
-        yield tmp
-        if is_dir and final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
-        raise
 
 
 def save_png(path, image_uint8: np.ndarray) -> None:

@@ -364,6 +364,18 @@ def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m
 
 
+def parse_resolution(policy) -> int | str:
+    """The one reader of an LPIPS resolution policy (an option, a flag, a saved setting): a positive int
+    (also given as text) or "full" (also None). Anything else is a ConfigError."""
+    if policy is None or (isinstance(policy, str) and policy.strip().lower() == "full"):
+        return "full"
+    if isinstance(policy, str) and policy.strip().isdigit():
+        policy = int(policy.strip())
+    if isinstance(policy, bool) or not isinstance(policy, (int, np.integer)) or policy < 1:
+        raise ConfigError(f"lpips_resolution must be a positive integer or 'full', got {policy!r}")
+    return int(policy)
+
+
 def resize_for_lpips(x: jax.Array, policy: int | str | None = 256) -> jax.Array:
     """Downsample NHWC images before LPIPS according to a resolution policy.
 
@@ -375,12 +387,9 @@ def resize_for_lpips(x: jax.Array, policy: int | str | None = 256) -> jax.Array:
         average as torch's ``F.interpolate(mode="area")``.
       * "full" or None: no resize.
     """
-    if policy is None or (isinstance(policy, str) and policy.lower() == "full"):
+    policy = parse_resolution(policy)
+    if policy == "full":
         return x
-    if isinstance(policy, str) and policy.strip().isdigit():
-        policy = int(policy)
-    if isinstance(policy, bool) or not isinstance(policy, (int, np.integer)) or policy < 1:
-        raise ConfigError(f"LPIPS resolution policy must be a positive int, 'full' or None, got {policy!r}")
     shape = getattr(x, "shape", None)
     if shape is None or len(shape) != 4:
         raise ImageError(f"resize_for_lpips expects NHWC [N, H, W, C], got shape {shape}")

@@ -1,5 +1,7 @@
-"""Where the segment masks S come from (paper eq. 1): fixed user masks, free low-resolution logits, a
-default layout for any n, and (segmenter.py) the learned segment generator G^S.
+"""The simple mask sources for the segment masks S (paper eq. 1): fixed user masks, free
+low-resolution logits and a default layout for any n; also how masks are shown (`color_code`) and
+judged (`neighbour_agreement`). The learned segment generator G^S is in segmenter/, and the `masks=`
+option of invert() is resolved in mask_sources.py.
 
 A mask source is a small object with
   init(n)            -> the pytree of its optimisable parameters (may be empty),
@@ -117,50 +119,6 @@ def logit_masks_from(masks, resolution: int, *, logit_resolution: int = 16, temp
     return LogitMasks(initial=jnp.asarray(logits - logits.mean(axis=0, keepdims=True)), resolution=resolution)
 
 
-MASK_MODES = ("logits", "layout")
-
-
-def make_mask_source(masks, n: int, resolution: int, *, seed: int = 0, learn: bool | None = None,
-                     generator=None):
-    """Resolve the `masks=` option of invert():
-    - None or "logits": learnable logits starting at the default layout;
-    - "layout": the default layout, fixed;
-    - "kmeans": the segment generator G^S with the unsupervised k-means head of `generator` (fitted once
-      per generator, n and seed, then cached; see segmenter.py), its code X^S learned unless learn=False;
-    - an array [n, H, W] (soft or hard) or a label map [H, W]: fixed user masks (normalised),
-      learnable if learn=True;
-    - any object with init()/masks() (e.g. a segment generator): used as is.
-    """
-    if hasattr(masks, "init") and hasattr(masks, "masks"):
-        return masks
-    if n == 1 and (masks is None or isinstance(masks, str)):
-        return FixedMasks(jnp.ones((1, resolution, resolution), jnp.float32))
-    if isinstance(masks, str) and masks == "kmeans":
-        if generator is None:
-            raise ConfigError("masks='kmeans' needs the generator (pass generator= to make_mask_source)")
-        from .segmenter import kmeans_segmenter
-        return kmeans_segmenter(generator, n, seed=seed, frozen=learn is False)
-    if masks is None or isinstance(masks, str):
-        mode = masks or "logits"
-        if mode not in MASK_MODES:
-            raise ConfigError(f"masks must be one of {MASK_MODES + ('kmeans',)}, an array or a mask source; "
-                              f"got {mode!r}")
-        layout = default_layout(n, resolution, seed=seed)
-        if mode == "layout" and not learn:
-            return FixedMasks(jnp.asarray(layout))
-        return logit_masks_from(layout, resolution)
-    arr = np.asarray(masks)
-    if arr.ndim == 2:
-        arr = masks_from_labels(arr, n)
-    if arr.ndim != 3 or arr.shape[1:] != (resolution, resolution):
-        raise ImageError(f"masks must be [n, {resolution}, {resolution}] or a label map "
-                         f"[{resolution}, {resolution}], got {arr.shape}")
-    if arr.shape[0] != n:
-        raise ConfigError(f"{arr.shape[0]} masks given for {n} segments")
-    arr = normalize_masks(arr)
-    return logit_masks_from(arr, resolution) if learn else FixedMasks(jnp.asarray(arr))
-
-
 def color_code(masks: np.ndarray) -> np.ndarray:
     """Soft masks [n, H, W] -> uint8 [H, W, 3] visualisation (mask-weighted palette colours)."""
     n = masks.shape[0]
@@ -176,3 +134,12 @@ def _hsv_to_rgb(h, s, v):
     p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
     return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i])
 
+
+
+def neighbour_agreement(labels) -> float:
+    """Fraction of 4-neighbour pixel pairs with the same label in a label map [..., H, W]
+    (1 - normalised boundary length)."""
+    labels = np.asarray(labels)
+    same = np.concatenate([(labels[..., 1:, :] == labels[..., :-1, :]).reshape(-1),
+                           (labels[..., :, 1:] == labels[..., :, :-1]).reshape(-1)])
+    return float(same.mean())

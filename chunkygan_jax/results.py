@@ -1,4 +1,5 @@
-"""Saving and loading inversion results, so that editing can continue in a later session.
+"""What an inversion produced (`InversionResult`), and saving and loading it so that editing can continue
+in a later session.
 
 A result directory holds
   latents.npz     the latent pytree, flattened to '/'-joined keys ("codes", "codes/b4.conv1", "mask_logits")
@@ -9,41 +10,53 @@ It is written to a temporary sibling and renamed, so a crash never leaves a half
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 
-from . import io
 from .errors import ChunkyGANError
+from .files import atomic_path
+from .trees import flatten_tree, unflatten_tree
 
 FORMAT_VERSION = 1
 
 
-def flatten_tree(tree, prefix="") -> dict[str, np.ndarray]:
-    if isinstance(tree, dict):
-        out = {}
-        for k, v in tree.items():
-            if "/" in str(k):
-                raise ChunkyGANError(f"latent key {k!r} contains '/'")
-            out.update(flatten_tree(v, f"{prefix}{k}/"))
-        return out
-    return {prefix.rstrip("/"): np.asarray(tree)}
+@dataclasses.dataclass
+class Snapshot:
+    step: int
+    composite: np.ndarray  # [H, W, 3]
+    masks: np.ndarray  # [n, H, W]
 
 
-def unflatten_tree(flat: dict[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for key, value in flat.items():
-        node = tree
-        parts = key.split("/")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return tree
+@dataclasses.dataclass
+class InversionResult:
+    """What an inversion produced. `latents` is the pytree to continue from (codes and mask params)."""
+
+    target: np.ndarray  # [H, W, 3] in [-1, 1]
+    composite: np.ndarray  # [H, W, 3]
+    segment_images: np.ndarray  # [n, H, W, 3]
+    masks: np.ndarray  # [n, H, W]
+    latents: dict
+    loss_history: np.ndarray  # [steps]
+    final_losses: dict  # lpips, total, ... (floats)
+    settings: dict
+    static_mask: np.ndarray | None = None
+    snapshots: list = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def codes(self):
+        return self.latents["codes"]
+
+    def save(self, directory) -> Path:
+        """Write latents, masks, settings and images so that editing can continue later."""
+        return save_result(self, directory)
 
 
 def save_latents(path, latents) -> None:
-    with io.atomic_path(Path(path)) as tmp:
+    with atomic_path(Path(path)) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **flatten_tree(latents))
 
@@ -58,7 +71,7 @@ def load_latents(path) -> dict:
 
 def save_result(result, directory) -> Path:
     directory = Path(directory)
-    with io.atomic_path(directory, is_dir=True) as tmp:
+    with atomic_path(directory, is_dir=True) as tmp:
         with open(tmp / "latents.npz", "wb") as f:
             np.savez(f, **flatten_tree(result.latents))
         arrays = dict(target=result.target, composite=result.composite,
@@ -74,9 +87,7 @@ def save_result(result, directory) -> Path:
     return directory
 
 
-def load_result(directory):
-    from .inversion import InversionResult
-
+def load_result(directory) -> InversionResult:
     directory = Path(directory)
     try:
         record = json.loads((directory / "result.json").read_text())
@@ -91,45 +102,3 @@ def load_result(directory):
         masks=arrays["masks"], latents=load_latents(directory / "latents.npz"),
         loss_history=arrays["loss_history"], final_losses=record["final_losses"],
         settings=record["settings"], static_mask=arrays.get("static_mask"), seconds=record.get("seconds", 0.0))
-
-
-PROGRESSION_STEPS = (1, 5, 9, 15, 23, 37)  # the iterations of the paper's Fig. 3
-
-
-def progression_steps(steps: int) -> list[int]:
-    return sorted({s for s in PROGRESSION_STEPS if s < steps} | {steps})
-
-
-def progression_sheet(result) -> np.ndarray:
-    """uint8 sheet: composites (top row) and colour-coded masks (bottom row) at the snapshot steps."""
-    from .masks import color_code
-
-    if not result.snapshots:
-        raise ChunkyGANError("this result holds no snapshots (pass snapshot_steps to invert)")
-    top = np.concatenate([io.to_uint8(s.composite) for s in result.snapshots], axis=1)
-    bottom = np.concatenate([color_code(s.masks) for s in result.snapshots], axis=1)
-    return np.concatenate([top, bottom], axis=0)
-
-
-def write_report(result, directory, *, extra_metrics=None) -> Path:
-    """Everything a user looks at after an inversion, in one directory (written atomically):
-    projection.png, side_by_side.png (original | projection), masks.png, progression.png (if snapshots),
-    segments.png (each segment's full image), metrics.json, and the result itself under result/."""
-    from .masks import color_code
-
-    directory = Path(directory)
-    with io.atomic_path(directory, is_dir=True) as tmp:
-        io.save_png(tmp / "projection.png", io.to_uint8(result.composite))
-        io.save_png(tmp / "side_by_side.png",
-                    np.concatenate([io.to_uint8(result.target), io.to_uint8(result.composite)], axis=1))
-        io.save_png(tmp / "masks.png", color_code(result.masks))
-        io.save_png(tmp / "segments.png", np.concatenate([io.to_uint8(x) for x in result.segment_images], axis=1))
-        if result.snapshots:
-            io.save_png(tmp / "progression.png", progression_sheet(result))
-        save_result(result, tmp / "result")
-        steps = len(result.loss_history)
-        metrics = {"final_losses": result.final_losses, "steps": steps, "seconds": result.seconds,
-                   "ms_per_step": 1000.0 * result.seconds / max(steps, 1), "settings": result.settings,
-                   **(extra_metrics or {})}
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return directory

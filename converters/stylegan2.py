@@ -9,29 +9,19 @@ Saving and caching our own format is `chunkygan_jax.checkpoints`' job.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
-import numpy as np
+from ..errors import CheckpointError
+from ..files import sha256_file
+from ..generators.statedict import compute_w_avg, stylegan2_from_nvidia, stylegan2_from_rosinality
+from ..generators.stylegan2 import StyleGAN2
+from .torch_pickle import read_nvidia_pickle, read_torch_zip, sniff_format
 
-from chunkygan_jax.errors import CheckpointError
-from chunkygan_jax.generators.statedict import compute_w_avg, stylegan2_from_nvidia, stylegan2_from_rosinality
-from chunkygan_jax.generators.stylegan2 import StyleGAN2
-from converters.torch_pickle import read_nvidia_pickle, read_torch_zip, sniff_format
-
-__all__ = ["W_AVG_COMPUTED", "convert_file", "file_sha256", "from_nvidia_networks", "from_rosinality_checkpoint"]
+__all__ = ["W_AVG_COMPUTED", "convert_file", "from_nvidia_networks", "from_rosinality_checkpoint"]
 
 W_AVG_SAMPLES, W_AVG_SEED = 10_000, 123
 W_AVG_COMPUTED = f"computed from {W_AVG_SAMPLES} mapped z, seed {W_AVG_SEED}"
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _is_stylegan3(state) -> bool:
@@ -109,5 +99,5 @@ def convert_file(path, *, sha256: str | None = None) -> tuple[StyleGAN2, dict]:
         fmt = "rosinality-pt"
     else:
         raise CheckpointError(f"{path} is an orbax directory, not a foreign checkpoint file")
-    source = {"format": fmt, "file": path.name, "sha256": sha256 or file_sha256(path)}
+    source = {"format": fmt, "file": path.name, "sha256": sha256 or sha256_file(path)}
     return generator, {**source, **partial}

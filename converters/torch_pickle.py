@@ -27,7 +27,7 @@ from typing import Any
 import ml_dtypes  # ships with jax; gives numpy a bfloat16
 import numpy as np
 
-from chunkygan_jax.errors import CheckpointError
+from ..errors import CheckpointError
 
 __all__ = [
     "PersistentObject",

@@ -16,7 +16,7 @@ import pytest
 
 from chunkygan_jax.checkpoints import convert_checkpoint, load_generator, read_record, save_generator
 from chunkygan_jax.errors import CheckpointError
-from converters import stylegan2 as conv
+from chunkygan_jax.converters import stylegan2 as conv
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from chunkygan_jax.errors import CheckpointError
-from converters import read_nvidia_pickle, read_torch_zip, sniff_format
+from chunkygan_jax.converters import read_nvidia_pickle, read_torch_zip, sniff_format
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 NVIDIA_PKL = SHARED / "fixtures" / "nvidia_P1_sanitized.pkl"

@@ -22,7 +22,7 @@ from chunkygan_jax import checkpoints, demo
 from chunkygan_jax.errors import ChunkyGANError, CheckpointError, ConfigError
 from chunkygan_jax.generators.dcgan import DCGAN, DCGANConfig, conv_transpose2d, random_params
 from chunkygan_jax.inversion import invert
-from converters.torch_pickle import read_torch_zip
+from chunkygan_jax.converters.torch_pickle import read_torch_zip
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_SEED = 7  # examples/face.png is G(z) for this seed (see examples/README.md)
@@ -276,8 +276,8 @@ def test_not_fetched_and_cached(demo_cache, tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "_download", lambda work: pytest.fail("downloaded again"))
     assert demo.fetch_demo_generator(cache_dir=demo_cache) == demo.demo_dir(demo_cache)
     monkeypatch.setenv("CHUNKYGAN_CACHE", str(demo_cache))
-    from chunkygan_jax.inversion import _resolve_generator
-    assert isinstance(_resolve_generator(None), DCGAN)
+    from chunkygan_jax import resolve_generator
+    assert isinstance(resolve_generator(None), DCGAN)
 
 
 def test_cli_bad_wheel(tmp_path):

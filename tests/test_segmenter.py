@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chunkygan_jax import masks as masks_lib
+from chunkygan_jax.mask_sources import make_mask_source
 from chunkygan_jax import segmenter as seg_lib
 from chunkygan_jax.errors import CheckpointError, ConfigError, ImageError
 from chunkygan_jax.inversion import InversionSettings, Inverter
@@ -110,14 +110,14 @@ def test_make_mask_source_kmeans(tiny_generator, kmeans3, cache, monkeypatch):
     monkeypatch.setenv("CHUNKYGAN_CACHE", str(cache / "env"))
     assert seg_lib.segmenter_cache_dir() == cache / "env" / "segmenters"
     monkeypatch.setattr(seg_lib, "segmenter_cache_dir", lambda cache_dir=None: cache)
-    learned = masks_lib.make_mask_source("kmeans", 3, 32, generator=tiny_generator)
-    frozen = masks_lib.make_mask_source("kmeans", 3, 32, generator=tiny_generator, learn=False)
+    learned = make_mask_source("kmeans", 3, 32, generator=tiny_generator)
+    frozen = make_mask_source("kmeans", 3, 32, generator=tiny_generator, learn=False)
     assert isinstance(learned, seg_lib.Segmenter) and not learned.frozen and frozen.frozen
     np.testing.assert_array_equal(learned.head.centroids, kmeans3.head.centroids)
     with pytest.raises(ConfigError, match="needs the generator"):
-        masks_lib.make_mask_source("kmeans", 3, 32)
+        make_mask_source("kmeans", 3, 32)
     with pytest.raises(ConfigError, match="needs a StyleGAN generator"):
-        masks_lib.make_mask_source("kmeans", 3, 32, generator=object())
+        make_mask_source("kmeans", 3, 32, generator=object())
 
 
 # ------------------------------------------------------------------------------------ k-means head

@@ -264,14 +264,3 @@ def random_params(seed: int, config: DCGANConfig = DCGANConfig()) -> dict:
         else:
             state[name] = rng.normal(0.0, 0.1, shape)
     return params_from_state_dict({k: v.astype(np.float32) for k, v in state.items()}, config)
-
-
-def _register_checkpoint_kind() -> None:
-    # Our checkpoint format stores any generator kind registered here; importing this module (which
-    # chunkygan_jax.generators does) makes "dcgan" records loadable by checkpoints.load_generator.
-    from .. import checkpoints
-
-    checkpoints.register_generator_kind("dcgan", DCGAN, lambda g: g.config.to_dict(), dcgan_from_params)
-
-
-_register_checkpoint_kind()

@@ -32,7 +32,7 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import CheckpointError
-from .stylegan2 import StyleGAN2, StyleGAN2Config
+from .stylegan2 import StyleGAN2, StyleGAN2Config, sample_ws
 
 _FIR_2D = np.outer([1.0, 3.0, 3.0, 1.0], [1.0, 3.0, 3.0, 1.0])
 
@@ -208,8 +208,4 @@ def stylegan2_from_rosinality(state: Mapping[str, np.ndarray], *, latent_avg=Non
 def compute_w_avg(generator: StyleGAN2, *, num_samples=10_000, seed=123) -> np.ndarray:
     """Mean of the mapping network's output over `num_samples` z ~ N(0, I) drawn with a fixed numpy seed
     (NVIDIA's projector and the authors' tool use 10,000 samples from RandomState(123))."""
-    import jax.numpy as jnp
-
-    z = np.random.RandomState(seed).randn(num_samples, generator.config.z_dim).astype(np.float32)
-    ws = generator.mapping(jnp.asarray(z))[:, 0]
-    return np.asarray(jnp.mean(ws, axis=0), np.float32)
+    return sample_ws(generator, num_samples, seed)[:, 0].mean(axis=0, dtype=np.float64).astype(np.float32)

@@ -323,6 +323,18 @@ class StyleGAN2:
         return img, feats
 
 
+@jax.jit
+def _mapped(generator, z):
+    return generator.mapping(z)
+
+
+def sample_ws(generator, num: int, seed: int) -> np.ndarray:
+    """W+ codes [num, num_ws, w_dim] of random samples, z ~ N(0, I) drawn from numpy RandomState(seed)
+    (NVIDIA's projector and the authors' tool draw their 10,000 w_avg samples with seed 123)."""
+    z = np.random.RandomState(seed).randn(num, generator.config.z_dim).astype(np.float32)
+    return np.asarray(_mapped(generator, jnp.asarray(z)))
+
+
 def random_params(seed: int, config: StyleGAN2Config, *, scale=1.0) -> dict:
     """Randomly initialised parameters of the given architecture, in the official layouts.
 

@@ -1,0 +1,31 @@
+"""What every image generator G^I offers, and its identity.
+
+A generator is a pytree (a flax struct: static `config`, array `params`) with
+  resolution, latent_spaces, default_space, default_lambda_reg,
+  initial_codes(space, n)            the starting codes of n segments,
+  synthesize(codes, space, ...)      images [N, H, W, 3] in about [-1, 1],
+  check_space(space) (optional)      a specific error for a space it lacks.
+StyleGAN2 adds mapping, W/W+/S conversions and block `features`; the DCGAN works in z alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+from ..trees import flatten_tree
+
+
+def fingerprint(generator) -> str:
+    """The generator's identity: sha256 over its config and every parameter (name, shape, dtype,
+    bytes). Caches (k-means heads, directions) and dataset records are keyed by it."""
+    h = hashlib.sha256()
+    config = generator.config.to_dict() if hasattr(generator.config, "to_dict") else repr(generator.config)
+    h.update(json.dumps(config, sort_keys=True).encode())
+    for name, value in sorted(flatten_tree(generator.params).items()):
+        a = np.ascontiguousarray(np.asarray(value))
+        h.update(f"{name}|{a.shape}|{a.dtype.str}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()

@@ -1,0 +1,51 @@
+"""The report `bin/invert` writes: what a user looks at after an inversion, in one folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import io
+from .errors import ChunkyGANError
+from .files import atomic_path
+from .masks import color_code
+from .results import save_result
+
+PROGRESSION_STEPS = (1, 5, 9, 15, 23, 37)  # the iterations of the paper's Fig. 3
+
+
+def progression_steps(steps: int) -> list[int]:
+    return sorted({s for s in PROGRESSION_STEPS if s < steps} | {steps})
+
+
+def progression_sheet(result) -> np.ndarray:
+    """uint8 sheet: composites (top row) and colour-coded masks (bottom row) at the snapshot steps."""
+    if not result.snapshots:
+        raise ChunkyGANError("this result holds no snapshots (pass snapshot_steps to invert)")
+    top = np.concatenate([io.to_uint8(s.composite) for s in result.snapshots], axis=1)
+    bottom = np.concatenate([color_code(s.masks) for s in result.snapshots], axis=1)
+    return np.concatenate([top, bottom], axis=0)
+
+
+def write_report(result, directory, *, extra_metrics=None) -> Path:
+    """Everything a user looks at after an inversion, in one directory (written atomically):
+    projection.png, side_by_side.png (original | projection), masks.png, progression.png (if snapshots),
+    segments.png (each segment's full image), metrics.json, and the result itself under result/."""
+    directory = Path(directory)
+    with atomic_path(directory, is_dir=True) as tmp:
+        io.save_png(tmp / "projection.png", io.to_uint8(result.composite))
+        io.save_png(tmp / "side_by_side.png",
+                    np.concatenate([io.to_uint8(result.target), io.to_uint8(result.composite)], axis=1))
+        io.save_png(tmp / "masks.png", color_code(result.masks))
+        io.save_png(tmp / "segments.png", np.concatenate([io.to_uint8(x) for x in result.segment_images], axis=1))
+        if result.snapshots:
+            io.save_png(tmp / "progression.png", progression_sheet(result))
+        save_result(result, tmp / "result")
+        steps = len(result.loss_history)
+        metrics = {"final_losses": result.final_losses, "steps": steps, "seconds": result.seconds,
+                   "ms_per_step": 1000.0 * result.seconds / max(steps, 1), "settings": result.settings,
+                   **(extra_metrics or {})}
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return directory

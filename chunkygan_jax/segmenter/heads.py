@@ -1,0 +1,200 @@
+"""The segmenter heads (k-means, MLP ensemble) and `Segmenter`, the mask source S = G^S(X^S)."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..errors import ConfigError
+from .features import DEFAULT_NOISE_MODE, feature_dim, pixel_features, resolve_layers
+
+# ---------------------------------------------------------------------------------------- heads
+@flax.struct.dataclass
+class KMeansHead:
+    """Spherical k-means: logits = cosine similarity to each centroid / temperature."""
+
+    centroids: jax.Array  # [n, D], unit rows
+    temperature: jax.Array  # scalar
+
+    kind = "kmeans"
+
+    @property
+    def segments(self) -> int:
+        return int(self.centroids.shape[0])
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.centroids.shape[1])
+
+    def probabilities(self, feats):
+        return jax.nn.softmax(feats @ self.centroids.T / self.temperature, axis=-1)
+
+    def arrays(self) -> dict:
+        return {"centroids": self.centroids, "temperature": self.temperature}
+
+    @classmethod
+    def from_arrays(cls, arrays):
+        return cls(centroids=jnp.asarray(arrays["centroids"], jnp.float32),
+                   temperature=jnp.asarray(arrays["temperature"], jnp.float32))
+
+
+@flax.struct.dataclass
+class MLPHead:
+    """An ensemble of per-pixel MLPs (ReLU), members stacked on the leading axis of every weight; the
+    masks are the members' softmaxes averaged. Inputs are scaled by sqrt(D) so that unit phi vectors
+    have entries of about unit variance."""
+
+    params: dict  # {"layer<i>": {"w": [E, in, out], "b": [E, out]}}
+    temperature: jax.Array  # scalar
+
+    kind = "mlp"
+
+    @property
+    def segments(self) -> int:
+        return int(self.params[f"layer{len(self.params) - 1}"]["b"].shape[-1])
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.params["layer0"]["w"].shape[1])
+
+    @property
+    def members(self) -> int:
+        return int(self.params["layer0"]["b"].shape[0])
+
+    def member_logits(self, feats):
+        """[..., D] -> [E, ..., n]."""
+        x = feats * math.sqrt(feats.shape[-1])
+        x = jnp.broadcast_to(x, (self.members,) + x.shape)
+        depth = len(self.params)
+        for i in range(depth):
+            p = self.params[f"layer{i}"]
+            extra = (1,) * (x.ndim - 2)
+            x = jnp.einsum("e...i,eio->e...o", x, p["w"]) + p["b"].reshape((p["b"].shape[0],) + extra + (-1,))
+            if i < depth - 1:
+                x = jax.nn.relu(x)
+        return x
+
+    def probabilities(self, feats):
+        return jnp.mean(jax.nn.softmax(self.member_logits(feats) / self.temperature, axis=-1), axis=0)
+
+    def arrays(self) -> dict:
+        return {"params": self.params, "temperature": self.temperature}
+
+    @classmethod
+    def from_arrays(cls, arrays):
+        params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), arrays["params"])
+        return cls(params=params, temperature=jnp.asarray(arrays["temperature"], jnp.float32))
+
+
+def init_mlp(seed: int, feature_dim: int, segments: int, *, members=3, hidden=(64, 32)) -> dict:
+    """He-normal weights, zero biases (numpy RandomState(seed): no device work before training)."""
+    rng = np.random.RandomState(seed)
+    dims = (feature_dim,) + tuple(hidden) + (segments,)
+    return {f"layer{i}": {"w": (rng.standard_normal((members, a, b)) * math.sqrt(2.0 / a)).astype(np.float32),
+                          "b": np.zeros((members, b), np.float32)}
+            for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))}
+
+
+# ---------------------------------------------------------------------------------------- the mask source
+@flax.struct.dataclass
+class Segmenter:
+    """G^S: masks from the generator's features for the segment code X^S, through a per-pixel head.
+
+    Mask-source protocol: init(n) -> {"segment_code": X^S [num_ws, w_dim]} ({} when frozen; the fixed
+    `code` is then used), masks(params) -> [n, R, R] summing to 1 per pixel. A frozen segmenter made by
+    `freeze()` / `with_code()` keeps its masks, so an inversion does not recompute constant masks per step."""
+
+    generator: Any
+    head: Any  # KMeansHead | MLPHead
+    code: jax.Array  # initial (or, when frozen, fixed) X^S [num_ws, w_dim]
+    layers: tuple = flax.struct.field(pytree_node=False)
+    frozen: bool = flax.struct.field(pytree_node=False, default=False)
+    noise_mode: str = flax.struct.field(pytree_node=False, default=DEFAULT_NOISE_MODE)
+    fixed_masks: Any = None  # [n, R, R] for `code`, kept when frozen (None: computed on demand)
+
+    @property
+    def segments(self) -> int:
+        return self.head.segments
+
+    @property
+    def resolution(self) -> int:
+        return self.generator.resolution
+
+    @property
+    def feature_resolution(self) -> int:
+        return max(self.layers)
+
+    def init(self, n: int) -> dict:
+        if n != self.segments:
+            raise ConfigError(f"this segmenter makes {self.segments} segments, {n} were asked for")
+        return {} if self.frozen else {"segment_code": self.code}
+
+    def masks(self, params: dict):
+        if self.frozen:
+            return self.fixed_masks if self.fixed_masks is not None else self.masks_for_code(self.code)
+        return self.masks_for_code(params["segment_code"])
+
+    def freeze(self, frozen: bool = True) -> "Segmenter":
+        """The same segmenter with X^S fixed at `code` (frozen=True) or learned (False)."""
+        fixed = self.masks_for_code(self.code) if frozen else None
+        return self.replace(frozen=frozen, fixed_masks=fixed)
+
+    def with_code(self, code) -> "Segmenter":
+        """The same segmenter starting at (or, when frozen, fixed at) another X^S."""
+        return self.replace(code=self._as_ws(code)[0], fixed_masks=None).freeze(self.frozen)
+
+    def _as_ws(self, code):
+        """[w_dim], [1, w_dim], [num_ws, w_dim] or [B, num_ws, w_dim] -> [B, num_ws, w_dim]."""
+        g = self.generator
+        code = jnp.asarray(code, jnp.float32)
+        if code.ndim == 1:
+            code = code[None]
+        if code.ndim == 2:
+            code = code[None]
+        if code.ndim != 3 or code.shape[-1] != g.w_dim or code.shape[1] not in (1, g.num_ws):
+            raise ConfigError(f"segment code must be [num_ws={g.num_ws}, w_dim={g.w_dim}] (or [w_dim], or "
+                              f"batched), got {tuple(code.shape)}")
+        return jnp.broadcast_to(code, (code.shape[0], g.num_ws, g.w_dim))
+
+    def masks_for_code(self, code, resolution: int | None = None):
+        """Masks for any segment code (e.g. X^S moved by an edit direction): [num_ws, w_dim] ->
+        [n, R, R]; a batch [B, num_ws, w_dim] -> [B, n, R, R]. `resolution` defaults to the generator's;
+        `feature_resolution` gives the head's own per-pixel decisions without upsampling."""
+        batched = jnp.ndim(code) == 3
+        r = self.resolution if resolution is None else int(resolution)
+        m = head_masks(self.generator, self.head, self._as_ws(code), layers=self.layers,
+                       noise_mode=self.noise_mode, resolution=r)
+        return m if batched else m[0]
+
+
+# jitted so that eager calls (editing, label maps) do not run op by op; inside an outer jit (the inversion
+# step) it is simply inlined.
+@functools.partial(jax.jit, static_argnames=("layers", "noise_mode", "resolution"))
+def head_masks(generator, head, ws, *, layers, noise_mode, resolution):
+    """ws [B, num_ws, w_dim] -> masks [B, n, resolution, resolution] (features -> head -> upsampling)."""
+    probs = head.probabilities(pixel_features(generator, ws, layers, noise_mode=noise_mode))  # [B, h, h, n]
+    if resolution != probs.shape[1]:
+        probs = jax.image.resize(probs, (probs.shape[0], resolution, resolution, probs.shape[-1]),
+                                 method="bilinear")
+    return jnp.moveaxis(probs, -1, 1)
+
+
+def make_segmenter(generator, head, *, layers=None, code=None, frozen=False,
+                   noise_mode=DEFAULT_NOISE_MODE) -> Segmenter:
+    layers = resolve_layers(generator, layers)
+    if noise_mode not in ("none", "const"):
+        raise ConfigError(f"segmenter noise_mode must be 'none' or 'const', got {noise_mode!r}")
+    d = feature_dim(generator, layers)
+    if head.input_dim != d:
+        raise ConfigError(f"head expects {head.input_dim} features per pixel, layers {list(layers)} give {d}")
+    if code is None:
+        code = jnp.broadcast_to(generator.w_avg, (generator.num_ws, generator.w_dim))
+    seg = Segmenter(generator=generator, head=head, code=jnp.zeros((generator.num_ws, generator.w_dim)),
+                    layers=layers, frozen=frozen, noise_mode=noise_mode)
+    return seg.with_code(code)

@@ -1,0 +1,95 @@
+"""Segmenter checkpoints: a folder with `head.npz` and `segmenter.json` (format version, head kind, n,
+layers, temperature, fit or training settings, and the identity of the generator it belongs to)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CheckpointError, ConfigError
+from ..files import atomic_path, read_json_record
+from ..generators.protocol import fingerprint as generator_fingerprint
+from ..trees import flatten_tree, unflatten_tree
+from .heads import KMeansHead, MLPHead, Segmenter, make_segmenter
+
+FORMAT_VERSION = 1
+RECORD_NAME = "segmenter.json"
+HEAD_NAME = "head.npz"
+HEAD_KINDS = ("kmeans", "mlp")
+_HEADS = {"kmeans": KMeansHead, "mlp": MLPHead}
+
+
+def save_segmenter(segmenter: Segmenter, directory, *, fingerprint: str | None = None, info=None,
+                   overwrite: bool = False) -> dict:
+    """Write head.npz + segmenter.json into `directory` (atomically: complete or absent). An existing
+    non-empty directory is replaced only with overwrite=True, and only if it is a segmenter checkpoint."""
+    head = segmenter.head
+    g = segmenter.generator
+    record = {
+        "format_version": FORMAT_VERSION,
+        "kind": "chunkygan_segmenter",
+        "head": head.kind,
+        "segments": segmenter.segments,
+        "layers": list(segmenter.layers),
+        "feature_resolution": segmenter.feature_resolution,
+        "temperature": float(head.temperature),
+        "noise_mode": segmenter.noise_mode,
+        "generator": {"sha256": fingerprint or generator_fingerprint(g), "resolution": g.resolution,
+                      "num_ws": g.num_ws, "w_dim": g.w_dim},
+        **(info or {}),
+    }
+    directory = Path(directory)
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        if not overwrite:
+            raise CheckpointError(f"{directory} already exists and is not empty (use overwrite / --overwrite)")
+        if not (directory / RECORD_NAME).is_file():
+            raise CheckpointError(f"refusing to overwrite {directory}: it is not a segmenter ({RECORD_NAME} missing)")
+    try:
+        with atomic_path(directory, is_dir=True) as tmp:
+            with open(tmp / HEAD_NAME, "wb") as f:
+                np.savez(f, **{k: np.asarray(v, np.float32) for k, v in flatten_tree(head.arrays()).items()},
+                         code=np.asarray(segmenter.code, np.float32))
+            (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
+    except OSError as e:
+        raise CheckpointError(f"cannot write segmenter {directory}: {e}") from None
+    return record
+
+
+def read_segmenter_record(directory) -> dict:
+    path = Path(directory) / RECORD_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a segmenter checkpoint (no {RECORD_NAME})")
+    record = read_json_record(path)
+    if not isinstance(record, dict) or record.get("kind") != "chunkygan_segmenter":
+        raise CheckpointError(f"{path}: not a segmenter record")
+    if record.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {record.get('format_version')!r} is not supported "
+                              f"(this version reads {FORMAT_VERSION})")
+    if record.get("head") not in HEAD_KINDS:
+        raise CheckpointError(f"{path}: unknown head {record.get('head')!r} (known: {', '.join(HEAD_KINDS)})")
+    return record
+
+
+def load_segmenter(directory, generator, *, frozen=False, fingerprint: str | None = None) -> Segmenter:
+    """A saved head on `generator`, which must be the generator it was fitted/trained on."""
+    directory = Path(directory)
+    record = read_segmenter_record(directory)
+    want = record.get("generator", {}).get("sha256")
+    have = fingerprint or generator_fingerprint(generator)
+    if want != have:
+        raise CheckpointError(f"{directory}: this segmenter belongs to another generator "
+                              f"(sha256 {str(want)[:12]}..., this one is {have[:12]}...)")
+    try:
+        with np.load(directory / HEAD_NAME, allow_pickle=False) as data:
+            flat = {k: data[k] for k in data.files}
+        code = flat.pop("code")
+        head = _HEADS[record["head"]].from_arrays(unflatten_tree(flat))
+        seg = make_segmenter(generator, head, layers=record["layers"], code=code, frozen=frozen,
+                             noise_mode=record["noise_mode"])
+    except (OSError, ValueError, KeyError, ConfigError) as e:
+        raise CheckpointError(f"{directory}: unreadable segmenter head ({type(e).__name__}: {e})") from None
+    if seg.segments != record["segments"]:
+        raise CheckpointError(f"{directory}: head has {seg.segments} segments, record says {record['segments']}")
+    return seg

@@ -1,0 +1,109 @@
+"""The package's imports point one way: every module imports only modules of lower layers (or of its own
+layer, without cycles). Lazy imports inside functions count too. The layers are WORKSPACE.md's."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "chunkygan_jax"
+
+# Lowest first. A module may import modules of its own layer or lower ones, never higher ones.
+LAYERS = [
+    ["errors", "trees", "files", "progress", "safe_pickle"],
+    ["io", "lpips", "blending", "sharding", "generators"],
+    ["converters", "masks"],
+    ["checkpoints", "results"],
+    ["demo", "segmenter"],
+    ["mask_sources"],
+    ["inversion"],
+    ["editing", "dataset", "report", "align"],
+    ["cli"],
+]
+LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted module name -> file, for the package and the converters folder it installs."""
+    found = {}
+    for base, prefix in ((ROOT / PACKAGE, PACKAGE), (ROOT / "converters", f"{PACKAGE}.converters")):
+        for path in sorted(base.rglob("*.py")):
+            parts = list(path.relative_to(base).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join([prefix] + parts)] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """Every package module `name` imports, at the top or inside functions."""
+    is_pkg = path.name == "__init__.py"
+    here = name.split(".") if is_pkg else name.split(".")[:-1]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = (here[:len(here) - node.level + 1] if node.level else []) + (node.module or "").split(".")
+            base = [p for p in base if p]
+            # `from .pkg import x`: the module pkg.x if there is one, else pkg itself
+            targets = [".".join(base + [a.name]) if ".".join(base + [a.name]) in MODULES else ".".join(base)
+                       for a in node.names]
+        else:
+            continue
+        for t in targets:
+            while t and t not in MODULES:  # `from .x import name`: the module is x
+                t = t.rpartition(".")[0]
+            if t and t != name and t != PACKAGE:
+                out.add(t)
+    return out
+
+
+GRAPH = {name: _imports(name, path) for name, path in MODULES.items() if name != PACKAGE}
+
+
+def _top(name: str) -> str:
+    return name.split(".")[1]
+
+
+def test_every_module_has_a_layer():
+    missing = sorted({_top(n) for n in GRAPH} - set(LAYER_OF))
+    assert not missing, f"modules without a layer (add them to LAYERS and WORKSPACE.md): {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(GRAPH))
+def test_imports_point_down(name):
+    up = [t for t in GRAPH[name] if LAYER_OF[_top(t)] > LAYER_OF[_top(name)]]
+    assert not up, f"{name} imports {up}, which sit in higher layers"
+
+
+def test_no_import_cycles():
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n):
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(GRAPH.get(n, ())):
+            if state.get(m) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(m):] + [m]))
+            if m in GRAPH and not state.get(m):
+                visit(m)
+        stack.pop()
+        state[n] = 2
+
+    for n in sorted(GRAPH):
+        if not state.get(n):
+            visit(n)
+
+
+def test_the_checker_sees_lazy_and_relative_imports(tmp_path):
+    # the guard itself: a lazy upward import inside a function is found
+    src = "def f():\n    from ..inversion import invert\n    from . import heads\n"
+    path = tmp_path / "x.py"
+    path.write_text(src)
+    assert _imports("chunkygan_jax.segmenter.x", path) == {"chunkygan_jax.inversion", "chunkygan_jax.segmenter.heads"}
