@@ -167,6 +167,23 @@ _FIXED_COST = {
 _ITEM_COST = {"SETITEMS": 50, "DICT": 50, "APPENDS": 16, "LIST": 16, "ADDITEMS": 64, "FROZENSET": 64, "TUPLE": 8}
 
 
+def _rule(op):
+    """(kind, fixed cost, cost per MARK-ed item, items taken below the MARK or from the stack, items pushed)."""
+    name, before = op.name, op.stack_before
+    marked = pickletools.markobject in before
+    taken = before.index(pickletools.markobject) if marked else len(before)
+    kind = ("refused" if name in _REFUSED_OPCODES else "mark" if name == "MARK" else "pop" if name == "POP"
+            else "put" if name in _PUTS else "memoize" if name == "MEMOIZE" else "get" if name in _GETS
+            else "proto" if name == "PROTO" else "frame" if name == "FRAME"
+            else "text" if name in _TEXT or name == "GLOBAL" else "bytes" if name in _BYTES
+            else "int" if name in _INTS else "")
+    cost = _SLOT * len(op.stack_after) + _FIXED_COST.get(name, 0)
+    return kind, cost, _ITEM_COST.get(name, 0), marked, taken, len(op.stack_after)
+
+
+_RULES = {op.name: _rule(op) for op in pickletools.opcodes}
+
+
 def _malformed(source, pos, problem) -> CheckpointError:
     return CheckpointError(clip(f"{source}: malformed pickle at byte {pos}: {problem}"))
 
@@ -197,53 +214,50 @@ def prescan(file, source: str, budget: MemoryBudget, *, end: int | None = None) 
             break
         except (ValueError, struct.error) as e:  # bad opcode, short data, undecodable text
             raise CheckpointError(clip(f"{source}: malformed pickle at byte {at}: {e}")) from None
-        name = op.name
-
-        if name in _REFUSED_OPCODES:
-            raise _malformed(source, pos, f"opcode {name} ({_REFUSED_OPCODES[name]}) is not allowed in a checkpoint")
+        kind, op_cost, item_cost, marked, taken, pushed = _RULES[op.name]
         # Stack model: refuse what would underflow, and count the items a MARK-ed opcode takes.
-        before, after = op.stack_before, op.stack_after
-        items = 0
-        if name == "MARK":
+        if kind == "mark":
             levels.append(0)
-        elif name == "POP" and levels[-1] == 0 and len(levels) > 1:
+        elif kind == "pop" and levels[-1] == 0 and len(levels) > 1:
             levels.pop()  # POP on a MARK discards the mark
         else:
-            if pickletools.markobject in before:
+            if kind == "refused":
+                raise _malformed(source, pos, f"opcode {op.name} ({_REFUSED_OPCODES[op.name]}) is not allowed "
+                                 "in a checkpoint")
+            if marked:
                 if len(levels) == 1:
-                    raise _malformed(source, pos, f"{name} without a MARK")
-                items = levels.pop()
-                taken = before.index(pickletools.markobject)
-            else:
-                taken = len(before)
+                    raise _malformed(source, pos, f"{op.name} without a MARK")
+                op_cost += item_cost * levels.pop()
             if levels[-1] < taken:
-                raise _malformed(source, pos, f"{name} needs {taken} stack items, {levels[-1]} are there")
-            levels[-1] += len(after) - taken
-        # Memo: the pickler numbers entries 0, 1, 2, ...; an index that skips ahead only makes
-        # the unpickler grow its memo table.
-        if name in _PUTS:
-            if not 0 <= arg <= puts:
-                raise _malformed(source, pos, f"memo index {arg} skips ahead of the {puts} entries stored so far")
-            puts += 1
-        elif name == "MEMOIZE":
-            puts += 1
-        elif name in _GETS and not 0 <= arg < puts:
-            raise _malformed(source, pos, f"memo index {arg} refers to nothing stored ({puts} entries so far)")
-        elif name == "PROTO" and not 0 <= arg <= pickle.HIGHEST_PROTOCOL:
-            raise _malformed(source, pos, f"unsupported pickle protocol {arg}")
-        elif name == "FRAME":
-            left = end - reader.tell()
-            if arg > left:
-                raise _malformed(source, pos, f"frame of {arg} bytes, only {left} bytes left")
-            largest_frame = max(largest_frame, arg)  # read into memory whole, one at a time
-        # Memory: what this opcode can allocate.
-        cost += _SLOT * len(after) + _FIXED_COST.get(name, 0) + _ITEM_COST.get(name, 0) * items
-        if name in _TEXT or name == "GLOBAL":
-            cost += 4 * len(arg) + 80  # a str takes up to 4 bytes a character
-        elif name in _BYTES:
-            cost += len(arg) + 64
-        elif name in _INTS:
-            cost += abs(arg).bit_length() // 8 + 32
+                raise _malformed(source, pos, f"{op.name} needs {taken} stack items, {levels[-1]} are there")
+            levels[-1] += pushed - taken
+        if kind:
+            # Memo: the pickler numbers entries 0, 1, 2, ...; an index that skips ahead only makes
+            # the unpickler grow its memo table.
+            if kind == "put":
+                if not 0 <= arg <= puts:
+                    raise _malformed(source, pos, f"memo index {arg} skips ahead of the {puts} entries stored so far")
+                puts += 1
+            elif kind == "memoize":
+                puts += 1
+            elif kind == "get":
+                if not 0 <= arg < puts:
+                    raise _malformed(source, pos, f"memo index {arg} refers to nothing stored ({puts} entries so far)")
+            elif kind == "text":
+                op_cost += 4 * len(arg) + 80  # a str takes up to 4 bytes a character
+            elif kind == "bytes":
+                op_cost += len(arg) + 64
+            elif kind == "int":
+                op_cost += abs(arg).bit_length() // 8 + 32
+            elif kind == "proto":
+                if not 0 <= arg <= pickle.HIGHEST_PROTOCOL:
+                    raise _malformed(source, pos, f"unsupported pickle protocol {arg}")
+            elif kind == "frame":
+                left = end - reader.tell()
+                if arg > left:
+                    raise _malformed(source, pos, f"frame of {arg} bytes, only {left} bytes left")
+                largest_frame = max(largest_frame, arg)  # read into memory whole, one at a time
+        cost += op_cost
         if cost + largest_frame > budget.available:
             budget.charge(cost + largest_frame, f"the objects of the pickle up to byte {pos}")
     budget.charge(cost + largest_frame, "the objects of the pickle")
@@ -282,8 +296,8 @@ def check_shape(shape, source: str, what: str = "array") -> tuple:
     return shape
 
 
-def _is_int(value, minimum: int) -> bool:
-    return type(value) is int and value == minimum
+def _is_int(value, expected: int) -> bool:
+    return type(value) is int and value == expected
 
 
 # ---- the unpickler ----
