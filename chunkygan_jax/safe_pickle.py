@@ -25,6 +25,7 @@ import pickle
 import pickletools
 import re
 import struct
+import sys
 
 import numpy as np
 
@@ -185,7 +186,7 @@ _RULES = {op.name: _rule(op) for op in pickletools.opcodes}
 
 
 def _malformed(source, pos, problem) -> CheckpointError:
-    return CheckpointError(clip(f"{source}: malformed pickle at byte {pos}: {problem}"))
+    return CheckpointError(clip(f"{source}: corrupt or truncated pickle at byte {pos}: {problem}"))
 
 
 def prescan(file, source: str, budget: MemoryBudget, *, end: int | None = None) -> int:
@@ -213,7 +214,7 @@ def prescan(file, source: str, budget: MemoryBudget, *, end: int | None = None) 
         except StopIteration:
             break
         except (ValueError, struct.error) as e:  # bad opcode, short data, undecodable text
-            raise CheckpointError(clip(f"{source}: malformed pickle at byte {at}: {e}")) from None
+            raise CheckpointError(clip(f"{source}: corrupt or truncated pickle at byte {at}: {e}")) from None
         kind, op_cost, item_cost, marked, taken, pushed = _RULES[op.name]
         # Stack model: refuse what would underflow, and count the items a MARK-ed opcode takes.
         if kind == "mark":
@@ -354,6 +355,7 @@ class SafeUnpickler(pickle._Unpickler):
         raise CheckpointError(clip(f"{self.source}: unexpected persistent id {pid!r:.80}"))
 
     def find_class(self, module, name):
+        sys.audit("pickle.find_class", module, name)  # as the standard unpicklers do
         obj = self.resolve_global(module, name)
         if obj is None:
             raise CheckpointError(clip(self.refusal(module, name)))
@@ -422,6 +424,12 @@ class SafeUnpickler(pickle._Unpickler):
         state = self.stack.pop()
         self.build(self.stack[-1], state)
 
+    def _load_bytearray8(self):
+        # The base class allocates the claimed length before reading; read first, so that the
+        # bounded reader refuses a length beyond the scanned bytes (the file may have changed).
+        (size,) = struct.unpack("<Q", self.read(8))
+        self.append(bytearray(self.read(size)))
+
     def _load_refused(self):
         raise CheckpointError(f"{self.source}: the pickle uses an opcode that is not allowed in a checkpoint")
 
@@ -430,6 +438,7 @@ class SafeUnpickler(pickle._Unpickler):
     dispatch[pickle.NEWOBJ[0]] = _load_newobj
     dispatch[pickle.NEWOBJ_EX[0]] = _load_newobj_ex
     dispatch[pickle.BUILD[0]] = _load_build
+    dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
     for _op in (pickle.INST, pickle.OBJ, pickle.EXT1, pickle.EXT2, pickle.EXT4, pickle.NEXT_BUFFER,
                 pickle.READONLY_BUFFER):
         dispatch[_op[0]] = _load_refused
