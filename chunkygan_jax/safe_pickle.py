@@ -33,6 +33,7 @@ from chunkygan_jax.errors import CheckpointError
 
 __all__ = [
     "BUDGET_SLACK",
+    "MAX_DIMS",
     "NDARRAY",
     "BoundedReader",
     "MemoryBudget",
@@ -169,7 +170,7 @@ _ITEM_COST = {"SETITEMS": 50, "DICT": 50, "APPENDS": 16, "LIST": 16, "ADDITEMS":
 
 
 def _rule(op):
-    """(kind, fixed cost, cost per MARK-ed item, items taken below the MARK or from the stack, items pushed)."""
+    """(kind, fixed cost, cost per MARK-ed item, uses a MARK, items it takes from the stack, items it pushes)."""
     name, before = op.name, op.stack_before
     marked = pickletools.markobject in before
     taken = before.index(pickletools.markobject) if marked else len(before)

@@ -37,7 +37,7 @@ import ml_dtypes  # ships with jax; gives numpy a bfloat16
 import numpy as np
 
 from chunkygan_jax.errors import CheckpointError
-from chunkygan_jax.safe_pickle import BoundedReader, MemoryBudget, SafeUnpickler, clip
+from chunkygan_jax.safe_pickle import MAX_DIMS, BoundedReader, MemoryBudget, SafeUnpickler, clip
 
 __all__ = [
     "PersistentObject",
@@ -296,8 +296,8 @@ def _tensor_view(storage: _Storage, offset, size, stride, source: str, budget: M
 
     if type(offset) is not int or any(type(v) is not int for v in size + stride):
         raise bad("offset, sizes and strides must be integers")
-    if len(size) != len(stride) or len(size) > 32:
-        raise bad("sizes and strides must match, at most 32 dimensions")
+    if len(size) != len(stride) or len(size) > MAX_DIMS:
+        raise bad(f"sizes and strides must match, at most {MAX_DIMS} dimensions")
     if offset < 0:
         raise bad("negative storage offset")
     if min(size, default=0) < 0:
