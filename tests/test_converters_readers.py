@@ -211,7 +211,8 @@ def test_legacy_torch_save_file(tmp_path):
     buf, steps = np.arange(10, dtype=np.float32), np.array([7, 8], np.int64)
     obj = {
         "g_ema": collections.OrderedDict([("a", tensor(storage_ref("0", buf), 0, (2, 3), (3, 1))),
-                                          ("b", tensor(storage_ref("0", buf), 4, (6,), (1,)))]),
+                                          ("b", tensor(storage_ref("0", buf), 4, (6,), (1,))),
+                                          ("t", tensor(storage_ref("0", buf), 1, (3, 2), (1, 3)))]),
         "step": tensor(storage_ref("1", steps), 0, (2,), (1,)),
         "args": NewObj("argparse", "Namespace", {"size": 32, "lr": 0.002}),
     }
@@ -223,6 +224,8 @@ def test_legacy_torch_save_file(tmp_path):
     assert np.array_equal(ckpt["g_ema"]["a"], buf[:6].reshape(2, 3))
     assert np.array_equal(ckpt["g_ema"]["b"], buf[4:])
     assert np.shares_memory(ckpt["g_ema"]["a"], ckpt["g_ema"]["b"])  # one storage, as in torch
+    # A strided tensor is built before its storage is read: it must still see the data.
+    assert np.array_equal(ckpt["g_ema"]["t"], buf[1:7].reshape(2, 3).T)
     assert ckpt["step"].dtype == np.int64 and ckpt["step"].tolist() == [7, 8]
     assert vars(ckpt["args"]) == {"size": 32, "lr": 0.002}
 
