@@ -53,7 +53,6 @@ import math
 import os
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -139,15 +138,16 @@ class Alignment:
 def load_photo(photo, *, alpha="white") -> np.ndarray:
     """A path, PIL image or array -> uint8 [H, W, 3], as displayed (EXIF orientation, sRGB).
 
-    Arrays: uint8 [H, W, C] or float [H, W, C] in [-1, 1], C in 1..4. Any size is accepted."""
+    Arrays: uint8 [H, W, C] or float [H, W, C] in [-1, 1], C in 1..4. Any size is accepted.
+    alpha: the io module's policy for translucent pixels; photos are composited on white by default."""
     from . import io as _io
 
-    if isinstance(photo, (str, os.PathLike)):
-        arr = _io._to_float_array(_io._open(photo))
-        source = photo
-    elif isinstance(photo, Image.Image):
-        arr = _io._to_float_array(photo)
-        source = "image"
+    if isinstance(photo, (str, os.PathLike, Image.Image)):
+        img = _io._open(photo) if not isinstance(photo, Image.Image) else photo
+        if img.mode == "RGB":
+            return np.array(img)
+        arr = _io._to_float_array(img)
+        source = photo if not isinstance(photo, Image.Image) else "image"
     else:
         arr = np.asarray(photo)
         source = "image array"
@@ -327,7 +327,8 @@ def _find_alignment(rgb: np.ndarray, face, name: str) -> Alignment:
         raise ImageError(f"no face found in {name}")
     if face is None:
         face = max(range(len(faces)), key=lambda i: faces[i].area)
-    elif not (isinstance(face, (int, np.integer)) and -len(faces) <= face < len(faces)):
+    elif (isinstance(face, bool) or not isinstance(face, (int, np.integer))
+          or not -len(faces) <= face < len(faces)):
         raise ImageError(f"{name}: face={face!r} asked for, but {len(faces)} face"
                          f"{'s were' if len(faces) != 1 else ' was'} found (faces are numbered from 0, "
                          "left to right)")
