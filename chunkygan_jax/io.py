@@ -5,16 +5,18 @@ Conversions that happen silently are documented: greyscale is replicated to RGB,
 channel is dropped, 16-bit images are scaled to 8 bits, a square image of another size is resized with
 Lanczos to the generator's resolution. Non-square images and translucent alpha are refused unless the
 caller asks for a conversion (crop="center", alpha="white"), because silently guessing would change
-what is being reconstructed.
+what is being reconstructed. Every file is read as it is displayed: its EXIF orientation is applied
+before anything else, and an embedded ICC colour profile is converted to sRGB.
 """
 
 from __future__ import annotations
 
 import os
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 from .files import atomic_path
@@ -23,7 +25,44 @@ CROPS = ("none", "center")
 ALPHAS = ("refuse", "drop", "white")
 
 
+# Formats that Pillow cannot decode, recognised by their first bytes so that the refusal names them.
+_ISO_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"hevc": "HEIC", b"hevx": "HEIC", b"heim": "HEIC",
+               b"heis": "HEIC", b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF"}
+
+
+def _unreadable_format(head: bytes) -> str | None:
+    if head[4:8] == b"ftyp":
+        return _ISO_BRANDS.get(head[8:12], "ISO media (" + head[8:12].decode("latin-1").strip() + ")")
+    if head.startswith(b"\xff\x0a") or head.startswith(b"\x00\x00\x00\x0cJXL "):
+        return "JPEG XL"
+    if head.startswith(b"%PDF"):
+        return "PDF"
+    if b"<svg" in head[:512]:
+        return "SVG"
+    return None
+
+
+def _to_srgb(img: Image.Image) -> Image.Image:
+    """Convert an image with an embedded ICC profile (other than sRGB) to sRGB, where that is cheap."""
+    icc = img.info.get("icc_profile")
+    if not icc or img.mode not in ("RGB", "RGBA", "CMYK"):
+        return img
+    try:
+        from PIL import ImageCms
+        src = ImageCms.ImageCmsProfile(BytesIO(icc))
+        if ImageCms.getProfileDescription(src).strip().lower().startswith("srgb"):
+            return img
+        out = ImageCms.profileToProfile(img, src, ImageCms.createProfile("sRGB"),
+                                        outputMode="RGB" if img.mode == "CMYK" else img.mode)
+    except Exception:  # no LittleCMS, or a broken profile: the pixels stay as stored
+        return img
+    out.info.pop("icc_profile", None)
+    return out
+
+
 def _open(path) -> Image.Image:
+    """Open and decode an image the way it is displayed: the EXIF orientation applied first, then an
+    embedded ICC profile converted to sRGB."""
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: no such file")
@@ -32,9 +71,14 @@ def _open(path) -> Image.Image:
     try:
         img = Image.open(path)
         img.load()
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+        ImageOps.exif_transpose(img, in_place=True)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        with open(path, "rb") as f:
+            fmt = _unreadable_format(f.read(1024))
+        if fmt is not None:
+            raise ImageError(f"{path}: {fmt} images cannot be read; convert it to PNG or JPEG first") from None
         raise ImageError(f"{path}: not a readable image ({e})") from None
-    return img
+    return _to_srgb(img)
 
 
 def _to_float_array(img: Image.Image) -> np.ndarray:

@@ -13,12 +13,12 @@ PACKAGE = "chunkygan_jax"
 LAYERS = [
     ["errors", "trees", "files", "progress", "safe_pickle"],
     ["io", "lpips", "blending", "sharding", "generators"],
-    ["converters", "masks"],
+    ["converters", "masks", "align"],
     ["checkpoints", "results"],
     ["demo", "segmenter"],
     ["mask_sources"],
     ["inversion"],
-    ["editing", "dataset", "report", "align"],
+    ["editing", "dataset", "report"],
     ["cli"],
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
