@@ -31,13 +31,14 @@ import optax
 
 from . import io, sharding
 from .demo import resolve_generator
-from .errors import ConfigError, ImageError
+from .errors import ConfigError, ImageError, ResourceError
 from .generators.stylegan2 import sample_ws
 from .lpips import load_lpips, resize_for_lpips
 from .mask_sources import make_mask_source
 from .results import InversionResult, Snapshot
 
 SPACE_ALIASES = {"wplus": "w+", "w_plus": "w+", "W": "w", "W+": "w+", "S": "s"}
+NOISE_MODES = ("const", "none")  # an inversion's images must be a function of its codes alone
 
 
 # ---------------------------------------------------------------------------------------- schedule
@@ -90,6 +91,11 @@ class InversionSettings:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.noise_mode not in NOISE_MODES:
+            # 'random' would draw new noise at every render: the saved codes would not reproduce the
+            # projection, and every later edit would move pixels the edit never asked to move.
+            raise ConfigError(f"noise_mode must be one of {', '.join(NOISE_MODES)} for an inversion (fixed "
+                              f"noise, so that the codes reproduce their image), got {self.noise_mode!r}")
         if self.mean_latent_weight > 0 and not hasattr(generator, "w_avg"):
             raise ConfigError("mean_latent_weight needs a StyleGAN generator (W space)")
         if self.mean_latent_weight > 0 and space == "s":
@@ -229,6 +235,67 @@ def _programs(settings: InversionSettings, mesh):
                 features=jax.jit(lambda lp, x: lp.features(resize_for_lpips(x, settings.lpips_resolution))))
 
 
+# ---------------------------------------------------------------------------------------- memory
+def _conv_output_bytes(jaxpr) -> int:
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            total += sum(int(np.prod(v.aval.shape)) * v.aval.dtype.itemsize for v in eqn.outvars)
+        for param in eqn.params.values():  # jaxprs nested in jit, remat, custom_vjp ...
+            for sub in param if isinstance(param, (list, tuple)) else (param,):
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    total += _conv_output_bytes(sub)
+    return total
+
+
+_SEGMENT_BYTES: dict = {}  # (generator type, config, space, noise, dtype) -> bytes; configs are frozen
+
+
+def step_memory_bytes(generator, settings: InversionSettings, images: int) -> int:
+    """A lower bound on the memory of one step for `images` photos on one device: every segment's
+    convolution outputs (the generator's activations, which the backward pass must keep or recompute),
+    found by tracing one segment's synthesis. XLA's plans on CPU take about three times this."""
+    key = (type(generator), getattr(generator, "config", None), settings.space, settings.noise_mode, settings.dtype)
+    if key not in _SEGMENT_BYTES:
+        synth = lambda g, c: g.synthesize(c, settings.space, noise_mode=settings.noise_mode,
+                                          dtype=jnp.dtype(settings.dtype))
+        jaxpr = jax.make_jaxpr(synth)(generator, generator.initial_codes(settings.space, 1))
+        _SEGMENT_BYTES[key] = _conv_output_bytes(jaxpr.jaxpr)
+    return images * settings.segments * _SEGMENT_BYTES[key]
+
+
+def available_memory(device=None) -> tuple[int | None, str]:
+    """(bytes, where) one step may use: the accelerator's memory limit, or the host's available memory
+    for CPU devices; (None, ...) when unknown."""
+    device = device or jax.local_devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]), f"{device.device_kind} memory"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "available host memory"
+    except OSError:
+        pass
+    return None, "unknown"
+
+
+def check_memory(generator, settings: InversionSettings, images_per_device: int) -> None:
+    """Refuse up front (ResourceError) a step whose memory lower bound exceeds what a device has."""
+    have, where = available_memory()
+    if have is None:
+        return
+    need = step_memory_bytes(generator, settings, images_per_device)
+    if need > have:
+        gib = lambda b: f"{b / 2**30:.1f} GiB"
+        raise ResourceError(
+            f"{images_per_device} image(s) x {settings.segments} segments at {generator.resolution} px need "
+            f"at least {gib(need)} per step (the generator's activations for every segment), more than "
+            f"the {gib(have)} of {where}; use fewer segments or fewer images per device")
+
+
 # ---------------------------------------------------------------------------------------- the loop
 @dataclasses.dataclass
 class InversionState:
@@ -327,8 +394,8 @@ def _unbatch(tree, i):
     return jax.tree_util.tree_map(lambda x: np.asarray(x[i]), tree)
 
 
-def _prepare(generator, image, static_mask, crop, alpha):
-    target = io.as_target_image(image, generator.resolution, crop=crop, alpha=alpha)
+def _prepare(generator, image, static_mask, crop, alpha, upscale=False):
+    target = io.as_target_image(image, generator.resolution, crop=crop, alpha=alpha, upscale=upscale)
     sx = None
     if static_mask is not None:
         if isinstance(static_mask, (str, Path)):
@@ -347,7 +414,7 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
                  l2_weight=0.0, mean_latent_weight=0.0, lpips_net="vgg", lpips_resolution=256,
                  masks=None, learn_masks=None, static_masks=None, seed=0, noise_mode="const",
                  dtype="float32", callback: Callable | None = None, progress_every=25,
-                 snapshot_steps=(), crop="none", alpha="refuse", inverter: Inverter | None = None,
+                 snapshot_steps=(), crop="none", alpha="refuse", upscale=False, inverter: Inverter | None = None,
                  initial_codes=None, mesh=None) -> list[InversionResult]:
     """Invert B images at once (one jitted step for all B x n segments). See `invert` for options;
     `static_masks` is a list (one per image, or None). `mesh` (sharding.data_mesh()) shards the
@@ -366,7 +433,10 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
     static_masks = list(static_masks) if static_masks is not None else [None] * len(images)
     if len(static_masks) != len(images):
         raise ConfigError(f"{len(static_masks)} static masks for {len(images)} images")
-    prepared = [_prepare(generator, im, sm, crop, alpha) for im, sm in zip(images, static_masks)]
+    on = mesh if mesh is not None else getattr(inverter, "mesh", None)
+    devices = len(on.local_devices) if on is not None else 1
+    check_memory(generator, settings, -(-len(images) // devices))  # before any compilation
+    prepared = [_prepare(generator, im, sm, crop, alpha, upscale) for im, sm in zip(images, static_masks)]
     targets = np.stack([p[0] for p in prepared])
     has_static = any(p[1] is not None for p in prepared)
     sxs = np.stack([p[1] if p[1] is not None else np.zeros(targets.shape[1:3], np.float32)
@@ -391,13 +461,21 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
     t0 = time.perf_counter()
     batch = inverter.make_batch(targets, sxs)
     state = inverter.start(inverter.initial_latents(len(targets), initial_codes), len(targets))
+    # The first call runs one step alone: its time is the compilation plus one step, and the steps after it
+    # give the steady time per step.
     stops = sorted({int(s) for s in snapshot_steps if 0 <= int(s) <= steps}
-                   | set(range(progress_every, steps, progress_every)) | {steps}) if progress_every else \
-        sorted({int(s) for s in snapshot_steps if 0 <= int(s) <= steps} | {steps})
+                   | set(range(progress_every, steps, progress_every)) | {1, steps}) if progress_every else \
+        sorted({int(s) for s in snapshot_steps if 0 <= int(s) <= steps} | {1, steps})
     snapshots = [[] for _ in images]
     snap_set = {int(s) for s in snapshot_steps}
+    first_call = steady = 0.0
     for stop in stops:
-        state = inverter.advance(state, batch, stop - state.step)
+        t = time.perf_counter()
+        state = inverter.advance(state, batch, stop - state.step)  # returns host arrays: synchronised
+        if stop == 1:
+            first_call = time.perf_counter() - t
+        else:
+            steady += time.perf_counter() - t
         if stop in snap_set:
             _, seg_masks, out, _ = inverter.evaluate(state.latents, batch)
             for i in range(count):
@@ -406,6 +484,8 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
             callback(state.step, steps, state.history[:count, max(state.step - 1, 0)])
     imgs, seg_masks, out, parts = inverter.evaluate(state.latents, batch)
     seconds = time.perf_counter() - t0
+    step_ms = 1000.0 * steady / (steps - 1) if steps > 1 else None
+    compile_seconds = max(first_call - (step_ms or 0.0) / 1000.0, 0.0)
     if not np.all(np.isfinite(parts["total"][:count])):
         raise ConfigError("the inversion diverged (non-finite loss); lower lr or the loss weights")
     results = []
@@ -414,7 +494,8 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
             target=targets[i], composite=out[i], segment_images=imgs[i], masks=seg_masks[i],
             latents=_unbatch(state.latents, i), loss_history=state.history[i].copy(),
             final_losses={k: float(v[i]) for k, v in parts.items()}, settings=settings.to_dict(),
-            static_mask=None if sxs is None else sxs[i], snapshots=snapshots[i], seconds=seconds))
+            static_mask=None if sxs is None else sxs[i], snapshots=snapshots[i], seconds=seconds,
+            compile_seconds=compile_seconds, step_ms=step_ms))
     return results
 
 
@@ -422,10 +503,12 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
            l2_weight=0.0, mean_latent_weight=0.0, lpips_net="vgg", lpips_resolution=256, masks=None,
            learn_masks=None, static_mask=None, seed=0, noise_mode="const", dtype="float32",
            callback=None, progress_every=25, snapshot_steps=(), crop="none", alpha="refuse",
-           initial_codes=None) -> InversionResult:
+           upscale=False, initial_codes=None) -> InversionResult:
     """Reconstruct one photo as `segments` latent codes blended by soft masks (ChunkyGAN).
 
-    image: a path or an array ([H, W, 3] uint8, or float in [-1, 1]) at the generator's resolution.
+    image: a path or an array ([H, W, 3] uint8, or float in [-1, 1]) at the generator's resolution. A
+        file of another size is resized (logged); one under a quarter of the resolution is refused
+        unless upscale=True.
     generator: a generator object, a checkpoint path (ours, NVIDIA .pkl, rosinality .pt), or None for
         the demo face generator.
     space: 'w', 'w+' (default for StyleGAN2) or 's'; codes start at w_avg.
@@ -437,6 +520,9 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
         takes the generator's `default_lambda_reg` (StyleGAN2: 1.0 as in the paper; demo DCGAN: 0).
     callback(step, steps, losses): called every `progress_every` steps.
     snapshot_steps: steps at which the composite and masks are kept (for a progression sheet).
+    noise_mode: 'const' (the generator's fixed noise) or 'none'.
+    The result's `compile_seconds` (the first step call beyond a steady step) and `step_ms` (the steady
+    time per step) are measured apart; `seconds` is the whole call.
     """
     init = None if initial_codes is None else jax.tree_util.tree_map(lambda x: np.asarray(x)[None], initial_codes)
     return invert_batch([image], generator, segments=segments, space=space, steps=steps, lr=lr,
@@ -445,4 +531,4 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
                         learn_masks=learn_masks, static_masks=[static_mask], seed=seed,
                         noise_mode=noise_mode, dtype=dtype, callback=callback,
                         progress_every=progress_every, snapshot_steps=snapshot_steps, crop=crop,
-                        alpha=alpha, initial_codes=init)[0]
+                        alpha=alpha, upscale=upscale, initial_codes=init)[0]

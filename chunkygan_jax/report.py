@@ -29,12 +29,17 @@ def progression_sheet(result) -> np.ndarray:
     return np.concatenate([top, bottom], axis=0)
 
 
-def write_report(result, directory, *, extra_metrics=None) -> Path:
+REPORT_KIND = "inversion report"
+
+
+def write_report(result, directory, *, extra_metrics=None, overwrite: bool = False, inputs=()) -> Path:
     """Everything a user looks at after an inversion, in one directory (written atomically):
     projection.png, side_by_side.png (original | projection), masks.png, progression.png (if snapshots),
-    segments.png (each segment's full image), metrics.json, and the result itself under result/."""
+    segments.png (each segment's full image), metrics.json, and the result itself under result/.
+    An existing report is replaced only with overwrite=True (files.atomic_path's rules); `inputs`
+    (the photo, masks...) may be neither the directory nor inside it."""
     directory = Path(directory)
-    with atomic_path(directory, is_dir=True) as tmp:
+    with atomic_path(directory, is_dir=True, overwrite=overwrite, kind=REPORT_KIND, inputs=inputs) as tmp:
         io.save_png(tmp / "projection.png", io.to_uint8(result.composite))
         io.save_png(tmp / "side_by_side.png",
                     np.concatenate([io.to_uint8(result.target), io.to_uint8(result.composite)], axis=1))
@@ -45,7 +50,8 @@ def write_report(result, directory, *, extra_metrics=None) -> Path:
         save_result(result, tmp / "result")
         steps = len(result.loss_history)
         metrics = {"final_losses": result.final_losses, "steps": steps, "seconds": result.seconds,
-                   "ms_per_step": 1000.0 * result.seconds / max(steps, 1), "settings": result.settings,
+                   "compile_seconds": result.compile_seconds, "ms_per_step": result.step_ms,
+                   "settings": result.settings,
                    **(extra_metrics or {})}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return directory

@@ -8,8 +8,9 @@ from pathlib import Path
 from .. import io
 from ..demo import resolve_generator
 from ..errors import ConfigError
+from ..files import check_writable
 from ..lpips import parse_resolution
-from ..results import load_result
+from ..results import RESULT_KIND, load_result
 from .directions import load_direction
 from .edits import DirectionEdit, parse_s_edit
 from .region import local_edit
@@ -17,8 +18,9 @@ from .render import current_image, edit_result
 from .spaces import latent_space, parse_segments
 
 
-def check_outputs(output, output_latents, latents_dir, inputs) -> None:
-    """Refuse outputs that would replace an input, the result being edited, or an unrelated folder."""
+def check_outputs(output, output_latents, latents_dir, inputs, overwrite=False) -> None:
+    """Refuse outputs that would replace an input, the result being edited, an existing file (unless
+    overwrite) or a folder this project did not write; and outputs that cannot be written at all."""
     out = Path(output).resolve()
     if out.is_dir():
         raise ConfigError(f"--output {output} is a directory; give an image file name")
@@ -30,25 +32,26 @@ def check_outputs(output, output_latents, latents_dir, inputs) -> None:
         d = Path(output_latents).resolve()
         if d == src or src in d.parents or d in src.parents or d in taken or out == d or d in out.parents:
             raise ConfigError(f"--output_latents {output_latents} would overwrite an input or the output")
-        if d.exists() and (not d.is_dir() or (any(d.iterdir()) and not (d / "result.json").is_file())):
-            raise ConfigError(f"--output_latents {output_latents} exists and is not a saved result; "
-                              "refusing to replace it")
+        check_writable(output_latents, overwrite, is_dir=True, kind=RESULT_KIND)
+    check_writable(output, overwrite)
 
 
 def edit_saved_result(latents_dir, output, *, generator=None, direction=None, strength=1.0, layers=None,
                       segments="all", s_edits=(), region=None, blend="mask", steps=100, space=None,
                       lpips_net=None, lpips_resolution=None, segment_code=False, segmenter=None,
-                      output_latents=None) -> str:
+                      output_latents=None, overwrite=False) -> str:
     """Edit the result saved in `latents_dir` and write the image to `output` (and the edited result to
     `output_latents`). Without `region` the result's own codes are edited and recomposited with its
     masks; with `region` one segment is projected into the region of the result's current image,
-    edited and composited back. Returns a one-line summary."""
+    edited and composited back. Existing outputs are replaced only with `overwrite` (files.py's rules).
+    Returns a one-line summary."""
     result = load_result(latents_dir)
     gen_path = generator or result.settings.get("generator")
     if not gen_path:
         raise ConfigError(f"{latents_dir} records no generator; pass --generator=PATH")
-    inputs = [Path(p) for p in (direction, region, gen_path, segmenter) if p and p != "demo"]
-    check_outputs(output, output_latents, latents_dir, inputs)
+    photo = result.settings.get("image")  # the photo that was inverted is an input too
+    inputs = [Path(p) for p in (direction, region, gen_path, segmenter, photo) if p and p != "demo"]
+    check_outputs(output, output_latents, latents_dir, inputs, overwrite)
     if layers is not None and not direction:
         raise ConfigError("--layers applies to a --direction")
     if segment_code and not (direction and segmenter):
@@ -90,10 +93,10 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
         edited = edit_result(result, gen, edits, blend=blend, mask_source=mask_source)
         image = edited.composite
 
-    io.save_png(output, io.to_uint8(image))
+    io.save_png(output, io.to_uint8(image), overwrite=overwrite)
     if output_latents:
         edited.settings["generator"] = "demo" if gen_path == "demo" else str(Path(gen_path).resolve())
-        edited.save(output_latents)
+        edited.save(output_latents, overwrite=overwrite)
     what = [f"direction {Path(direction).name if isinstance(direction, (str, Path)) else 'array'} x {strength:g}"] \
         if direction else []
     what = ", ".join(what + [f"s {t}" for t in s_edits]) or "no edit"
