@@ -50,7 +50,8 @@ class _HelpFlag(flags.BooleanFlag):
         if self.value:
             doc = (sys.modules["__main__"].__doc__ or "").strip("\n")
             listing = flags.FLAGS.get_help() if self._full else flags.FLAGS.main_module_help()
-            print(f"{doc}\n\nflags:\n{listing}\n\n{EXIT_STATUSES}", end="")
+            more = "" if self._full else "\n(--helpfull also lists the flags every tool shares)\n"
+            print(f"{doc}\n\nflags:\n{listing}\n{more}\n{EXIT_STATUSES}", end="")
             sys.exit(0)
 
 
