@@ -6,7 +6,8 @@ arguments), for FFHQ-shaped random-weight generators on this machine's first dev
   python3 bench/memory_estimate.py                        # 32 and 64 px, n = 2 and 8 (CPU: ~minutes)
   python3 bench/memory_estimate.py --configs=1024:8:bfloat16 --estimate_only
 
-A config is RES:N:DTYPE. --estimate_only skips the compilation (1024 px compiles for minutes on CPU).
+A config is RES:N:DTYPE, or demo:N:DTYPE for the demo DCGAN (after bin/fetch_demo_generator).
+--estimate_only skips the compilation (1024 px compiles for minutes on CPU).
 """
 
 import argparse
@@ -26,6 +27,7 @@ def main():
     import jax.numpy as jnp
     import numpy as np
 
+    from chunkygan_jax.demo import load_demo_generator
     from chunkygan_jax.generators import StyleGAN2, ffhq_config, random_params
     from chunkygan_jax.inversion import InversionSettings, Inverter, available_memory, step_memory_bytes
     from chunkygan_jax.lpips import random_lpips
@@ -33,15 +35,19 @@ def main():
     have, where = available_memory()
     print(f"device {jax.devices()[0].device_kind}; {where}: "
           f"{'unknown' if have is None else f'{have / 2**30:.1f} GiB'}")
-    print("| res | n | dtype | estimate MiB | XLA plan MiB | plan / estimate |")
+    print("| generator | n | dtype | estimate MiB | XLA plan MiB | plan / estimate |")
     print("|---|---|---|---|---|---|")
     for spec in args.configs.split(","):
-        res, n, dtype = spec.split(":")
-        res, n = int(res), int(n)
-        cfg = ffhq_config(res)
-        g = StyleGAN2(cfg, random_params(0, cfg))
-        s = InversionSettings(segments=n, steps=2, lpips_net="vgg", lpips_resolution=min(res, 256),
-                              dtype=dtype).validate(g)
+        kind, n, dtype = spec.split(":")
+        n = int(n)
+        if kind == "demo":
+            g = load_demo_generator(fetch=False)
+        else:
+            cfg = ffhq_config(int(kind))
+            g = StyleGAN2(cfg, random_params(0, cfg))
+        res = g.resolution
+        s = InversionSettings(segments=n, steps=2, space=g.default_space, lambda_reg=0.0, lpips_net="vgg",
+                              lpips_resolution=min(res, 256), dtype=dtype).validate(g)
         est = step_memory_bytes(g, s, 1)
         plan = None
         if not args.estimate_only:
@@ -52,7 +58,7 @@ def main():
                                jnp.int32(1)).compile().memory_analysis()
             plan = m.temp_size_in_bytes + m.argument_size_in_bytes
         mib = lambda b: f"{b / 2**20:.1f}"
-        print(f"| {res} | {n} | {dtype} | {mib(est)} | {'-' if plan is None else mib(plan)} | "
+        print(f"| {kind} | {n} | {dtype} | {mib(est)} | {'-' if plan is None else mib(plan)} | "
               f"{'-' if plan is None else f'{plan / est:.1f}'} |", flush=True)
 
 

@@ -236,16 +236,19 @@ def _programs(settings: InversionSettings, mesh):
 
 
 # ---------------------------------------------------------------------------------------- memory
-def _conv_output_bytes(jaxpr) -> int:
+_LINEAR = ("conv_general_dilated", "dot_general")
+
+
+def _linear_output_bytes(jaxpr) -> int:
     total = 0
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "conv_general_dilated":
+        if eqn.primitive.name in _LINEAR:
             total += sum(int(np.prod(v.aval.shape)) * v.aval.dtype.itemsize for v in eqn.outvars)
         for param in eqn.params.values():  # jaxprs nested in jit, remat, custom_vjp ...
             for sub in param if isinstance(param, (list, tuple)) else (param,):
                 sub = getattr(sub, "jaxpr", sub)
                 if hasattr(sub, "eqns"):
-                    total += _conv_output_bytes(sub)
+                    total += _linear_output_bytes(sub)
     return total
 
 
@@ -253,15 +256,20 @@ _SEGMENT_BYTES: dict = {}  # (generator type, config, space, noise, dtype) -> by
 
 
 def step_memory_bytes(generator, settings: InversionSettings, images: int) -> int:
-    """A lower bound on the memory of one step for `images` photos on one device: every segment's
-    convolution outputs (the generator's activations, which the backward pass must keep or recompute),
-    found by tracing one segment's synthesis. XLA's plans on CPU take about three times this."""
+    """An estimate, meant as a lower bound, of one step's memory for `images` photos on one device: the
+    outputs of the generator's linear layers (convolutions, matrix products) for every segment, which the
+    backward pass must keep or recompute. Found by tracing the synthesis for one and for two segments
+    (the difference leaves out what does not grow with the segments). XLA's plans on CPU take 2.5 to 3.5
+    times this per segment (bench/memory_estimate.py)."""
     key = (type(generator), getattr(generator, "config", None), settings.space, settings.noise_mode, settings.dtype)
     if key not in _SEGMENT_BYTES:
-        synth = lambda g, c: g.synthesize(c, settings.space, noise_mode=settings.noise_mode,
-                                          dtype=jnp.dtype(settings.dtype))
-        jaxpr = jax.make_jaxpr(synth)(generator, generator.initial_codes(settings.space, 1))
-        _SEGMENT_BYTES[key] = _conv_output_bytes(jaxpr.jaxpr)
+        def traced(k):
+            synth = lambda g, c: g.synthesize(c, settings.space, noise_mode=settings.noise_mode,
+                                              dtype=jnp.dtype(settings.dtype))
+            return _linear_output_bytes(jax.make_jaxpr(synth)(generator, generator.initial_codes(settings.space,
+                                                                                                 k)).jaxpr)
+
+        _SEGMENT_BYTES[key] = traced(2) - traced(1)
     return images * settings.segments * _SEGMENT_BYTES[key]
 
 
