@@ -49,6 +49,7 @@ POWER_ITERATIONS = 6
 RECORD_NAME = "directions.json"
 FORMAT = 1
 PREVIEW_STRENGTHS = (-3, -2, -1, 0, 1, 2, 3)
+PER_DIRECTION = ("explained_variance", "std", "feature_std")  # record lists with one entry per direction
 _FILE = re.compile(r"direction_\d{2,}\.npy")
 
 
@@ -209,6 +210,12 @@ def load_directions(folder, generator=None) -> Directions:
     return Directions(directions=np.stack(arrays), record=record)
 
 
+def _first(found: Directions, k: int) -> Directions:
+    """The first k directions, with the record's per-direction lists cut to match."""
+    record = {key: (v[:k] if key in PER_DIRECTION else v) for key, v in found.record.items()}
+    return Directions(found.directions[:k], dict(record, components=k))
+
+
 def directions_cache_dir(cache_dir=None) -> Path:
     """`cache_dir`, else the directions/ folder of the project's cache (see files.cache_root)."""
     return Path(cache_dir) if cache_dir is not None else cache_root() / "directions"
@@ -227,8 +234,7 @@ def principal_directions(generator, components=None, *, samples=None, seed: int 
     entry = directions_cache_dir(cache_dir) / f"{fp[:16]}-pca-{space}-n{samples}-seed{seed}-k{held}"
     if (entry / RECORD_NAME).is_file():
         try:
-            found = load_directions(entry, generator)
-            return Directions(found.directions[:want], dict(found.record, components=want))
+            return _first(load_directions(entry, generator), want)
         except ConfigError as e:
             warnings.warn(f"recomputing: the cached principal directions are unusable ({e})", stacklevel=2)
     print(f"computing this generator's principal directions once ({samples} samples; cached in {entry.parent})",
@@ -238,7 +244,7 @@ def principal_directions(generator, components=None, *, samples=None, seed: int 
         save_directions(found, entry)
     except OSError as e:
         warnings.warn(f"could not cache the principal directions at {entry}: {e}", stacklevel=2)
-    return Directions(found.directions[:want], dict(found.record, components=want))
+    return _first(found, want)
 
 
 def principal_direction(generator, k: int, *, samples=None, seed: int = 0, cache_dir=None) -> np.ndarray:
