@@ -120,6 +120,13 @@ def test_directions_are_cached_per_generator(case, monkeypatch):
     assert any(e.name.startswith(first.record["generator_fingerprint"][:16]) for e in entries)
     with pytest.raises(ConfigError, match="pca:0 .. pca:"):
         editing.resolve_direction("pca:100000", gen, samples=SAMPLES)
+    monkeypatch.undo()  # a damaged entry is recomputed, with a warning
+    entry = next(e for e in entries if e.name.startswith(first.record["generator_fingerprint"][:16])
+                 and f"-n{SAMPLES}-" in e.name)
+    (entry / "directions.json").write_text("{not json")
+    with pytest.warns(UserWarning, match="recomputing"):
+        again = editing.principal_directions(gen, 3, samples=SAMPLES)
+    np.testing.assert_allclose(again.directions, first.directions, rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ the quickstart

@@ -31,14 +31,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..files import atomic_path, cache_root, read_json_record
-from ..generators.protocol import fingerprint
+from ..generators.protocol import fingerprint as generator_fingerprint
 from ..generators.stylegan2 import sample_ws
 from ..io import save_png
 from ..progress import Progress
 from .sheets import tile_sheet
-from .spaces import direction_space
+from .spaces import direction_shape, direction_space
 
 DEFAULT_SAMPLES = {"w": 20_000, "z": 10_000}  # W: cheap 512-d samples; z: 8192-d features each
 CACHE_COMPONENTS = 20  # components a cache entry holds (more if a larger index is asked for)
@@ -108,9 +108,27 @@ def max_components(generator, samples: int) -> int:
     return min(dim, samples - 1)
 
 
+def _z_dim(generator) -> int:
+    return direction_shape(generator)[0]
+
+
 def _feature_dim(generator) -> int:
-    shape = jax.eval_shape(_features, generator, jnp.zeros((1, generator.z_dim), jnp.float32)).shape
+    shape = jax.eval_shape(_features, generator, jnp.zeros((1, _z_dim(generator)), jnp.float32)).shape
     return int(shape[1])
+
+
+def _checked(generator, components, samples):
+    """(space, samples, components) with the defaults filled in and the counts checked."""
+    space = pca_space(generator)
+    samples = DEFAULT_SAMPLES[space] if samples is None else samples
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 2:
+        raise ConfigError(f"samples must be an integer >= 2, got {samples!r}")
+    limit = max_components(generator, samples)
+    components = min(CACHE_COMPONENTS, limit) if components is None else components
+    if isinstance(components, bool) or not isinstance(components, (int, np.integer)) or not 1 <= components <= limit:
+        raise ConfigError(f"components must be 1..{limit} for this generator with {samples} samples, "
+                          f"got {components!r}")
+    return space, int(samples), int(components)
 
 
 @jax.jit
@@ -133,7 +151,7 @@ def _sample(generator, space, samples, seed, progress):
             codes.append(w)
             data.append(w)
         else:
-            z = np.random.RandomState(int(s)).standard_normal((BATCH, generator.z_dim)).astype(np.float32)
+            z = np.random.RandomState(int(s)).standard_normal((BATCH, _z_dim(generator))).astype(np.float32)
             codes.append(z)
             data.append(np.asarray(_features(generator, jnp.asarray(z))))
         bar.update(min((i + 1) * BATCH, samples))
@@ -144,18 +162,11 @@ def compute_directions(generator, components: int, *, samples=None, seed: int = 
                        progress: bool = True) -> Directions:
     """The first `components` principal directions of the generator (see the module doc), computed
     now from `samples` random samples (default: 20,000 for W, 10,000 for z)."""
-    space = pca_space(generator)
-    samples = DEFAULT_SAMPLES[space] if samples is None else samples
-    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 2:
-        raise ConfigError(f"samples must be an integer >= 2, got {samples!r}")
-    limit = max_components(generator, samples)
-    if isinstance(components, bool) or not isinstance(components, (int, np.integer)) or not 1 <= components <= limit:
-        raise ConfigError(f"components must be 1..{limit} for this generator with {samples} samples, "
-                          f"got {components!r}")
-    codes, data = _sample(generator, space, int(samples), seed, progress)
-    _, axes, variances, total = principal_components(data, int(components), seed=seed)
+    space, samples, components = _checked(generator, components, samples)
+    codes, data = _sample(generator, space, samples, seed, progress)
+    _, axes, variances, total = principal_components(data, components, seed=seed)
     record = {"format": FORMAT, "method": "ganspace", "space": space, "samples": int(samples), "seed": seed,
-              "components": int(components), "generator_fingerprint": fingerprint(generator),
+              "components": int(components), "generator_fingerprint": generator_fingerprint(generator),
               "explained_variance": [float(v / total) for v in variances],
               "strength_unit": "one standard deviation of the generator's latent distribution along the "
                                "direction"}
@@ -191,13 +202,16 @@ def save_directions(found: Directions, folder, *, preview=None) -> Path:
     return folder
 
 
-def load_directions(folder, generator=None) -> Directions:
-    """A directions folder written by `save_directions`; with `generator`, checked to be its own."""
+def load_directions(folder, generator=None, *, fingerprint=None) -> Directions:
+    """A directions folder written by `save_directions`; with `generator` (or its `fingerprint`),
+    checked to be its own."""
     folder = Path(folder)
     record = read_json_record(folder / RECORD_NAME, error=ConfigError)
     if record.get("format") != FORMAT or not isinstance(record.get("components"), int):
         raise ConfigError(f"{folder / RECORD_NAME} is not a directions record of format {FORMAT}")
-    if generator is not None and record.get("generator_fingerprint") != fingerprint(generator):
+    if fingerprint is None and generator is not None:
+        fingerprint = generator_fingerprint(generator)
+    if fingerprint is not None and record.get("generator_fingerprint") != fingerprint:
         raise ConfigError(f"{folder} holds the directions of another generator")
     arrays = []
     for k in range(record["components"]):
@@ -225,16 +239,13 @@ def principal_directions(generator, components=None, *, samples=None, seed: int 
     """The first `components` (default 20, fewer if the generator has fewer dimensions) principal
     directions: loaded from the cache, or computed once and cached. The cache entry is named by the
     generator's fingerprint, the space, samples, seed and the number of components it holds."""
-    space = pca_space(generator)
-    samples = DEFAULT_SAMPLES[space] if samples is None else samples
-    limit = max_components(generator, samples) if isinstance(samples, (int, np.integer)) and samples >= 2 else 1
-    want = min(CACHE_COMPONENTS, limit) if components is None else components
-    held = max(want, min(CACHE_COMPONENTS, limit)) if isinstance(want, (int, np.integer)) else want
-    fp = fingerprint(generator)
+    space, samples, want = _checked(generator, components, samples)
+    held = max(want, min(CACHE_COMPONENTS, max_components(generator, samples)))
+    fp = generator_fingerprint(generator)
     entry = directions_cache_dir(cache_dir) / f"{fp[:16]}-pca-{space}-n{samples}-seed{seed}-k{held}"
     if (entry / RECORD_NAME).is_file():
         try:
-            return _first(load_directions(entry, generator), want)
+            return _first(load_directions(entry, fingerprint=fp), want)
         except ConfigError as e:
             warnings.warn(f"recomputing: the cached principal directions are unusable ({e})", stacklevel=2)
     print(f"computing this generator's principal directions once ({samples} samples; cached in {entry.parent})",
@@ -249,12 +260,11 @@ def principal_directions(generator, components=None, *, samples=None, seed: int 
 
 def principal_direction(generator, k: int, *, samples=None, seed: int = 0, cache_dir=None) -> np.ndarray:
     """Direction `pca:k`: the k-th principal direction (0 = most variance), strength 1 = one std."""
-    space = pca_space(generator)
-    limit = max_components(generator, DEFAULT_SAMPLES[space] if samples is None else samples)
+    _, samples, _ = _checked(generator, None, samples)
+    limit = max_components(generator, samples)
     if not 0 <= k < limit:
         raise ConfigError(f"pca:{k}: this generator has principal directions pca:0 .. pca:{limit - 1}")
-    return principal_directions(generator, max(k + 1, min(CACHE_COMPONENTS, limit)), samples=samples, seed=seed,
-                                cache_dir=cache_dir).directions[k]
+    return principal_directions(generator, k + 1, samples=samples, seed=seed, cache_dir=cache_dir).directions[k]
 
 
 # ---------------------------------------------------------------------------------------- preview
