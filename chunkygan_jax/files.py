@@ -93,12 +93,11 @@ def check_writable(path, overwrite: bool = False, *, is_dir: bool = False, kind:
         if not is_dir and path.is_dir():
             raise error(f"{path} is a folder; give a file name")
         if not (is_dir and not path.is_symlink() and not any(path.iterdir())):  # an empty folder is free
+            why = _written_here(path, kind) if is_dir else None
+            if why:  # said first: --overwrite would not help
+                raise error(f"refusing to replace {path}: {why}")
             if not overwrite:
                 raise error(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
-            if is_dir:
-                why = _written_here(path, kind)
-                if why:
-                    raise error(f"refusing to replace {path}: {why}")
     _check_creatable(path, full.parent, error)
     return path
 
