@@ -110,16 +110,14 @@ def save_generator(generator, directory, *, source: dict | None = None, overwrit
         "converter_version": CONVERTER_VERSION,
         "num_params": int(sum(a.size for a in flatten_tree(params, sep=".").values())),
     }
-    try:
-        with atomic_path(target, is_dir=True, overwrite=overwrite, kind=CHECKPOINT_KIND,
-                         error=CheckpointError) as tmp:
-            import orbax.checkpoint as ocp  # lazy: orbax is slow to import and only needed here
+    # An unwritable target is refused (CheckpointError) before anything is written; an OSError while
+    # writing (disk full...) stays one, for the tools to report as the machine's failure.
+    with atomic_path(target, is_dir=True, overwrite=overwrite, kind=CHECKPOINT_KIND, error=CheckpointError) as tmp:
+        import orbax.checkpoint as ocp  # lazy: orbax is slow to import and only needed here
 
-            with ocp.StandardCheckpointer() as ckptr:  # leaving the block waits for the async write
-                ckptr.save(tmp / PARAMS_NAME, params)
-            (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
-    except OSError as e:
-        raise CheckpointError(f"cannot write generator checkpoint {target}: {e}") from None
+        with ocp.StandardCheckpointer() as ckptr:  # leaving the block waits for the async write
+            ckptr.save(tmp / PARAMS_NAME, params)
+        (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -191,7 +189,7 @@ def load_generator(path):
     generator, source = conv.convert_file(path, sha256=sha)
     try:
         save_generator(generator, entry, source=source, overwrite=stale)
-    except CheckpointError as e:
+    except (CheckpointError, OSError) as e:
         # Another process may have cached the same file meanwhile; otherwise the cache is unwritable,
         # which only costs a reconversion next time.
         if not (entry / RECORD_NAME).is_file():

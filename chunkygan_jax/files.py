@@ -68,7 +68,7 @@ def _written_here(folder: Path, kind: str) -> str | None:
     except (OSError, ValueError, KeyError, TypeError):
         return f"its {MARKER} is unreadable"
     if found != kind:
-        return f"it holds a {found}, not a {kind}"
+        return f"its marker says '{found}', not '{kind}'"
     foreign = sorted(p.name for p in folder.iterdir() if p.name != MARKER and p.name not in listed)
     if foreign:
         more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""

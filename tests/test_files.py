@@ -39,7 +39,7 @@ def test_a_folder_is_replaced_only_when_this_project_wrote_it(tmp_path):
     with pytest.raises(ConfigError, match="not written by chunkygan_jax"):
         _write_folder(photos, overwrite=True)
     (out / "holiday.jpg").unlink()
-    with pytest.raises(ConfigError, match="holds a report, not a generator checkpoint"):
+    with pytest.raises(ConfigError, match="marker says 'report', not 'generator checkpoint'"):
         _write_folder(out, overwrite=True, kind="generator checkpoint")
     # an empty folder is free to use; an input is never replaced
     (tmp_path / "empty").mkdir()

@@ -43,15 +43,12 @@ def save_segmenter(segmenter: Segmenter, directory, *, fingerprint: str | None =
         **(info or {}),
     }
     directory = Path(directory)
-    try:
-        with atomic_path(directory, is_dir=True, overwrite=overwrite, kind=SEGMENTER_KIND,
-                         error=CheckpointError) as tmp:
-            with open(tmp / HEAD_NAME, "wb") as f:
-                np.savez(f, **{k: np.asarray(v, np.float32) for k, v in flatten_tree(head.arrays()).items()},
-                         code=np.asarray(segmenter.code, np.float32))
-            (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
-    except OSError as e:
-        raise CheckpointError(f"cannot write segmenter {directory}: {e}") from None
+    # Unwritable: refused before writing (CheckpointError); an OSError while writing stays one.
+    with atomic_path(directory, is_dir=True, overwrite=overwrite, kind=SEGMENTER_KIND, error=CheckpointError) as tmp:
+        with open(tmp / HEAD_NAME, "wb") as f:
+            np.savez(f, **{k: np.asarray(v, np.float32) for k, v in flatten_tree(head.arrays()).items()},
+                     code=np.asarray(segmenter.code, np.float32))
+        (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
