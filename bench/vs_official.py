@@ -75,6 +75,8 @@ class TorchWorker:
         from training.networks import Generator  # noqa: E402  (the official code)
 
         self.torch = torch
+        if args.single_thread:
+            torch.set_num_threads(1)
         torch.manual_seed(args.seed)
         g = Generator(z_dim=512, c_dim=0, w_dim=512, img_resolution=args.resolution, img_channels=3,
                       mapping_kwargs=dict(num_layers=8),
@@ -294,9 +296,9 @@ def worker_main(args):
         cmd = json.loads(line)
         try:
             if cmd["cmd"] == "time":
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 worker.run(cmd["work"], cmd["n"])
-                reply = {"ms": 1000 * (time.perf_counter() - t)}
+                reply = {"ms": 1000 * (time.perf_counter() - t), "cpu_ms": 1000 * (time.process_time() - c)}
             else:
                 reply = getattr(worker, cmd["cmd"])()
         except Exception as e:  # reported to the parent, which stops
@@ -313,11 +315,15 @@ class Worker:
         cmd = [sys.executable, __file__, f"--worker={kind}", f"--tmp={args.tmp}", f"--official={args.official}",
                f"--resolution={args.resolution}", f"--channel_base={args.channel_base}",
                f"--channel_max={args.channel_max}", f"--seed={args.seed}"] + \
-              ([f"--loop={args.loop}"] if args.loop else [])
+              ([f"--loop={args.loop}"] if args.loop else []) + (["--single_thread"] if args.single_thread else [])
         self.kind = kind
         # our worker compiles from scratch, so that its first call is the compile time a new setup costs
-        env = dict(os.environ, CHUNKYGAN_JAX_COMPILATION_CACHE="0") if kind == "jax" and not args.cache \
-            else None
+        env = dict(os.environ)
+        if kind == "jax" and not args.cache:
+            env["CHUNKYGAN_JAX_COMPILATION_CACHE"] = "0"
+        if kind == "jax" and args.single_thread:
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                                " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
     def __call__(self, cmd, **kw):
@@ -353,10 +359,11 @@ def check_parity(tmp, tol_img, tol_rel):
 
 
 def table(rows):
-    lines = ["| work | n | official ms | ours ms | ours / official | ours first call s |", "|---|---|---|---|---|---|"]
+    lines = ["| work | n | official ms | ours ms | ours / official | CPU-time ratio | ours first call s |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {TITLES[r['work']]} | {r['n']} | {r['official_ms']:.0f} | {r['ours_ms']:.0f} | "
-                     f"{r['ratio']:.2f} | {r['ours_first_call_s']:.1f} |")
+                     f"{r['ratio']:.2f} | {r['cpu_ratio']:.2f} | {r['ours_first_call_s']:.1f} |")
     return "\n".join(lines)
 
 
@@ -371,6 +378,8 @@ def main():
     ap.add_argument("--channel_max", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--loop", default=None, help="our Inverter's loop form (default: chosen per backend)")
+    ap.add_argument("--single_thread", action="store_true",
+                    help="one compute thread on each side (comparable even on a busy machine)")
     ap.add_argument("--cache", action="store_true", help="let our worker use the persistent compilation cache")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -401,12 +410,16 @@ def main():
         for work, n in works:  # warm-up: our first call includes compilation
             first[(work, n)] = {side: w("time", work=work, n=n)["ms"] / 1000
                                 for side, w in (("official", official), ("ours", ours))}
-        times = {key: {"official": [], "ours": []} for key in works}
+        times = {key: {"official": [], "ours": [], "official_cpu": [], "ours_cpu": []} for key in works}
+        load = [os.getloadavg()[0]]
         for r in range(args.rounds):
             for work, n in works:
                 pair = [("official", official), ("ours", ours)]
                 for side, w in pair if r % 2 == 0 else pair[::-1]:
-                    times[(work, n)][side].append(w("time", work=work, n=n)["ms"])
+                    reply = w("time", work=work, n=n)
+                    times[(work, n)][side].append(reply["ms"])
+                    times[(work, n)][side + "_cpu"].append(reply["cpu_ms"])
+            load.append(os.getloadavg()[0])
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(
                 f"{w}:{n} {times[(w, n)]['ours'][-1] / times[(w, n)]['official'][-1]:.2f}" for w, n in works),
                 file=sys.stderr, flush=True)
@@ -416,13 +429,17 @@ def main():
     rows = []
     for (work, n), t in times.items():
         o, u = statistics.median(t["official"]), statistics.median(t["ours"])
-        rows.append(dict(work=work, n=n, official_ms=o, ours_ms=u, ratio=u / o, official_ms_all=t["official"],
-                         ours_ms_all=t["ours"], ours_first_call_s=first[(work, n)]["ours"],
+        oc, uc = statistics.median(t["official_cpu"]), statistics.median(t["ours_cpu"])
+        rows.append(dict(work=work, n=n, official_ms=o, ours_ms=u, ratio=u / o, official_cpu_ms=oc, ours_cpu_ms=uc,
+                         cpu_ratio=uc / oc, official_ms_all=t["official"], ours_ms_all=t["ours"],
+                         ours_first_call_s=first[(work, n)]["ours"],
                          official_first_call_s=first[(work, n)]["official"]))
     print(table(rows))
+    print(f"load average (1 min) during the rounds: {min(load):.1f} to {max(load):.1f} on {os.cpu_count()} CPUs")
     report = {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
               "rounds": args.rounds, "resolution": args.resolution, "channel_base": args.channel_base,
-              "channel_max": args.channel_max, "info": info, "parity": parity, "rows": rows}
+              "channel_max": args.channel_max, "single_thread": args.single_thread, "load_average": load,
+              "info": info, "parity": parity, "rows": rows}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1))
