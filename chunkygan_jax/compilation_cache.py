@@ -1,8 +1,8 @@
 """JAX's persistent compilation cache, on by default, so that a second run of the same configuration
 loads its compiled programs from disk instead of compiling them again.
 
-Where: $CHUNKYGAN_JAX_COMPILATION_CACHE if it names a directory, else $XDG_CACHE_HOME/chunkygan_jax/jax
-(~/.cache/chunkygan_jax/jax). CHUNKYGAN_JAX_COMPILATION_CACHE=0 (or off/false/no) turns it off, and so
+Where: $CHUNKYGAN_JAX_COMPILATION_CACHE if it names a directory, else `jax/` in the package's cache
+directory ($CHUNKYGAN_CACHE, else $XDG_CACHE_HOME/chunkygan_jax, else ~/.cache/chunkygan_jax). CHUNKYGAN_JAX_COMPILATION_CACHE=0 (or off/false/no) turns it off, and so
 does the tools' --nocompilation_cache flag. A cache the user configured for JAX itself
 (JAX_COMPILATION_CACHE_DIR or jax.config) is left exactly as it is.
 
@@ -31,6 +31,10 @@ _enabled_by_us: str | None = None
 
 
 def default_cache_dir() -> Path:
+    """<cache>/jax, with <cache> resolved as checkpoints.cache_root does (not imported: this module runs
+    first, at package import)."""
+    if os.environ.get("CHUNKYGAN_CACHE"):
+        return Path(os.environ["CHUNKYGAN_CACHE"]) / "jax"
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "chunkygan_jax" / "jax"
 

@@ -23,7 +23,7 @@ print(json.dumps({"dir": jax.config.jax_compilation_cache_dir}))
 
 def probe(tmp_path, *args, **env):
     base = {k: v for k, v in os.environ.items()
-            if k not in ("JAX_COMPILATION_CACHE_DIR", "CHUNKYGAN_JAX_COMPILATION_CACHE")}
+            if k not in ("JAX_COMPILATION_CACHE_DIR", "CHUNKYGAN_JAX_COMPILATION_CACHE", "CHUNKYGAN_CACHE")}
     base.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), PYTHONPATH=str(ROOT),
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **env)  # every program is written
     proc = subprocess.run([sys.executable, "-c", PROBE, *args], env=base, capture_output=True, text=True,
@@ -40,6 +40,10 @@ def test_on_by_default_in_the_users_cache_dir(tmp_path):
     expected = tmp_path / "xdg" / "chunkygan_jax" / "jax"
     assert probe(tmp_path) == str(expected)
     assert entries(expected)  # the program was written
+
+
+def test_follows_the_package_cache_variable(tmp_path):
+    assert probe(tmp_path, CHUNKYGAN_CACHE=str(tmp_path / "pkg")) == str(tmp_path / "pkg" / "jax")
 
 
 def test_opt_out_by_variable_or_flag(tmp_path):
