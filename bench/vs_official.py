@@ -21,11 +21,16 @@ Requirements (optional, for this bench only; nothing else in the package needs t
   git clone https://github.com/NVlabs/stylegan2-ada-pytorch /tmp/sg2ada   # outside this repository
 Its CUDA plugins are not built on a CPU; it then uses its reference ops, as it does on any CPU.
 
-  python3 bench/vs_official.py --official=/tmp/sg2ada [--rounds=5] [--out=bench/results/cpu_vs_official.json]
+  python3 bench/vs_official.py --official=/tmp/sg2ada [--rounds=5] [--single_thread] [--out=FILE.json]
 
 How: this process starts two workers, one with torch and one with JAX, so that neither library's thread
 pools run while the other is timed, and asks them in turn to run each work item once per round
 (alternating which goes first). Weights travel between them as .npz files in a temporary directory.
+Each call's wall time and process CPU time are recorded; the load average is reported with the table.
+On a machine that other jobs also use, torch's OpenMP threads slow down far more than XLA's thread pool
+when the cores are oversubscribed, which flatters our wall-time ratio: `--single_thread` (one compute
+thread per side) and the CPU-time ratio are the comparisons that hold there. Our worker compiles from
+scratch (its persistent cache is off unless --cache), so "ours first call" is the compile time.
 """
 
 from __future__ import annotations
