@@ -11,10 +11,14 @@ from typing import Callable
 
 from absl import flags
 
+from .compilation_cache import disable_compilation_cache
 from .errors import ChunkyGANError
 
 EXIT_USAGE = 2  # bad input or options: one line on stderr, nothing written
 EXIT_SOME_FAILED = 3  # bin/invert_dataset: some images failed (the manifest says why)
+
+flags.DEFINE_boolean("compilation_cache", True, "keep compiled programs on disk for the next run "
+                     "(see chunkygan_jax/compilation_cache.py)")
 
 
 def fail(message: str) -> None:
@@ -31,6 +35,8 @@ def run(main: Callable[[], int | None], argv: list[str] | None = None) -> None:
         fail(str(e))
     if len(rest) > 1:
         fail(f"unexpected positional arguments {rest[1:]}; every option is a --flag")
+    if not flags.FLAGS.compilation_cache:
+        disable_compilation_cache()
     try:
         code = main()
     except ChunkyGANError as e:
