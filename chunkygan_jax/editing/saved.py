@@ -1,11 +1,13 @@
 """Editing a saved result, as `bin/edit` does: the generator and the projection settings come from the
-result's own record unless given, and the outputs may never replace an input."""
+result's own record unless given, and the outputs may never replace an input. A result of an aligned
+photo also gets its edit pasted back into the photo (NAME_pasted.png next to the output)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from .. import io
+from ..align import Alignment, paste_back
 from ..demo import resolve_generator
 from ..errors import ConfigError
 from ..lpips import parse_resolution
@@ -49,6 +51,9 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
         raise ConfigError(f"{latents_dir} records no generator; pass --generator=PATH")
     inputs = [Path(p) for p in (direction, region, gen_path, segmenter) if p and p != "demo"]
     check_outputs(output, output_latents, latents_dir, inputs)
+    pasted = pasted_path(output) if result.alignment and result.photo else None
+    if pasted:
+        check_outputs(pasted, None, latents_dir, inputs + [Path(output), Path(result.photo)])
     if layers is not None and not direction:
         raise ConfigError("--layers applies to a --direction")
     if segment_code and not (direction and segmenter):
@@ -91,11 +96,24 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
         image = edited.composite
 
     io.save_png(output, io.to_uint8(image))
+    note = ""
+    if pasted and Path(result.photo).is_file():
+        io.save_png(pasted, paste_back(result.photo, io.to_uint8(image), Alignment.from_json(result.alignment)))
+        note = f", pasted into the photo -> {pasted}"
+    elif pasted:
+        note = f" (the photo {result.photo} is gone: no pasted image)"
+    edited.alignment, edited.photo = result.alignment, result.photo
     if output_latents:
         edited.settings["generator"] = "demo" if gen_path == "demo" else str(Path(gen_path).resolve())
         edited.save(output_latents)
     what = [f"direction {Path(direction).name if isinstance(direction, (str, Path)) else 'array'} x {strength:g}"] \
         if direction else []
     what = ", ".join(what + [f"s {t}" for t in s_edits]) or "no edit"
-    return (f"{'local' if region else 'global'} edit ({what}, blend {blend}) -> {output}"
+    return (f"{'local' if region else 'global'} edit ({what}, blend {blend}) -> {output}" + note
             + (f", latents -> {output_latents}" if output_latents else ""))
+
+
+def pasted_path(output) -> Path:
+    """Where the edit pasted back into the photo goes: NAME_pasted.png next to the output NAME.png."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}_pasted.png")
