@@ -140,8 +140,7 @@ def evaluate(photos, generator=None, output_dir="out/evaluate", *, steps=500, se
     generator: an object, a checkpoint path, or None for the demo face generator.
     align: FFHQ-align each photo first (its largest face); without it, photos must be square and
         are resized to the generator's resolution.
-    identity: measure the identity distance (needs the 'identity' extra)."""
-    generator = resolve_generator(generator)
+    identity: measure the identity distance (needs the 'evaluate' extra)."""
     for name, v, low in (("steps", steps, 1), ("segments", segments, 2)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
             raise ConfigError(f"{name} must be an integer >= {low}, got {v!r}")
@@ -149,6 +148,7 @@ def evaluate(photos, generator=None, output_dir="out/evaluate", *, steps=500, se
     root, rels = list_images(photos, exclude=[out])
     if not rels:
         raise ConfigError(f"no image files found in {photos}")
+    generator = resolve_generator(generator)
     methods = methods_for(generator, int(segments))
     config = {"version": RECORD_VERSION, "generator": fingerprint(generator), "resolution": generator.resolution,
               "steps": int(steps), "segments": int(segments), "align": bool(align), "seed": int(seed),

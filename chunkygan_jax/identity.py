@@ -14,7 +14,7 @@ from those points, so the distance measures how the faces look, not where a land
 Images smaller than 256 px are first enlarged to 256 px (bicubic).
 
 Models: `dlib_face_recognition_resnet_model_v1.dat` and `shape_predictor_5_face_landmarks.dat` from the
-`face-recognition-models` package (0.3.0), run by `dlib-bin` (the `identity` extra). Their author
+`face-recognition-models` package (0.3.0), run by `dlib-bin` (the `evaluate` extra). Their author
 released these model files into the public domain, and the package's licence file is CC0. The same
 package also holds a 68-point landmark model whose training data excludes commercial use; it is not
 used here. `dlib-bin` and `dlib` install the same module; have only one of them.
@@ -53,8 +53,9 @@ def _load():
             try:
                 import dlib
             except ImportError as e:
-                raise ConfigError("the identity distance needs the 'identity' extra: pip install "
-                                  f"'chunkygan_jax[identity]' (dlib-bin, face-recognition-models); {e}") from None
+                raise ConfigError("the identity distance needs the 'evaluate' extra: pip install "
+                                  f"'chunkygan_jax[evaluate]' (dlib-bin, face-recognition-models), or "
+                                  f"--noidentity; {e}") from None
             # find the model files without importing the package (its __init__ needs pkg_resources)
             spec = importlib.util.find_spec("face_recognition_models")
             folder = Path(list(spec.submodule_search_locations)[0]) / "models" if spec else None
@@ -62,7 +63,7 @@ def _load():
                      ("dlib_face_recognition_resnet_model_v1", "shape_predictor_5_face_landmarks")}
             if any(f is None or not f.is_file() for f in files.values()):
                 raise ConfigError("the identity distance needs the model files of 'face-recognition-models': "
-                                  "pip install 'chunkygan_jax[identity]'")
+                                  "pip install 'chunkygan_jax[evaluate]', or --noidentity")
             _models["dlib"] = dlib
             _models["net"] = dlib.face_recognition_model_v1(str(files["dlib_face_recognition_resnet_model_v1"]))
             _models["points"] = dlib.shape_predictor(str(files["shape_predictor_5_face_landmarks"]))
