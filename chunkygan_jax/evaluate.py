@@ -232,8 +232,8 @@ def _markdown(table) -> str:
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['label']} | {r['segments']} | {r['lambda_reg']:g} | {cell(r, 'lpips')} | "
               f"{cell(r, 'identity')} | {cell(r, 'l2')} |" for r in rows]
-    lines += ["", f"- LPIPS: {cfg['lpips']}.", f"- L2: {cfg['l2']}.",
-              f"- Identity: {cfg['identity'] or 'not measured'}.",
+    identity = cfg["identity"] or "identity: not measured"
+    lines += ["", f"- {cfg['lpips']}.", f"- L2: {cfg['l2']}.", f"- {identity[0].upper()}{identity[1:]}.",
               "- Global projection uses 1 code; ours uses the segments above, learned masks."]
     if table["failed"]:
         lines += ["", "Photos left out:"] + [f"- {r}: {why}" for r, why in table["failed"].items()]
