@@ -195,27 +195,24 @@ def test_no_face_and_wrong_face_exit_2(tmp_path, dcgan):
 # bin/edit on an aligned result
 
 
-def test_edit_of_an_aligned_result_is_pasted_back(tiny_generator, tiny_checkpoint, tmp_path):
-    import jax.numpy as jnp
-
+def test_edit_of_an_aligned_result_is_pasted_back(dcgan, tmp_path):
     from chunkygan_jax.editing import edit_saved_result
     from chunkygan_jax.results import InversionResult, load_result
 
-    g = tiny_generator
+    g, checkpoint = dcgan
     target, al = A.align(astronaut(), g.resolution, output="float")
-    codes = g.initial_codes("w+", 2)
-    images = np.asarray(g.synthesize(codes, "w+"))
+    codes = np.asarray(g.initial_codes("z", 2))
+    images = np.asarray(g.synthesize(codes, "z"))
     masks = np.zeros((2, 32, 32), np.float32)
     masks[0, :, :16], masks[1, :, 16:] = 1, 1
     result = InversionResult(target=target, composite=(images * masks[..., None]).sum(0), segment_images=images,
-                             masks=masks, latents={"codes": np.asarray(codes)}, loss_history=np.zeros(1, np.float32),
-                             final_losses={}, settings={"space": "w+", "generator": str(tiny_checkpoint)},
+                             masks=masks, latents={"codes": codes}, loss_history=np.zeros(1, np.float32),
+                             final_losses={}, settings={"space": "z", "generator": str(checkpoint)},
                              alignment=al.to_json(), photo=str(astronaut()))
     result.save(tmp_path / "result")
-    direction = np.asarray(jnp.ones(g.w_dim)) * 3.0
-    np.save(tmp_path / "d.npy", direction)
+    np.save(tmp_path / "d.npy", np.full(g.config.z_dim, 3.0, np.float32))
     summary = edit_saved_result(tmp_path / "result", tmp_path / "edit.png", direction=tmp_path / "d.npy",
-                                strength=1.0, output_latents=tmp_path / "edited")
+                                output_latents=tmp_path / "edited")
     assert str(tmp_path / "edit_pasted.png") in summary
     edit = np.asarray(Image.open(tmp_path / "edit.png").convert("RGB"))
     pasted = np.asarray(Image.open(tmp_path / "edit_pasted.png").convert("RGB"))
@@ -224,4 +221,5 @@ def test_edit_of_an_aligned_result_is_pasted_back(tiny_generator, tiny_checkpoin
     np.testing.assert_array_equal(pasted, A.paste_back(photo, edit, A.Alignment.from_json(al.to_json())))
     outside = outside_quad(al.quad, 512, 512, 1.0)
     np.testing.assert_array_equal(pasted[outside], photo[outside])
+    assert np.abs(pasted[~outside].astype(int) - photo[~outside]).mean() > 5  # the generated face is in
     assert load_result(tmp_path / "edited").alignment == al.to_json()  # a further edit pastes back too
