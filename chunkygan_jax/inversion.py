@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +34,8 @@ import numpy as np
 import optax
 
 from . import io, sharding
+from .align import Alignment, align_image, load_photo
+from .align import align as align_photo
 from .demo import resolve_generator
 from .errors import ConfigError, ImageError
 from .generators.stylegan2 import sample_ws
@@ -477,10 +480,15 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
            l2_weight=0.0, mean_latent_weight=0.0, lpips_net="vgg", lpips_resolution=256, masks=None,
            learn_masks=None, static_mask=None, seed=0, noise_mode="const", dtype="float32",
            callback=None, progress_every=25, snapshot_steps=(), crop="none", alpha="refuse",
-           initial_codes=None) -> InversionResult:
+           initial_codes=None, align=False, face=None) -> InversionResult:
     """Reconstruct one photo as `segments` latent codes blended by soft masks (ChunkyGAN).
 
-    image: a path or an array ([H, W, 3] uint8, or float in [-1, 1]) at the generator's resolution.
+    image: a path or an array ([H, W, 3] uint8, or float in [-1, 1]) at the generator's resolution;
+        with `align`, a photo of any size.
+    align: True finds the face (the largest, or number `face` from the left) and inverts its FFHQ-aligned
+        crop (`chunkygan_jax.align`); an `Alignment` found earlier on this photo is used as it is. The
+        result then records `alignment` (its JSON form) and `photo` (the path, when `image` is one), so
+        that the projection or an edit can be pasted back (`align.paste_back`).
     generator: a generator object, a checkpoint path (ours, NVIDIA .pkl, rosinality .pt), or None for
         the demo face generator.
     space: 'w', 'w+' (default for StyleGAN2) or 's'; codes start at w_avg.
@@ -493,11 +501,38 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
     callback(step, steps, losses): called every `progress_every` steps.
     snapshot_steps: steps at which the composite and masks are kept (for a progression sheet).
     """
+    alignment = None
+    if align is not False and align is not None:
+        generator = resolve_generator(generator)
+        image, alignment = _aligned(image, generator.resolution, align, face)
+    elif face is not None:
+        raise ConfigError("face= chooses the face to align; pass align=True too")
     init = None if initial_codes is None else jax.tree_util.tree_map(lambda x: np.asarray(x)[None], initial_codes)
-    return invert_batch([image], generator, segments=segments, space=space, steps=steps, lr=lr,
-                        lambda_reg=lambda_reg, l2_weight=l2_weight, mean_latent_weight=mean_latent_weight,
-                        lpips_net=lpips_net, lpips_resolution=lpips_resolution, masks=masks,
-                        learn_masks=learn_masks, static_masks=[static_mask], seed=seed,
-                        noise_mode=noise_mode, dtype=dtype, callback=callback,
-                        progress_every=progress_every, snapshot_steps=snapshot_steps, crop=crop,
-                        alpha=alpha, initial_codes=init)[0]
+    result = invert_batch([image], generator, segments=segments, space=space, steps=steps, lr=lr,
+                         lambda_reg=lambda_reg, l2_weight=l2_weight, mean_latent_weight=mean_latent_weight,
+                         lpips_net=lpips_net, lpips_resolution=lpips_resolution, masks=masks,
+                         learn_masks=learn_masks, static_masks=[static_mask], seed=seed,
+                         noise_mode=noise_mode, dtype=dtype, callback=callback,
+                         progress_every=progress_every, snapshot_steps=snapshot_steps, crop=crop,
+                         alpha=alpha, initial_codes=init)[0]
+    if alignment is not None:
+        result.alignment, result.photo = alignment
+    return result
+
+
+def _aligned(photo, resolution, align, face):
+    """(the FFHQ-aligned crop of `photo`, float [R, R, 3]; (Alignment JSON, the photo's path or None))."""
+    if isinstance(align, Alignment):
+        if face is not None:
+            raise ConfigError("face= chooses a face to find; a ready Alignment was given")
+        rgb = load_photo(photo)
+        if tuple(align.photo_size) != (rgb.shape[1], rgb.shape[0]):
+            raise ImageError(f"the alignment was computed on a {align.photo_size[0]}x{align.photo_size[1]} "
+                             f"photo, this one is {rgb.shape[1]}x{rgb.shape[0]}")
+        image, found = align_image(rgb, align, resolution, output="float"), align
+    elif align is True:
+        image, found = align_photo(photo, resolution, face=face, output="float")
+    else:
+        raise ConfigError(f"align must be True, False or an Alignment, got {align!r}")
+    path = str(Path(photo).resolve()) if isinstance(photo, (str, os.PathLike)) else None
+    return image, (found.to_json(), path)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from . import io
+from .align import Alignment, paste_back
 from .errors import ChunkyGANError
 from .files import atomic_path
 from .masks import color_code
@@ -29,12 +30,22 @@ def progression_sheet(result) -> np.ndarray:
     return np.concatenate([top, bottom], axis=0)
 
 
-def write_report(result, directory, *, extra_metrics=None) -> Path:
+def write_report(result, directory, *, extra_metrics=None, photo=None, blend="feather") -> Path:
     """Everything a user looks at after an inversion, in one directory (written atomically):
     projection.png, side_by_side.png (original | projection), masks.png, progression.png (if snapshots),
-    segments.png (each segment's full image), metrics.json, and the result itself under result/."""
+    segments.png (each segment's full image), metrics.json, and the result itself under result/.
+
+    For an aligned photo (result.alignment), also pasted.png: the projection warped back into the photo
+    (`photo`, else the path the result records) at its full size, blended with `blend` ("feather" or
+    "poisson"); metrics.json then holds the alignment."""
     directory = Path(directory)
+    pasted = None
+    if result.alignment is not None and (photo is not None or result.photo):
+        pasted = paste_back(photo if photo is not None else result.photo, io.to_uint8(result.composite),
+                            Alignment.from_json(result.alignment), blend=blend)
     with atomic_path(directory, is_dir=True) as tmp:
+        if pasted is not None:
+            io.save_png(tmp / "pasted.png", pasted)
         io.save_png(tmp / "projection.png", io.to_uint8(result.composite))
         io.save_png(tmp / "side_by_side.png",
                     np.concatenate([io.to_uint8(result.target), io.to_uint8(result.composite)], axis=1))
@@ -46,6 +57,7 @@ def write_report(result, directory, *, extra_metrics=None) -> Path:
         steps = len(result.loss_history)
         metrics = {"final_losses": result.final_losses, "steps": steps, "seconds": result.seconds,
                    "ms_per_step": 1000.0 * result.seconds / max(steps, 1), "settings": result.settings,
+                   **({"alignment": result.alignment, "photo": result.photo} if result.alignment else {}),
                    **(extra_metrics or {})}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return directory

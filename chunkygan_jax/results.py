@@ -4,7 +4,8 @@ in a later session.
 A result directory holds
   latents.npz     the latent pytree, flattened to '/'-joined keys ("codes", "codes/b4.conv1", "mask_logits")
   arrays.npz      target, composite, segment images, masks, loss history (and static mask), float32
-  result.json     settings, final losses, format version
+  result.json     settings, final losses, format version; for a photo that was aligned first, the
+                  alignment (its quad in the photo) and the photo's path, so that an edit can be pasted back
 It is written to a temporary sibling and renamed, so a crash never leaves a half-written result.
 """
 
@@ -45,6 +46,8 @@ class InversionResult:
     static_mask: np.ndarray | None = None
     snapshots: list = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    alignment: dict | None = None  # align.Alignment.to_json() when the photo was aligned first
+    photo: str | None = None  # the aligned photo's path (for pasting back), when it was a file
 
     @property
     def codes(self):
@@ -83,6 +86,8 @@ def save_result(result, directory) -> Path:
             np.savez(f, **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
         record = {"format_version": FORMAT_VERSION, "settings": result.settings,
                   "final_losses": result.final_losses, "seconds": result.seconds}
+        if result.alignment is not None:
+            record.update(alignment=result.alignment, photo=result.photo)
         (tmp / "result.json").write_text(json.dumps(record, indent=2))
     return directory
 
@@ -101,4 +106,5 @@ def load_result(directory) -> InversionResult:
         target=arrays["target"], composite=arrays["composite"], segment_images=arrays["segment_images"],
         masks=arrays["masks"], latents=load_latents(directory / "latents.npz"),
         loss_history=arrays["loss_history"], final_losses=record["final_losses"],
-        settings=record["settings"], static_mask=arrays.get("static_mask"), seconds=record.get("seconds", 0.0))
+        settings=record["settings"], static_mask=arrays.get("static_mask"), seconds=record.get("seconds", 0.0),
+        alignment=record.get("alignment"), photo=record.get("photo"))
