@@ -289,6 +289,7 @@ class RunningEditor:
         self.session, self.token = session, token or new_token()
         self.server, self._sock, self.url = _server(session, self.token, port)
         self.base = self.url.split("/?", 1)[0]
+        self.address = self._sock.getsockname()
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True)
         self._thread.start()
         while not self.server.started and self._thread.is_alive():

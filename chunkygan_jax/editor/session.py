@@ -167,9 +167,13 @@ def png_bytes(image_uint8: np.ndarray) -> bytes:
 
 
 def sanitize_name(name, default="edit") -> str:
-    """A file-name stem from the page: letters, digits, '.', '_' and '-' only, no leading dot, at most
-    64 characters (so no path, no hidden file, no traversal)."""
-    stem = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "-", str(name or ""))).strip(".-_")[:64].strip(".-_")
+    """A file-name stem from the page: path parts joined by '-' ('.' and '..' dropped), then letters,
+    digits, '.', '_' and '-' only, no leading or trailing dot, at most 64 characters (so no path, no
+    hidden file, no traversal)."""
+    parts = [p for p in re.split(r"[\\/]+", str(name or "")) if p not in ("", ".", "..")]
+    stem = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(parts)))
+    stem = re.sub(r"\.png$", "", stem, flags=re.IGNORECASE)  # "edit.png" means the stem "edit"
+    stem = stem.strip(".-_")[:64].strip(".-_")
     return stem or default
 
 

@@ -297,7 +297,7 @@ function buildSliders() {
     box.append(row);
   }
   const errors = S.direction_errors || [];
-  if (errors.length) say("some direction files were skipped: " + errors.join("; "), "error");
+  $("direction-errors").textContent = errors.length ? "skipped: " + errors.join("; ") : "";
   // StyleSpace
   $("style-section").hidden = !S.styles.length;
   const sel = $("style-layer");
