@@ -332,6 +332,16 @@ def test_bodies_are_bounded_and_errors_are_json_messages(editor):
     assert status == 404 and "error" in json.loads(body)
     status, _, body = request(editor, "/api/directions?name=x.npy", method="POST", body=b"\x93NUMPY garbage")
     assert status == 400 and "not a numpy .npy direction file" in json.loads(body)["error"]
+    # an uploaded direction: checked against the generator, kept in memory, a new id per upload
+    buf = BytesIO()
+    np.save(buf, np.ones((editor.session.num_ws, 7), np.float32))
+    status, _, body = request(editor, "/api/directions?name=..%2Fup.npy", method="POST", body=buf.getvalue())
+    assert status == 400 and "direction has shape (8, 7)" in json.loads(body)["error"]
+    buf = BytesIO()
+    np.save(buf, np.ones(editor.session.generator.w_dim, np.float32))
+    for expected in ("upload:up", "upload:up-2"):
+        status, _, body = request(editor, "/api/directions?name=..%2Fup.npy", method="POST", body=buf.getvalue())
+        assert status == 200 and json.loads(body)["directions"][-1]["id"] == expected
 
 
 def test_downloads_and_exports_stay_inside_the_working_folder(editor):

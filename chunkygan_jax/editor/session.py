@@ -349,10 +349,13 @@ class EditorSession:
             raise ConfigError(f"{sanitize_name(name)}: not a numpy .npy direction file ({e})") from None
         if not isinstance(arr, np.ndarray):
             raise ConfigError(f"{sanitize_name(name)}: an .npz archive; a direction is a single .npy array")
+        array = editing.load_direction(arr, self.generator)
         stem = sanitize_name(Path(str(name)).stem, "direction")
-        entry = {"id": f"upload:{stem}", "name": stem, "path": None,
-                 "array": editing.load_direction(arr, self.generator)}
-        self._directions[entry["id"]] = entry
+        with self._lock:  # state() reads the list from the server's thread
+            # a new id for every upload: edits in the history keep meaning the array they were made with
+            ident = next(i for i in (f"upload:{stem}" if k == 1 else f"upload:{stem}-{k}" for k in range(1, 10_000))
+                         if i not in self._directions)
+            self._directions[ident] = {"id": ident, "name": ident.split(":", 1)[1], "path": None, "array": array}
         return self.state()
 
     def _direction(self, source: str):
@@ -410,12 +413,13 @@ class EditorSession:
         with self._lock:
             doc, can_undo, can_redo, version = (self._history[self._pos], self._pos > 0,
                                                self._pos < len(self._history) - 1, self.version)
+            directions = [{"id": d["id"], "name": d["name"]} for d in self._directions.values()]
         return {
             "resolution": self.resolution, "segments": self.n, "editable": self.editable,
             "why_not": self.why_not, "generator": type(self.generator).__name__,
             "space": self.settings.get("space"), "num_ws": self.num_ws,
             "styles": [{"name": k, "channels": v} for k, v in self.style_dims.items()],
-            "directions": [{"id": d["id"], "name": d["name"]} for d in self._directions.values()],
+            "directions": directions,
             "direction_errors": list(self.direction_errors),
             "document": {"edits": [e.to_json() for e in doc.edits], "layers": [l.to_json() for l in doc.layers],
                          "blend": doc.blend},
