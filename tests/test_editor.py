@@ -28,6 +28,7 @@ import pytest
 from PIL import Image
 
 from chunkygan_jax import editing, io
+from chunkygan_jax.errors import ChunkyGANError
 from chunkygan_jax.editor import Document, Edit, EditorSession
 from chunkygan_jax.editor.server import MAX_BODY, RunningEditor
 from chunkygan_jax.inversion import InversionSettings
@@ -83,7 +84,7 @@ def editor(g, directions, tiny_checkpoint, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("editor_work")
     (workdir / "edit.png").write_bytes(b"the user's own file")  # the editor must never replace it
     session = EditorSession(make_result(g), g, workdir=workdir, generator_record=str(tiny_checkpoint),
-                            directions=directions, region_steps=STEPS)
+                            directions=directions, region_steps=STEPS, pca=2)
     running = RunningEditor(session)
     yield running
     running.stop()
@@ -169,7 +170,7 @@ def test_page_shows_views_and_clicking_selects_the_segment_under_the_pointer(pag
     page.uncheck("#show-masks")
     page.check("input[name=view][value=current]")
     names = page.locator("#directions .direction .name").all_inner_texts()
-    assert names == ["dir0", "dir1"]  # broken.npy is refused, with a message
+    assert names == ["dir0", "dir1", "PCA 0", "PCA 1"]  # broken.npy is refused, with a message
     assert "broken.npy" in page.inner_text("#direction-errors")
 
 
@@ -368,6 +369,52 @@ def test_document_edits_replace_by_key_and_strength_zero_removes(g, tmp_path):
     assert [x.target for x in doc.edits] == [("segments", (1,))]
     # the target is normalised: every segment listed is "all"
     assert session.parse_target({"segments": [2, 0, 1]}, Document()) == ("segments", ())
+    session.close()
+
+
+def _changed_only_in(before, after, inside):
+    changed = np.any(io.to_uint8(after) != io.to_uint8(before), axis=-1)
+    return changed[inside].mean() > 0.3 and not changed[~inside].any()
+
+
+def test_principal_direction_sliders_edit_the_chosen_segment(g, tmp_path, monkeypatch):
+    monkeypatch.setenv("CHUNKYGAN_CACHE", str(tmp_path / "cache"))  # the directions are cached there
+    session = EditorSession(make_result(g), g, workdir=tmp_path, pca=3)
+    assert [d["id"] for d in session.state()["directions"]] == ["pca:0", "pca:1", "pca:2"]
+    before = session.render()
+    state = session.commit({"kind": "direction", "direction": "pca:1", "strength": 3.0, "layers": [0, 4],
+                            "target": {"segments": [1]}})
+    assert state["document"]["edits"] == [{"kind": "direction", "strength": 3.0, "target": {"segments": [1]},
+                                           "direction": "pca:1", "layers": [0, 4]}]
+    assert _changed_only_in(before, session.render(), _labels(g.resolution) == 1)
+    session.close()
+
+
+def test_the_demo_generator_edits_in_z_space(demo_cache, tmp_path):
+    from chunkygan_jax import demo
+    dcgan = demo.load_demo_generator(cache_dir=demo_cache, fetch=False)
+    r = dcgan.resolution
+    z = np.random.RandomState(2).randn(3, dcgan.z_dim).astype(np.float32)
+    imgs = np.asarray(jax.jit(lambda gen, c: gen.synthesize(c, "z"))(dcgan, jnp.asarray(z)), np.float32)
+    masks = np.stack([(_labels(r) == i).astype(np.float32) for i in range(3)])
+    comp = np.einsum("nhw,nhwc->hwc", masks, imgs)
+    result = InversionResult(target=np.clip(comp, -1, 1), composite=comp, segment_images=imgs, masks=masks,
+                             latents={"codes": z}, loss_history=np.zeros(1, np.float32), final_losses={},
+                             settings=InversionSettings(segments=3, space="z", steps=1).to_dict())
+    (tmp_path / "dirs").mkdir()
+    np.save(tmp_path / "dirs" / "d.npy", np.random.RandomState(0).randn(dcgan.z_dim).astype(np.float32))
+    session = EditorSession(result, dcgan, workdir=tmp_path, directions=tmp_path / "dirs", pca=0)
+    state = session.state()
+    assert state["editable"] and state["num_ws"] is None and state["styles"] == []
+    before = session.render()
+    np.testing.assert_allclose(before, np.asarray(editing.render(dcgan, {"codes": z}, masks)), atol=1e-5)
+    edit = {"kind": "direction", "direction": "file:d.npy", "strength": 2.0, "target": {"segments": [2]}}
+    session.commit(edit)
+    assert _changed_only_in(before, session.render(), _labels(r) == 2)
+    with pytest.raises(ChunkyGANError, match="StyleSpace edits need a StyleGAN2"):
+        session.parse_edit({"kind": "style", "layer": 0, "channel": 0, "strength": 1, "target": "all"})
+    session.undo()
+    np.testing.assert_array_equal(session.render(), before)
     session.close()
 
 

@@ -1,23 +1,51 @@
 """Editing a saved result, as `bin/edit` does: the generator and the projection settings come from the
-result's own record unless given, and the outputs may never replace an input."""
+result's own record unless given, and the outputs may never replace an input. Also what there is to look
+at: a strip of one edit at several strengths (a sweep), and for edits limited to some segments or a
+region a side-by-side (before | edit | changed pixels)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
 
 from .. import io
 from ..demo import resolve_generator
 from ..errors import ConfigError
 from ..lpips import parse_resolution
 from ..results import load_result
-from .directions import load_direction
+from .directions import is_pca_spec, resolve_direction
 from .edits import DirectionEdit, parse_s_edit
-from .region import local_edit
+from .region import local_edit, reedit
 from .render import current_image, edit_result
-from .spaces import latent_space, parse_segments
+from .sheets import changed_pixels, tile_sheet
+from .spaces import as_number, count_segments, latent_space, parse_segments, segment_indices
+
+MAX_SWEEP = 25
 
 
-def check_outputs(output, output_latents, latents_dir, inputs) -> None:
+def parse_sweep(text) -> list[float]:
+    """'lo:hi:count' (e.g. '-3:3:7') -> count evenly spaced strengths from lo to hi."""
+    parts = str(text).split(":")
+    if len(parts) != 3:
+        raise ConfigError(f"a sweep is 'lo:hi:count' (e.g. '-3:3:7'), got {text!r}")
+    lo, hi = (as_number(p, f"sweep {text!r}: strength") for p in parts[:2])
+    try:
+        count = int(parts[2])
+    except ValueError:
+        count = 0
+    if not 2 <= count <= MAX_SWEEP:
+        raise ConfigError(f"sweep {text!r}: count must be an integer from 2 to {MAX_SWEEP}")
+    return [float(v) for v in np.linspace(lo, hi, count)]
+
+
+def compare_path(output) -> Path:
+    """Where the side-by-side of a restricted edit goes: next to `output`, as NAME_compare.png."""
+    out = Path(output)
+    return out.with_name(f"{out.stem}_compare.png")
+
+
+def check_outputs(output, output_latents, latents_dir, inputs, *, compare=None) -> None:
     """Refuse outputs that would replace an input, the result being edited, or an unrelated folder."""
     out = Path(output).resolve()
     if out.is_dir():
@@ -26,6 +54,8 @@ def check_outputs(output, output_latents, latents_dir, inputs) -> None:
     src = Path(latents_dir).resolve()
     if out in taken or out.parent == src:
         raise ConfigError(f"--output {output} would overwrite an input")
+    if compare is not None and (Path(compare).resolve() in taken or Path(compare).is_dir()):
+        raise ConfigError(f"the side-by-side {compare} (next to --output) would overwrite an input")
     if output_latents:
         d = Path(output_latents).resolve()
         if d == src or src in d.parents or d in src.parents or d in taken or out == d or d in out.parents:
@@ -38,64 +68,99 @@ def check_outputs(output, output_latents, latents_dir, inputs) -> None:
 def edit_saved_result(latents_dir, output, *, generator=None, direction=None, strength=1.0, layers=None,
                       segments="all", s_edits=(), region=None, blend="mask", steps=100, space=None,
                       lpips_net=None, lpips_resolution=None, segment_code=False, segmenter=None,
-                      output_latents=None) -> str:
+                      output_latents=None, sweep=None, pca_samples=None) -> str:
     """Edit the result saved in `latents_dir` and write the image to `output` (and the edited result to
     `output_latents`). Without `region` the result's own codes are edited and recomposited with its
     masks; with `region` one segment is projected into the region of the result's current image,
-    edited and composited back. Returns a one-line summary."""
+    edited and composited back. `direction`: 'pca:K', a .npy file or an array (see `resolve_direction`;
+    `pca_samples` sets the samples of a first PCA). `sweep` ('lo:hi:count' or a list of strengths):
+    `output` becomes a strip of the edit at those strengths instead. An edit limited to some segments
+    or to a region also writes the side-by-side NAME_compare.png (before | edit | changed pixels)
+    next to `output`. Returns a one-line summary."""
     result = load_result(latents_dir)
     gen_path = generator or result.settings.get("generator")
     if not gen_path:
         raise ConfigError(f"{latents_dir} records no generator; pass --generator=PATH")
-    inputs = [Path(p) for p in (direction, region, gen_path, segmenter) if p and p != "demo"]
-    check_outputs(output, output_latents, latents_dir, inputs)
-    if layers is not None and not direction:
+    strengths = None if sweep is None else (parse_sweep(sweep) if isinstance(sweep, str) else
+                                            [as_number(v, "sweep strength") for v in sweep])
+    segments = parse_segments(segments) if isinstance(segments, str) else segments
+    restricted = bool(region) or segments not in ("all", None)
+    compare = compare_path(output) if restricted and strengths is None else None
+    inputs = [Path(p) for p in (direction, region, gen_path, segmenter)
+              if isinstance(p, (str, Path)) and p != "demo" and not is_pca_spec(p)]
+    check_outputs(output, output_latents, latents_dir, inputs, compare=compare)
+    if layers is not None and direction is None:
         raise ConfigError("--layers applies to a --direction")
-    if segment_code and not (direction and segmenter):
+    if strengths is not None and direction is None:
+        raise ConfigError("--sweep varies the strength of a --direction; give one")
+    if strengths is not None and output_latents:
+        raise ConfigError("--output_latents saves one edit; it does not go with --sweep")
+    if segment_code and not (direction is not None and segmenter):
         raise ConfigError("--segment_code moves the segment code along a --direction and needs the segment "
                           "generator (--segmenter=DIR)")
     if segment_code and region:
         raise ConfigError("--segment_code applies to global edits; a local edit has one segment and no "
                           "segment code")
-    segments = parse_segments(segments) if isinstance(segments, str) else segments
     styles = [parse_s_edit(text, segments) for text in s_edits]
 
     gen = resolve_generator(gen_path)  # bin/invert records "demo" for the demo generator
     if result.target.shape[:2] != (gen.resolution,) * 2:
         raise ConfigError(f"the result is {result.target.shape[0]} px but the generator makes "
                           f"{gen.resolution} px")
-    latent_space(gen, result.latents["codes"])  # the codes must fit this generator
+    codes = result.latents["codes"]
+    latent_space(gen, codes)  # the codes must fit this generator
+    if not region:
+        segment_indices(segments, count_segments(codes))  # before a first PCA, not after
+    d = None if direction is None else resolve_direction(direction, gen, samples=pca_samples)
 
-    edits = []
-    if direction:
-        edits.append(DirectionEdit(load_direction(direction, gen), strength, layers, segments,
-                                   segment_code=segment_code))
-    edits += styles
+    def edits_at(value):
+        first = [DirectionEdit(d, value, layers, segments, segment_code, _name(direction))] if d is not None else []
+        return first + styles
 
     settings = result.settings
-    if region:
-        out = local_edit(
-            current_image(result), gen, region, edits, steps=steps,
-            space=space or settings.get("space", "w+"), lr=settings.get("lr", 0.1), blend=blend,
-            lpips_net=lpips_net or settings.get("lpips_net", "vgg"),
-            lpips_resolution=parse_resolution(lpips_resolution or settings.get("lpips_resolution", 256)),
-            seed=settings.get("seed", 0), noise_mode=settings.get("noise_mode", "const"),
-            dtype=settings.get("dtype", "float32"))
-        image, edited = out.image, out.result
-    else:
-        mask_source = None
-        if segment_code:
-            from ..segmenter import load_segmenter
-            mask_source = load_segmenter(segmenter, gen)
-        edited = edit_result(result, gen, edits, blend=blend, mask_source=mask_source)
-        image = edited.composite
+    images, edited, step = [], None, None
+    mask_source = None
+    if segment_code:
+        from ..segmenter import load_segmenter
+        mask_source = load_segmenter(segmenter, gen)
+    for value in strengths or [strength]:
+        if region and step is None:  # project the region once; every strength edits that projection
+            step = local_edit(
+                current_image(result), gen, region, edits_at(value), steps=steps,
+                space=space or settings.get("space") or gen.default_space, lr=settings.get("lr", 0.1),
+                blend=blend, lpips_net=lpips_net or settings.get("lpips_net", "vgg"),
+                lpips_resolution=parse_resolution(lpips_resolution or settings.get("lpips_resolution", 256)),
+                seed=settings.get("seed", 0), noise_mode=settings.get("noise_mode", "const"),
+                dtype=settings.get("dtype", "float32"))
+        elif region:
+            step = reedit(step, gen, edits_at(value), blend=blend)
+        if region:
+            image, edited = step.image, step.result
+        else:
+            edited = edit_result(result, gen, edits_at(value), blend=blend, mask_source=mask_source)
+            image = edited.composite
+        images.append(io.to_uint8(image))
 
-    io.save_png(output, io.to_uint8(image))
+    what = [f"direction {_name(direction)}" + ("" if strengths else f" x {strength:g}")] if direction is not None else []
+    what = ", ".join(what + [f"s {t}" for t in s_edits]) or "no edit"
+    kind = "local" if region else "global"
+    if strengths is not None:
+        io.save_png(output, tile_sheet([images], col_labels=[f"{v:g}" for v in strengths]))
+        return f"{kind} edit ({what}, blend {blend}) at {len(strengths)} strengths " \
+               f"{strengths[0]:g}..{strengths[-1]:g} -> {output}"
+    io.save_png(output, images[0])
+    if compare is not None:
+        before = io.to_uint8(current_image(result) if region else result.composite)
+        io.save_png(compare, tile_sheet([[before, images[0], changed_pixels(before, images[0])]],
+                                        col_labels=["input" if region else "projection", "edit", "changed pixels"]))
     if output_latents:
         edited.settings["generator"] = "demo" if gen_path == "demo" else str(Path(gen_path).resolve())
         edited.save(output_latents)
-    what = [f"direction {Path(direction).name if isinstance(direction, (str, Path)) else 'array'} x {strength:g}"] \
-        if direction else []
-    what = ", ".join(what + [f"s {t}" for t in s_edits]) or "no edit"
-    return (f"{'local' if region else 'global'} edit ({what}, blend {blend}) -> {output}"
+    return (f"{kind} edit ({what}, blend {blend}) -> {output}" + (f", side-by-side -> {compare}" if compare else "")
             + (f", latents -> {output_latents}" if output_latents else ""))
+
+
+def _name(direction) -> str:
+    if isinstance(direction, (str, Path)):
+        return str(direction) if is_pca_spec(direction) else Path(direction).name
+    return "array"

@@ -46,7 +46,7 @@ from PIL import Image
 
 from .. import editing, io
 from ..editing import DirectionEdit, StyleEdit
-from ..editing import directions as direction_files
+from ..editing.directions import resolve_direction
 from ..editing.render import blend_region
 from ..editing.spaces import as_number
 from ..errors import ChunkyGANError, ConfigError, ImageError
@@ -330,8 +330,7 @@ class EditorSession:
                         self.direction_errors.append(str(e))
                         continue
                 self._directions[entry["id"]] = entry
-        resolver = getattr(direction_files, "resolve_direction", None)
-        if resolver is not None and pca > 0:  # directions the generator yields by itself
+        if self.editable:  # directions the generator yields by itself (computed on first use, cached)
             for k in range(int(pca)):
                 spec = f"pca:{k}"
                 self._directions[spec] = {"id": spec, "name": f"PCA {k}", "path": None, "array": None,
@@ -364,8 +363,7 @@ class EditorSession:
             raise ConfigError(f"unknown direction {source!r}")
         if entry["array"] is None:
             if "spec" in entry:
-                entry["array"] = np.asarray(direction_files.resolve_direction(entry["spec"], self.generator),
-                                            np.float32)
+                entry["array"] = np.asarray(resolve_direction(entry["spec"], self.generator), np.float32)
             else:
                 entry["array"] = editing.load_direction(entry["path"], self.generator)
         return entry["array"]
@@ -517,12 +515,34 @@ class EditorSession:
             self._cache.put(full, hit)
         return hit
 
+    def _render_segments(self, indices: list[int], edits: list[Edit]) -> None:
+        """Render the base segments `indices`, which share `edits`, in one call and cache each image.
+        Several segments go as one batch of all n codes (padded with copies), so there are only two
+        batch sizes to compile: 1 and n."""
+        codes = [self._base_codes[i] for i in indices]
+        if len(codes) > 1:
+            codes += codes[-1:] * (self.n - len(codes))
+        batch = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *codes)
+        w_offset, s_offset = self._offsets(edits, self._base_codes[indices[0]])
+        out = np.asarray(_render_code(self.generator, batch, w_offset, s_offset, noise_mode=self.noise_mode,
+                                      dtype=self.dtype), np.float32)
+        values = tuple(e.value for e in edits)
+        for k, i in enumerate(indices):
+            self._cache.put((("segment", i), values), out[k])
+
     def _base_image(self, doc: Document) -> np.ndarray:
         per_segment = [doc.edits_of_segment(i) for i in range(self.n)]
         blend = doc.blend if self.result.static_mask is not None else "mask"
         key = ("base", tuple(tuple(e.value for e in es) for es in per_segment), blend)
         hit = self._cache.get(key)
         if hit is None:
+            todo: dict[tuple, list[int]] = {}  # segments to render, grouped by their edits
+            for i, es in enumerate(per_segment):
+                values = tuple(e.value for e in es)
+                if es and self._cache.get((("segment", i), values)) is None:
+                    todo.setdefault(values, []).append(i)
+            for indices in todo.values():
+                self._render_segments(indices, per_segment[indices[0]])
             imgs = [self._code_image(("segment", i), self._base_codes[i], es, self.segment_images[i])
                     for i, es in enumerate(per_segment)]
             hit = np.asarray(composite(jnp.asarray(np.stack(imgs)), jnp.asarray(self.masks)), np.float32)

@@ -102,6 +102,8 @@ def conv_transpose2d(x, weight, stride: int, padding: int, *, precision=None):
         raise ConfigError(f"weight {tuple(weight.shape)} does not fit input channels {cin} (or is not square)")
     if not 0 <= padding or 2 * padding >= (min(h, w) - 1) * stride + kh:
         raise ConfigError(f"padding {padding} leaves no output")
+    if h == w == 1 and padding == 0:  # a 1x1 input (the first layer, z): the output is the kernel times x
+        return jnp.einsum("nc,cokl->nklo", x[:, 0, 0], weight.astype(x.dtype), precision=precision)
     s, q = stride, -(-kh // stride)  # kernel taps ky = s * qy + ry, qy < q, ry < s (zero-padded to q * s)
     wk = jnp.pad(weight.astype(x.dtype), ((0, 0), (0, 0), (0, q * s - kh), (0, q * s - kw)))
     t = jnp.einsum("nhwc,cokl->nhwklo", x, wk, precision=precision)
@@ -165,6 +167,21 @@ class DCGAN:
 
     # ------------------------------------------------------------------ the network
     def __call__(self, z, *, dtype=jnp.float32):
+        img, _ = self._run(z, dtype=dtype, feature_resolutions=(), stop_at=None)
+        return img
+
+    def features(self, z, resolutions, *, dtype=jnp.float32) -> dict:
+        """Block outputs (after batch norm and ReLU) {res: [N, res, res, C]} for the requested
+        resolutions (4, 8, ..., resolution / 2). Blocks above the largest one are not computed."""
+        resolutions = tuple(sorted(set(int(r) for r in resolutions)))
+        blocks = [4 * 2 ** i for i in range(len(self.config.channels))]
+        bad = [r for r in resolutions if r not in blocks]
+        if bad or not resolutions:
+            raise ConfigError(f"no DCGAN block at resolution(s) {bad or '()'}; blocks are {blocks}")
+        _, feats = self._run(z, dtype=dtype, feature_resolutions=resolutions, stop_at=max(resolutions))
+        return feats
+
+    def _run(self, z, *, dtype, feature_resolutions, stop_at):
         cfg = self.config
         z = jnp.asarray(z)
         if z.ndim == 4 and z.shape[1:3] == (1, 1):  # [N, 1, 1, z_dim] is fine too
@@ -174,6 +191,7 @@ class DCGAN:
         precision = ops.precision_for(dtype)
         main = self.params["main"]
         x = z.astype(dtype)[:, None, None, :]
+        feats = {}
         for i, (conv, bn) in enumerate(cfg.layer_index()):
             stride, padding = (1, 0) if i == 0 else (2, 1)
             x = conv_transpose2d(x, main[str(conv)]["weight"], stride, padding, precision=precision)
@@ -183,7 +201,11 @@ class DCGAN:
                 scale = p["weight"] * jax.lax.rsqrt(p["running_var"] + cfg.bn_eps)
                 shift = p["bias"] - p["running_mean"] * scale
                 x = jax.nn.relu(x * scale.astype(x.dtype) + shift.astype(x.dtype))
-        return jnp.tanh(x.astype(jnp.float32))
+                if x.shape[1] in feature_resolutions:
+                    feats[x.shape[1]] = x.astype(jnp.float32)
+                if x.shape[1] == stop_at:
+                    return None, feats
+        return jnp.tanh(x.astype(jnp.float32)), feats
 
 
 # ---------------------------------------------------------------------------------------------- loading
