@@ -1,8 +1,8 @@
 """Slider-to-image latency of the web editor, measured through its HTTP API as the page uses it.
 
 A slider move is one POST /api/preview (the edit with the slider's strength) answered with the PNG of
-the re-rendered image; letting go of the slider is one POST /api/edits (commit) followed by GET
-/api/image/current.png. The server runs in this process on 127.0.0.1 with one keep-alive connection,
+the re-rendered image; letting go of the slider is one POST /api/edits (commit, at the strength of the
+last move) followed by GET /api/image/current.png. The server runs in this process on 127.0.0.1 with one keep-alive connection,
 like a browser tab. After a warm-up (the first edit compiles the render program), every request uses a
 new strength, so nothing comes from the render cache. Reported: median and 90th percentile in ms, for
 an edit of one segment and of all segments.
@@ -18,6 +18,7 @@ Usage: python3 bench/editor_latency.py [--generator=demo|random:RES|CHECKPOINT] 
 import argparse
 import http.client
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -114,7 +115,8 @@ def main():
     client = Client(editor)
     n = session.n
     out = {"generator": name, "resolution": g.resolution, "segments": n, "direction": direction,
-           "jax_backend": jax.default_backend(), "cases": {}}
+           "jax_backend": jax.default_backend(), "cpus": os.cpu_count(),
+           "load_average_before": round(os.getloadavg()[0], 1), "cases": {}}
     try:
         for label, target in (("one segment", {"segments": [0]}), ("all segments", {"segments": "all"})):
             edit = {"kind": "direction", "direction": direction, "target": target}
@@ -131,6 +133,7 @@ def main():
                 assert png[:8] == b"\x89PNG\r\n\x1a\n"
             for k in range(max(args.repeats // 5, 5)):
                 strength = round(3.5 + 0.01 * k, 4)
+                client.call("POST", "/api/preview", {"edit": dict(edit, strength=strength)})  # the last move
                 t = time.perf_counter()
                 client.call("POST", "/api/edits", {"edit": dict(edit, strength=strength)})
                 client.call("GET", "/api/image/current.png")
@@ -141,7 +144,9 @@ def main():
     finally:
         editor.stop()
         session.close()
-    print(f"{name}: {g.resolution} px, {n} segments, backend {out['jax_backend']}")
+    out["load_average_after"] = round(os.getloadavg()[0], 1)
+    print(f"{name}: {g.resolution} px, {n} segments, backend {out['jax_backend']}, {out['cpus']} CPUs, "
+          f"load average {out['load_average_before']} -> {out['load_average_after']}")
     for label, case in out["cases"].items():
         s, c = case["slider_move"], case["release_commit_and_fetch"]
         print(f"  {label:13s} slider move: median {s['median_ms']} ms, p90 {s['p90_ms']} ms (n={s['n']}); "

@@ -133,14 +133,15 @@ function drawOverlay() {
     ctx.globalAlpha = 1;
   }
   if (target === "base" && selected.size && labels) {
+    // the selected segments stay as they are; everything else is dimmed
     const img = ctx.getImageData(0, 0, R, R);
     for (let p = 0; p < R * R; p++) {
-      if (!selected.has(labels[p])) continue;
+      if (selected.has(labels[p])) continue;
       const q = 4 * p;
-      img.data[q] = Math.round(0.55 * img.data[q] + 0.45 * 255);
-      img.data[q + 1] = Math.round(0.55 * img.data[q + 1] + 0.45 * 220);
-      img.data[q + 2] = Math.round(0.55 * img.data[q + 2]);
-      img.data[q + 3] = Math.max(img.data[q + 3], 110);
+      const a = img.data[q + 3] / 255;
+      const out = a + 0.4 * (1 - a);  // "source-over" of black at 40% on what is drawn
+      for (let c = 0; c < 3; c++) img.data[q + c] = Math.round((img.data[q + c] * a) / out);
+      img.data[q + 3] = Math.round(255 * out);
     }
     ctx.putImageData(img, 0, 0);
   }
