@@ -260,7 +260,7 @@ def test_export_writes_png_and_a_result_to_continue_from(page, editor, g, direct
     page.wait_for_selector("#exported li")
     listed = page.locator("#exported li").all_inner_texts()
     # edit.png was there before the editor: it is kept, and the export takes the next free name
-    assert listed == ["edit-2.png", "edit-2-result/ (a result folder for bin/edit)"]
+    assert listed == ["edit-2.png", "edit-2_result/ (a result folder for bin/edit)"]
     assert (workdir / "edit.png").read_bytes() == b"the user's own file"
     png = np.asarray(Image.open(workdir / "edit-2.png").convert("RGB")).astype(np.int16)
     assert png.shape == (g.resolution, g.resolution, 3)
@@ -270,18 +270,18 @@ def test_export_writes_png_and_a_result_to_continue_from(page, editor, g, direct
     status, _, data = request(editor, "/" + href, token=False)
     assert status == 200 and data == (workdir / "edit-2.png").read_bytes()
     # the result folder loads and continues: the API reproduces its image, bin/edit's code path edits it
-    saved = load_result(workdir / "edit-2-result")
+    saved = load_result(workdir / "edit-2_result")
     assert saved.settings["editor"]["edits"][0]["direction"] == "file:dir1.npy"
     np.testing.assert_allclose(io.to_uint8(saved.composite), png, atol=1)
     again = editing.edit_result(saved, g, [])
     np.testing.assert_allclose(again.composite, saved.composite, atol=1e-5)
     out = tmp_path / "continued.png"
-    editing.edit_saved_result(workdir / "edit-2-result", out, direction=directions / "dir0.npy", strength=2.0)
+    editing.edit_saved_result(workdir / "edit-2_result", out, direction=directions / "dir0.npy", strength=2.0)
     assert Image.open(out).size == (g.resolution,) * 2
     # exporting again under the same name replaces only the editor's own files
     status, _, body = request(editor, "/api/export", method="POST", body=json.dumps({"name": "edit"}).encode())
-    assert status == 200 and json.loads(body)["files"] == ["edit-2.png", "edit-2-result"]
-    assert sorted(p.name for p in workdir.iterdir()) == ["edit-2-result", "edit-2.png", "edit.png"]
+    assert status == 200 and json.loads(body)["files"] == ["edit-2.png", "edit-2_result"]
+    assert {p.name for p in workdir.iterdir()} == {"edit-2_result", "edit-2.png", "edit.png"}
     assert page.js_errors == []
 
 
@@ -354,7 +354,7 @@ def test_downloads_and_exports_stay_inside_the_working_folder(editor):
                            body=json.dumps({"name": "../../../tmp/../x/.hidden"}).encode())
     assert status == 200, body
     files = json.loads(body)["files"]
-    assert files == ["tmp-x-.hidden.png", "tmp-x-.hidden-result"]
+    assert files == ["tmp-x-.hidden.png", "tmp-x-.hidden_result"]
     assert all((workdir / f).exists() and (workdir / f).resolve().parent == workdir for f in files)
 
 
@@ -429,15 +429,15 @@ def test_export_of_an_aligned_result_pastes_back_into_the_photo(g, tmp_path):
     session = EditorSession(make_result(g, settings={"alignment": alignment, "image": str(photo_path)}), g,
                             workdir=work)
     out = session.export("face")
-    assert out["files"] == ["face.png", "face-result", "face-pasted.png"] and out["notes"] == []
-    pasted = np.asarray(Image.open(work / "face-pasted.png").convert("RGB"))
+    assert out["files"] == ["face.png", "face_result", "face_pasted.png"] and out["notes"] == []
+    pasted = np.asarray(Image.open(work / "face_pasted.png").convert("RGB"))
     assert pasted.shape == photo.shape
     np.testing.assert_array_equal(pasted[:, :8], photo[:, :8])  # outside the quad: the photo itself
     assert np.any(pasted[10:26, 14:30] != photo[10:26, 14:30])
     # the photo is gone: the PNG and the result are still written, and the page is told why
     photo_path.unlink()
     out = session.export("face")
-    assert out["files"] == ["face.png", "face-result"] and "is not there" in out["notes"][0]
+    assert out["files"] == ["face.png", "face_result"] and "is not there" in out["notes"][0]
     session.close()
 
 

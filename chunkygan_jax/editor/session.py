@@ -423,7 +423,7 @@ class EditorSession:
                          "blend": doc.blend},
             "can_undo": can_undo, "can_redo": can_redo, "version": version,
             "poisson": self.result.static_mask is not None or bool(doc.layers),
-            "aligned": bool(self.settings.get("alignment")), "region_steps": self.region_steps,
+            "aligned": self.alignment()[0] is not None, "region_steps": self.region_steps,
             "task": None if self.task is None else self.task.to_json(),
             "workdir": str(self.workdir),
         }
@@ -743,11 +743,20 @@ class EditorSession:
                                   "layers": [l.to_json() for l in doc.layers], "blend": doc.blend}
         return out
 
+    def alignment(self):
+        """(alignment record, photo path) of a result aligned from a photo, else (None, None). Read from
+        the result's own fields where results carry them, else from its settings."""
+        record = getattr(self.result, "alignment", None) or self.settings.get("alignment")
+        if not record:
+            return None, None
+        photo = getattr(self.result, "photo", None) or self.settings.get("photo") or self.settings.get("image")
+        return record, photo
+
     def _free_stem(self, stem: str) -> str:
         """`stem`, or stem-2, stem-3, ...: the first whose outputs are absent or were written by us."""
         for k in range(1, 10_000):
             cand = stem if k == 1 else f"{stem}-{k}"
-            paths = [self.workdir / f"{cand}.png", self.workdir / f"{cand}-pasted.png", self.workdir / f"{cand}-result"]
+            paths = [self.workdir / f"{cand}.png", self.workdir / f"{cand}_pasted.png", self.workdir / f"{cand}_result"]
             if all(p in self._written or not os.path.lexists(p) for p in paths):
                 return cand
         raise ConfigError(f"no free export name for {stem!r} in {self.workdir}")
@@ -760,8 +769,8 @@ class EditorSession:
         return path
 
     def export(self, name=None) -> dict:
-        """Write NAME.png (the edited image), NAME-result/ (a saved result to continue from) and, for a
-        result aligned from a photo, NAME-pasted.png (the edit pasted back into the full photo), all in
+        """Write NAME.png (the edited image), NAME_result/ (a saved result to continue from) and, for a
+        result aligned from a photo, NAME_pasted.png (the edit pasted back into the full photo), all in
         the working folder. Files the editor did not write are never replaced: the name gets a suffix."""
         self.check_idle()
         doc = self.document
@@ -771,19 +780,20 @@ class EditorSession:
         files, notes = [], []
         io.save_png(self._out(f"{stem}.png"), io.to_uint8(image))
         files.append(f"{stem}.png")
-        result.save(self._out(f"{stem}-result"))
-        files.append(f"{stem}-result")
-        alignment = self.settings.get("alignment")
+        alignment, photo = self.alignment()
+        for name, value in (("alignment", alignment), ("photo", photo)):  # so that an edit of it pastes back too
+            if value is not None and any(f.name == name for f in dataclasses.fields(result)):
+                setattr(result, name, value)
+        result.save(self._out(f"{stem}_result"))
+        files.append(f"{stem}_result")
         if alignment:
             from .. import align
-            photo = (alignment.get("photo") if isinstance(alignment, dict) else None) \
-                or self.settings.get("photo") or self.settings.get("image")
             try:
                 if not photo or not Path(photo).is_file():
                     raise ImageError(f"the aligned photo {photo or '(not recorded)'} is not there")
                 pasted = align.paste_back(photo, image, align.Alignment.from_json(alignment))
-                io.save_png(self._out(f"{stem}-pasted.png"), pasted)
-                files.append(f"{stem}-pasted.png")
+                io.save_png(self._out(f"{stem}_pasted.png"), pasted)
+                files.append(f"{stem}_pasted.png")
             except ChunkyGANError as e:
                 notes.append(f"no pasted-back photo: {e}")
         return {"files": files, "notes": notes, "workdir": str(self.workdir)}
