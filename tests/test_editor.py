@@ -9,6 +9,7 @@ the page; and bin/editor serving a saved result.
 One server and one browser serve every browser test; the result is made of three known codes with
 hard masks (the tiny 32 px generator), so "outside the segment" is exact."""
 
+import base64
 import http.client
 import json
 import os
@@ -283,6 +284,38 @@ def test_export_writes_png_and_a_result_to_continue_from(page, editor, g, direct
     assert status == 200 and json.loads(body)["files"] == ["edit-2.png", "edit-2_result"]
     assert {p.name for p in workdir.iterdir()} == {"edit-2_result", "edit-2.png", "edit.png"}
     assert page.js_errors == []
+
+
+def test_fill_holes_adds_a_layer_that_keeps_the_image_outside_the_correction_region(editor, g):
+    r = g.resolution
+    box = np.zeros((r, r), np.uint8)
+    box[4:12, 4:12] = 255  # inside segment 0, which has no edit: the same compiled projector as above
+    buf = BytesIO()
+    Image.fromarray(box).save(buf, format="PNG")
+    body = {"region": "<svg>%%", "steps": STEPS, "target": {"segments": "all"}}
+    status, _, data = request(editor, "/api/task/fill", method="POST", body=json.dumps(body).encode())
+    assert status == 400 and json.loads(data)["error"] == "the region is not base64-encoded PNG data"
+    body["region"] = base64.b64encode(b"GIF89a").decode()
+    status, _, data = request(editor, "/api/task/fill", method="POST", body=json.dumps(body).encode())
+    assert status == 400 and json.loads(data)["error"] == "the region must be a PNG image"
+    body["region"] = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    status, _, data = request(editor, "/api/task/fill", method="POST", body=json.dumps(body).encode())
+    assert status == 400 and json.loads(data)["error"].startswith("hole filling starts from one code")
+    before = image(editor)
+    body["target"] = {"segments": [0]}
+    status, _, data = request(editor, "/api/task/fill", method="POST", body=json.dumps(body).encode())
+    assert status == 200 and json.loads(data)["state"] == "running"
+    status, _, data = request(editor, "/api/edits", method="POST", body=b"{}")
+    assert status == 409 and "running" in json.loads(data)["error"]  # the document waits for the task
+    deadline = time.monotonic() + 120
+    while (task := json.loads(request(editor, "/api/task")[2])["task"])["state"] == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert task["state"] == "done", task
+    state = json.loads(request(editor, "/api/state")[2])
+    assert [l["kind"] for l in state["document"]["layers"]] == ["region", "fill"]
+    changed = np.any(image(editor) != before, axis=-1)
+    assert not changed[box == 0].any()
 
 
 # ------------------------------------------------------------------------------------------ the guards
