@@ -26,9 +26,21 @@ def fail(message: str) -> None:
     sys.exit(EXIT_USAGE)
 
 
+HELP_FLAGS = ("--help", "-help", "-h", "--helpfull", "--helpshort")
+
+
+def print_help(doc: str | None) -> None:
+    """The tool's docstring and its flags, on stdout."""
+    print((doc or "").strip() + "\n" + flags.FLAGS.main_module_help())
+
+
 def run(main: Callable[[], int | None], argv: list[str] | None = None) -> None:
-    """Parse absl flags from argv, run main(), and turn library errors into exit status 2."""
+    """Parse absl flags from argv, run main(), and turn library errors into exit status 2. --help
+    prints the calling tool's docstring and flags and exits 0."""
     argv = sys.argv if argv is None else argv
+    if any(a in HELP_FLAGS for a in argv[1:]):
+        print_help(getattr(sys.modules.get("__main__"), "__doc__", None))
+        sys.exit(0)
     try:
         rest = flags.FLAGS(argv)
     except flags.Error as e:

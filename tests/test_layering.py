@@ -19,7 +19,7 @@ LAYERS = [
     ["mask_sources"],
     ["inversion"],
     ["editing", "dataset", "report", "evaluate"],
-    ["cli"],
+    ["cli", "editor"],
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
 
