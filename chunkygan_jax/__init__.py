@@ -3,10 +3,18 @@
 The public API, re-exported: invert / invert_batch / Inverter (inversion.py), load_generator /
 save_generator (checkpoints.py), resolve_generator (demo.py), InversionResult / load_result
 (results.py), the generators and the error types. The layering of the modules is described in
-WORKSPACE.md. The names are imported on first use, so that a tool answers --help without loading JAX.
+WORKSPACE.md. The names are imported on first use, so that a tool answers --help without loading
+the networks.
+
+Importing the package turns on JAX's persistent compilation cache (compilation_cache.py; opt out with
+CHUNKYGAN_JAX_COMPILATION_CACHE=0).
 """
 
 import importlib
+
+from .compilation_cache import enable_compilation_cache as _enable_compilation_cache
+
+_enable_compilation_cache()
 
 _EXPORTS = {
     "errors": ["ChunkyGANError", "CheckpointError", "ConfigError", "ImageError", "ResourceError"],

@@ -14,6 +14,7 @@ from typing import Callable
 
 from absl import flags
 
+from .compilation_cache import disable_compilation_cache
 from .errors import ChunkyGANError, ResourceError
 
 EXIT_USAGE = 2  # bad input or options: one line on stderr, nothing written
@@ -35,6 +36,9 @@ EXIT_STATUSES = """exit status:
 """
 
 _OUT_OF_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.ENOMEM}
+
+flags.DEFINE_boolean("compilation_cache", True, "keep compiled programs on disk for the next run "
+                     "(see chunkygan_jax/compilation_cache.py)")
 
 
 class _HelpFlag(flags.BooleanFlag):
@@ -101,6 +105,8 @@ def run(main: Callable[[], int | None], argv: list[str] | None = None) -> None:
         fail(f"{_first_line(e)} (see --help)")
     if len(rest) > 1:
         fail(f"unexpected positional arguments {rest[1:]}; every option is a --flag (see --help)")
+    if not flags.FLAGS.compilation_cache:
+        disable_compilation_cache()
     show_library_messages()
     try:
         code = main()

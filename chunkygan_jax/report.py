@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from . import io
+from .align import Alignment, paste_back
 from .errors import ChunkyGANError
 from .files import atomic_path
 from .masks import color_code
@@ -32,14 +33,25 @@ def progression_sheet(result) -> np.ndarray:
 REPORT_KIND = "inversion report"
 
 
-def write_report(result, directory, *, extra_metrics=None, overwrite: bool = False, inputs=()) -> Path:
+def write_report(result, directory, *, extra_metrics=None, photo=None, blend="feather", overwrite: bool = False,
+                 inputs=()) -> Path:
     """Everything a user looks at after an inversion, in one directory (written atomically):
     projection.png, side_by_side.png (original | projection), masks.png, progression.png (if snapshots),
     segments.png (each segment's full image), metrics.json, and the result itself under result/.
-    An existing report is replaced only with overwrite=True (files.atomic_path's rules); `inputs`
-    (the photo, masks...) may be neither the directory nor inside it."""
+
+    For an aligned photo (result.alignment), also pasted.png: the projection warped back into the photo
+    (`photo`, else the path the result records) at its full size, blended with `blend` ("feather" or
+    "poisson"); metrics.json then holds the alignment. An existing report is replaced only with
+    overwrite=True (files.atomic_path's rules); `inputs` (the photo, masks...) may be neither the
+    directory nor inside it."""
     directory = Path(directory)
+    pasted = None
+    if result.alignment is not None and (photo is not None or result.photo):
+        pasted = paste_back(photo if photo is not None else result.photo, io.to_uint8(result.composite),
+                            Alignment.from_json(result.alignment), blend=blend)
     with atomic_path(directory, is_dir=True, overwrite=overwrite, kind=REPORT_KIND, inputs=inputs) as tmp:
+        if pasted is not None:
+            io.save_png(tmp / "pasted.png", pasted)
         io.save_png(tmp / "projection.png", io.to_uint8(result.composite))
         io.save_png(tmp / "side_by_side.png",
                     np.concatenate([io.to_uint8(result.target), io.to_uint8(result.composite)], axis=1))
@@ -52,6 +64,7 @@ def write_report(result, directory, *, extra_metrics=None, overwrite: bool = Fal
         metrics = {"final_losses": result.final_losses, "steps": steps, "seconds": result.seconds,
                    "compile_seconds": result.compile_seconds, "ms_per_step": result.step_ms,
                    "settings": result.settings,
+                   **({"alignment": result.alignment, "photo": result.photo} if result.alignment else {}),
                    **(extra_metrics or {})}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return directory

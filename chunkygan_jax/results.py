@@ -4,7 +4,9 @@ in a later session.
 A result directory holds
   latents.npz     the latent pytree, flattened to '/'-joined keys ("codes", "codes/b4.conv1", "mask_logits")
   arrays.npz      target, composite, segment images, masks, loss history (and static mask), float32
-  result.json     settings, final losses, format version
+  result.json     settings, final losses, timing, format version; for a photo that was aligned first,
+                  the alignment (its quad in the photo) and the photo's path, so that an edit can be
+                  pasted back
 It is written to a temporary sibling and renamed (files.atomic_path), so a crash never leaves a
 half-written result, and an existing folder is replaced only with overwrite=True and only if it is a
 result this project wrote.
@@ -50,6 +52,8 @@ class InversionResult:
     seconds: float = 0.0  # the whole inversion call
     compile_seconds: float | None = None  # the first step call's time beyond a steady step
     step_ms: float | None = None  # the steady time per step (None after a single step)
+    alignment: dict | None = None  # align.Alignment.to_json() when the photo was aligned first
+    photo: str | None = None  # the aligned photo's path (for pasting back), when it was a file
 
     @property
     def codes(self):
@@ -90,6 +94,8 @@ def save_result(result, directory, *, overwrite: bool = False, inputs=()) -> Pat
         record = {"format_version": FORMAT_VERSION, "settings": result.settings,
                   "final_losses": result.final_losses, "seconds": result.seconds,
                   "compile_seconds": result.compile_seconds, "step_ms": result.step_ms}
+        if result.alignment is not None:
+            record.update(alignment=result.alignment, photo=result.photo)
         (tmp / "result.json").write_text(json.dumps(record, indent=2))
     return directory
 
@@ -109,4 +115,5 @@ def load_result(directory) -> InversionResult:
         masks=arrays["masks"], latents=load_latents(directory / "latents.npz"),
         loss_history=arrays["loss_history"], final_losses=record["final_losses"],
         settings=record["settings"], static_mask=arrays.get("static_mask"), seconds=record.get("seconds", 0.0),
-        compile_seconds=record.get("compile_seconds"), step_ms=record.get("step_ms"))
+        compile_seconds=record.get("compile_seconds"), step_ms=record.get("step_ms"),
+        alignment=record.get("alignment"), photo=record.get("photo"))

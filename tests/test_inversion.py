@@ -10,8 +10,9 @@ import pytest
 
 from chunkygan_jax import masks as masks_lib
 from chunkygan_jax.errors import ConfigError, ImageError, ResourceError
-from chunkygan_jax.inversion import (InversionSettings, Inverter, dispersion, invert, nvidia_lr_schedule,
-                                     step_memory_bytes)
+from chunkygan_jax.mask_sources import make_mask_source
+from chunkygan_jax.inversion import (InversionSettings, Inverter, default_loop_form, dispersion, invert,
+                                     nvidia_lr_schedule, step_memory_bytes)
 
 FAST = dict(lpips_net="alex", lpips_resolution="full", progress_every=0)
 
@@ -157,6 +158,39 @@ def test_no_recompilation_between_images_or_inverters(tiny_generator):
     before = inv._run._cache_size()
     invert(np.zeros((r, r, 3), np.float32), tiny_generator, segments=2, steps=6, seed=11, **FAST)
     assert inv._run._cache_size() == before
+
+
+def test_loop_forms_agree_and_the_callers_arrays_survive(tiny_generator, two_halves):
+    """The jitted loop, host-driven steps and the unrolled form run the same step; only XLA's
+    summation order differs. With fixed masks the latents agree to rounding (median) and Adam's
+    normalised steps can amplify rounding on near-zero gradients (max; see test_distributed). The
+    loop state is donated, but never the arrays the caller passed in."""
+    assert default_loop_form("cpu") == "steps" and default_loop_form("gpu") == default_loop_form("tpu") == "loop"
+    target = np.asarray(jax.image.resize(two_halves[0], (32, 32, 3), "linear"))[None]
+    settings = InversionSettings(segments=2, steps=7, lpips_net="alex", lpips_resolution="full", lambda_reg=0.0)
+    source = make_mask_source("layout", 2, 32)
+    out = {}
+    for form in ("loop", "steps", "unrolled"):
+        inv = Inverter(tiny_generator, settings, source, loop=form)
+        assert inv.loop == form
+        batch = inv.make_batch(target)
+        mine = {"codes": jnp.asarray(tiny_generator.initial_codes("w+", 2))[None]}
+        state = inv.start(mine, 1)
+        for count in (2, 5):  # 5 = one unrolled chunk of 4 and a single step
+            state = inv.advance(state, batch, count)
+        assert state.step == 7 and np.all(np.isfinite(state.history))
+        np.testing.assert_array_equal(mine["codes"], np.asarray(tiny_generator.initial_codes("w+", 2))[None])
+        out[form] = (np.asarray(state.latents["codes"]), state.history[0])
+    ref_codes, ref_hist = out["loop"]
+    moved = float(np.abs(ref_codes - np.asarray(tiny_generator.w_avg)).max())
+    for form in ("steps", "unrolled"):
+        codes, hist = out[form]
+        np.testing.assert_allclose(hist[0], ref_hist[0], rtol=1e-5)  # the same objective before any update
+        np.testing.assert_allclose(hist, ref_hist, rtol=1e-3)
+        diff = np.abs(codes - ref_codes)
+        assert float(np.median(diff)) <= 1e-5 and float(diff.max()) <= 0.05 * moved, (form, diff.max(), moved)
+    with pytest.raises(ConfigError, match="loop"):
+        Inverter(tiny_generator, settings, source, loop="while")
 
 
 def test_bad_options_are_clear_errors(tiny_generator):

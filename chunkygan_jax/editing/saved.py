@@ -1,7 +1,8 @@
 """Editing a saved result, as `bin/edit` does: the generator and the projection settings come from the
 result's own record unless given, and the outputs may never replace an input. Also what there is to look
 at: a strip of one edit at several strengths (a sweep), and for edits limited to some segments or a
-region a side-by-side (before | edit | changed pixels)."""
+region a side-by-side (before | edit | changed pixels). A result of an aligned photo also gets its edit
+pasted back into the photo (NAME_pasted.png next to the output)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import io
+from ..align import Alignment, paste_back
 from ..demo import resolve_generator
 from ..errors import ConfigError
 from ..files import check_writable
@@ -44,6 +46,12 @@ def compare_path(output) -> Path:
     """Where the side-by-side of a restricted edit goes: next to `output`, as NAME_compare.png."""
     out = Path(output)
     return out.with_name(f"{out.stem}_compare.png")
+
+
+def pasted_path(output) -> Path:
+    """Where the edit pasted back into the photo goes: NAME_pasted.png next to the output NAME.png."""
+    out = Path(output)
+    return out.with_name(f"{out.stem}_pasted.png")
 
 
 def check_outputs(output, output_latents, latents_dir, inputs, *, compare=None, overwrite=False) -> None:
@@ -90,10 +98,13 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
     segments = parse_segments(segments) if isinstance(segments, str) else segments
     restricted = bool(region) or segments not in ("all", None)
     compare = compare_path(output) if restricted and strengths is None else None
-    photo = result.settings.get("image")  # the photo that was inverted is an input too
-    inputs = [Path(p) for p in (direction, region, gen_path, segmenter, photo)
+    photo = result.settings.get("image")  # the photo that was inverted (or aligned) is an input too
+    inputs = [Path(p) for p in (direction, region, gen_path, segmenter, photo, result.photo)
               if isinstance(p, (str, Path)) and p != "demo" and not is_pca_spec(p)]
     check_outputs(output, output_latents, latents_dir, inputs, compare=compare, overwrite=overwrite)
+    pasted = pasted_path(output) if result.alignment and result.photo and strengths is None else None
+    if pasted:
+        check_outputs(pasted, None, latents_dir, inputs + [Path(output), Path(result.photo)], overwrite=overwrite)
     if layers is not None and direction is None:
         raise ConfigError("--layers applies to a --direction")
     if strengths is not None and direction is None:
@@ -154,6 +165,14 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
         return f"{kind} edit ({what}, blend {blend}) at {len(strengths)} strengths " \
                f"{strengths[0]:g}..{strengths[-1]:g} -> {output}"
     io.save_png(output, images[0], overwrite=overwrite)
+    note = ""
+    if pasted and Path(result.photo).is_file():
+        io.save_png(pasted, paste_back(result.photo, images[0], Alignment.from_json(result.alignment)),
+                    overwrite=overwrite)
+        note = f", pasted into the photo -> {pasted}"
+    elif pasted:
+        note = f" (the photo {result.photo} is gone: no pasted image)"
+    edited.alignment, edited.photo = result.alignment, result.photo
     if compare is not None:
         before = io.to_uint8(current_image(result) if region else result.composite)
         io.save_png(compare, tile_sheet([[before, images[0], changed_pixels(before, images[0])]],
@@ -162,7 +181,8 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
     if output_latents:
         edited.settings["generator"] = "demo" if gen_path == "demo" else str(Path(gen_path).resolve())
         edited.save(output_latents, overwrite=overwrite)
-    return (f"{kind} edit ({what}, blend {blend}) -> {output}" + (f", side-by-side -> {compare}" if compare else "")
+    return (f"{kind} edit ({what}, blend {blend}) -> {output}" + note
+            + (f", side-by-side -> {compare}" if compare else "")
             + (f", latents -> {output_latents}" if output_latents else ""))
 
 
