@@ -486,6 +486,7 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
     `static_masks` is a list (one per image, or None). `mesh` (sharding.data_mesh()) shards the
     images over its devices; the batch is padded to a multiple of this process's devices with copies
     of the last image, whose results are dropped."""
+    t0 = time.perf_counter()
     generator = resolve_generator(generator)
     space = space or generator.default_space
     if lambda_reg is None:  # the generator's calibrated value (1.0, the paper's, for StyleGAN2's W)
@@ -524,7 +525,6 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
         initial_codes = None if initial_codes is None else jax.tree_util.tree_map(
             lambda x: padded(np.asarray(x)), initial_codes)
 
-    t0 = time.perf_counter()
     batch = inverter.make_batch(targets, sxs)
     state = inverter.start(inverter.initial_latents(len(targets), initial_codes), len(targets))
     # The first call runs one step alone: its time is the compilation plus one step, and the steps after it
@@ -591,8 +591,9 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
     callback(step, steps, losses): called every `progress_every` steps.
     snapshot_steps: steps at which the composite and masks are kept (for a progression sheet).
     noise_mode: 'const' (the generator's fixed noise) or 'none'.
-    The result's `compile_seconds` (the first step call beyond a steady step) and `step_ms` (the steady
-    time per step) are measured apart; `seconds` is the whole call.
+    The result's `compile_seconds` (the step program's compilation: the first step call beyond a steady
+    step) and `step_ms` (the steady time per step) are measured apart; `seconds` is the whole call,
+    one-off work such as loading LPIPS and the snapshots included.
     """
     alignment = None
     if align is not False and align is not None:
