@@ -39,21 +39,69 @@ def run(*args, cwd=None):
                           text=True, env=env, cwd=cwd, timeout=600)
 
 
-def test_end_to_end_writes_every_output(checkpoint, face, tmp_path):
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def inverted(checkpoint, face, tmp_path_factory):
+    """bin/invert with its defaults (masks: the segment generator G^S) on the tiny checkpoint."""
+    out = tmp_path_factory.mktemp("inverted") / "out"
     proc = run(f"--image={face}", f"--generator={checkpoint}", f"--output_dir={out}", *FAST)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return out, proc
+
+
+def test_end_to_end_writes_every_output(inverted, checkpoint, face):
+    out, proc = inverted
     assert "wrote" in proc.stdout and "6/6" in proc.stderr  # progress bar reached the end
     for name in ("projection.png", "side_by_side.png", "masks.png", "segments.png", "progression.png",
                  "metrics.json", "result/latents.npz", "result/arrays.npz", "result/result.json"):
         assert (out / name).is_file(), name
-    assert Image.open(out / "side_by_side.png").size == (64, 32)
-    assert Image.open(out / "progression.png").size == (32 * 3, 64)  # snapshots after steps 1, 5 and 6
+    assert Image.open(out / "projection.png").size == (32, 32)  # the result itself: generator resolution
+    scale = 256 // 32  # sheets are enlarged with nearest-neighbour so that small images can be seen
+    side = np.asarray(Image.open(out / "side_by_side.png"))
+    assert side.shape == (32 * scale, 64 * scale, 3)
+    np.testing.assert_array_equal(side[::scale, ::scale][:, 32:], np.asarray(Image.open(out / "projection.png")))
+    masks = Image.open(out / "masks.png")
+    assert masks.size[0] == 32 * scale and masks.size[1] > 32 * scale  # with the legend below
+    # progression: a row of step labels over composites and masks after steps 1, 5 and 6
+    prog = Image.open(out / "progression.png")
+    assert prog.size[0] == 3 * 32 * scale and prog.size[1] > 2 * 32 * scale
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 6 and np.isfinite(metrics["final_losses"]["lpips"])
+    record = metrics["settings"]["masks"]
+    assert record["kind"] == "segmenter" and record["head"] == "kmeans" and record["learned"]
     # an existing output is never overwritten without --overwrite
     again = run(f"--image={face}", f"--generator={checkpoint}", f"--output_dir={out}", *FAST)
     assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_edit_moves_the_segment_code_and_refuses_another_segmenter(inverted, tiny_generator, tmp_path):
+    """bin/edit on a G^S result: the direction moves X^S too and the masks are the recorded segmenter's
+    masks for the moved code; a segmenter that did not make the result is refused (exit 2, one line)."""
+    from chunkygan_jax import segmenter as seg_lib
+    from chunkygan_jax.results import load_result
+
+    out, _ = inverted
+    g = tiny_generator
+    direction = np.random.RandomState(2).randn(g.num_ws, g.w_dim).astype(np.float32)
+    np.save(tmp_path / "d.npy", direction)
+
+    def edit(*args):
+        return subprocess.run([sys.executable, str(ROOT / "bin" / "edit"), f"--latents={out / 'result'}",
+                               f"--direction={tmp_path / 'd.npy'}", "--strength=3", *map(str, args)],
+                              capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=600)
+
+    proc = edit(f"--output={tmp_path / 'e.png'}", f"--output_latents={tmp_path / 'e'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before, after = load_result(out / "result"), load_result(tmp_path / "e")
+    np.testing.assert_allclose(after.latents["segment_code"] - before.latents["segment_code"], 3 * direction,
+                               atol=1e-5)
+    seg = seg_lib.kmeans_segmenter(g, 2)  # the cached head the result records (same cache folder)
+    np.testing.assert_allclose(after.masks, seg.masks_for_code(after.latents["segment_code"]), atol=1e-5)
+    assert np.abs(after.masks - before.masks).max() > 1e-3  # the segments followed the edit
+
+    seg_lib.save_segmenter(seg_lib.fit_kmeans(g, 2, seed=1), tmp_path / "other")
+    bad = edit(f"--output={tmp_path / 'f.png'}", f"--segmenter={tmp_path / 'other'}")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr[-2000:]
+    assert "is not the segmenter that made this result" in bad.stderr and not (tmp_path / "f.png").exists()
 
 
 def _bad_inputs(tmp_path, face):
@@ -74,6 +122,9 @@ def _bad_inputs(tmp_path, face):
         ([f"--image={face}", "--space=q"], "latent space"),
         ([f"--image={face}", "--lpips_resolution=big"], "lpips_resolution"),
         (["--bogus_flag=1"], "bogus_flag"),
+        ([f"--image={face}", f"--segmenter={tmp_path}"], "not a segmenter checkpoint"),
+        ([f"--image={face}", "--masks=logits", f"--segmenter={tmp_path}"], "applies to masks='segmenter'"),
+        ([f"--image={face}", "--masks=confetti"], "neither a mask kind"),
     ]
 
 
@@ -107,3 +158,24 @@ def test_documented_conversions(tmp_path):
     assert io.load_image(tmp_path / "wide.png", 32, crop="center").shape == (32, 32, 3)
     with pytest.raises(ImageError, match="not square"):
         io.load_image(tmp_path / "wide.png", 32)
+
+
+def test_report_pictures_are_readable():
+    """The progression's steps (the paper's and doublings after 37), and masks.png: the colour-coded
+    masks enlarged with nearest-neighbour over a legend with a swatch of every segment's colour."""
+    from chunkygan_jax import report
+    from chunkygan_jax.masks import color_code, palette
+
+    assert report.progression_steps(500) == [1, 5, 9, 15, 23, 37, 74, 148, 296, 500]
+    assert report.progression_steps(40) == [1, 5, 9, 15, 23, 37, 40]
+    assert report.progression_steps(6) == [1, 5, 6]
+    labels = np.zeros((64, 64), int)
+    labels[:, 32:] = 1
+    labels[40:, 32:] = 2
+    masks = (labels[None] == np.arange(3)[:, None, None]).astype(np.float32)
+    sheet = report.masks_sheet(masks)
+    assert sheet.shape[1] == 256 and sheet.shape[0] > 256
+    np.testing.assert_array_equal(sheet[:256:4, ::4], color_code(masks))
+    legend = sheet[256:]
+    for colour in (palette(3) * 255 + 0.5).astype(np.uint8):
+        assert np.any(np.all(legend == colour, axis=-1)), colour

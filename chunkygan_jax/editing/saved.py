@@ -9,12 +9,14 @@ from .. import io
 from ..demo import resolve_generator
 from ..errors import ConfigError
 from ..lpips import parse_resolution
+from ..mask_sources import segmenter_for_result
+from ..segmenter import load_segmenter
 from ..results import load_result
 from .directions import load_direction
 from .edits import DirectionEdit, parse_s_edit
 from .region import local_edit
 from .render import current_image, edit_result
-from .spaces import latent_space, parse_segments
+from .spaces import count_segments, latent_space, parse_segments
 
 
 def check_outputs(output, output_latents, latents_dir, inputs) -> None:
@@ -37,12 +39,18 @@ def check_outputs(output, output_latents, latents_dir, inputs) -> None:
 
 def edit_saved_result(latents_dir, output, *, generator=None, direction=None, strength=1.0, layers=None,
                       segments="all", s_edits=(), region=None, blend="mask", steps=100, space=None,
-                      lpips_net=None, lpips_resolution=None, segment_code=False, segmenter=None,
+                      lpips_net=None, lpips_resolution=None, segment_code=None, segmenter=None,
                       output_latents=None) -> str:
     """Edit the result saved in `latents_dir` and write the image to `output` (and the edited result to
     `output_latents`). Without `region` the result's own codes are edited and recomposited with its
     masks; with `region` one segment is projected into the region of the result's current image,
-    edited and composited back. Returns a one-line summary."""
+    edited and composited back. Returns a one-line summary.
+
+    segment_code: move the segment code X^S with the direction so that the masks follow (paper sec. 4);
+    None: whenever the result has one (its masks came from a segment generator) and the edit is a global
+    direction. The masks are then recomputed by the segmenter that made them: `segmenter` (a directory)
+    if given, else the one the result records (its directory, or the k-means cache); one that is not the
+    recorded segmenter, or belongs to another generator, is refused."""
     result = load_result(latents_dir)
     gen_path = generator or result.settings.get("generator")
     if not gen_path:
@@ -51,9 +59,14 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
     check_outputs(output, output_latents, latents_dir, inputs)
     if layers is not None and not direction:
         raise ConfigError("--layers applies to a --direction")
-    if segment_code and not (direction and segmenter):
-        raise ConfigError("--segment_code moves the segment code along a --direction and needs the segment "
-                          "generator (--segmenter=DIR)")
+    has_code = "segment_code" in result.latents
+    if segment_code is None:
+        segment_code = bool(has_code and direction and not region)
+    if segment_code and not direction:
+        raise ConfigError("--segment_code moves the segment code along a --direction; give one")
+    if segmenter and not segment_code:
+        raise ConfigError("--segmenter recomputes the masks of a moved segment code; it applies to a global "
+                          "--direction edit of a result whose masks came from a segment generator")
     if segment_code and region:
         raise ConfigError("--segment_code applies to global edits; a local edit has one segment and no "
                           "segment code")
@@ -85,8 +98,12 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
     else:
         mask_source = None
         if segment_code:
-            from ..segmenter import load_segmenter
-            mask_source = load_segmenter(segmenter, gen)
+            record = result.settings.get("masks")
+            if record is None and segmenter:  # a result saved before the mask source was recorded
+                mask_source = load_segmenter(segmenter, gen)
+            else:
+                mask_source = segmenter_for_result(record, gen, count_segments(result.latents["codes"]),
+                                                   segmenter=segmenter)
         edited = edit_result(result, gen, edits, blend=blend, mask_source=mask_source)
         image = edited.composite
 

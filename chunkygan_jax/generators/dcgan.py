@@ -13,7 +13,8 @@ dict that mirrors the torch state-dict names and layouts (`params["main"]["3"]["
 original numbers; `num_batches_tracked` is not stored (eval mode never reads it).
 
 The generator is a pytree (`DCGAN`): params are leaves, the config is static. It has one latent space,
-'z'; StyleGAN's W, W+ and S spaces do not exist here.
+'z'; StyleGAN's W, W+ and S spaces do not exist here. For the segment generator G^S it offers the
+activations of its batch-normed blocks for a z code (`features`), so X^S is a z code too.
 """
 
 from __future__ import annotations
@@ -163,8 +164,38 @@ class DCGAN:
             raise ConfigError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         return self(codes, dtype=dtype)
 
+    # ------------------------------------------------------------------ the features protocol (G^S)
+    segment_space = "z"  # X^S, the segment generator's code, is a z code like the image codes
+
+    @property
+    def feature_layers(self) -> tuple:
+        """Resolutions whose activations `features` offers: the batch-normed blocks' (4, 8, 16, 32 at 64 px)."""
+        return tuple(4 * 2 ** i for i in range(len(self.config.channels)))
+
+    def feature_channels(self, layer: int) -> int:
+        return self.config.channels[self.feature_layers.index(int(layer))]
+
+    def sample_codes(self, num: int, seed: int) -> np.ndarray:
+        """z codes [num, z_dim] of random samples, z ~ N(0, I) from numpy RandomState(seed)."""
+        return np.random.RandomState(seed).standard_normal((num, self.z_dim)).astype(np.float32)
+
+    def features(self, z, resolutions, *, noise_mode="none", key=None, dtype=jnp.float32) -> dict:
+        """Block activations (after batch norm and ReLU) {res: [N, res, res, C]} for z codes [N, z_dim];
+        blocks above the largest requested resolution and the output layer are not computed."""
+        resolutions = tuple(sorted(set(int(r) for r in resolutions)))
+        bad = [r for r in resolutions if r not in self.feature_layers]
+        if bad:
+            raise ConfigError(f"the DCGAN has no block at resolution(s) {bad}; blocks are {list(self.feature_layers)}")
+        _, feats = self._run(z, dtype=dtype, feature_resolutions=resolutions)
+        return feats
+
     # ------------------------------------------------------------------ the network
     def __call__(self, z, *, dtype=jnp.float32):
+        img, _ = self._run(z, dtype=dtype)
+        return img
+
+    def _run(self, z, *, dtype, feature_resolutions=()):
+        """(image or None, {res: activation}); stops after the last requested feature block."""
         cfg = self.config
         z = jnp.asarray(z)
         if z.ndim == 4 and z.shape[1:3] == (1, 1):  # [N, 1, 1, z_dim] is fine too
@@ -174,6 +205,7 @@ class DCGAN:
         precision = ops.precision_for(dtype)
         main = self.params["main"]
         x = z.astype(dtype)[:, None, None, :]
+        feats = {}
         for i, (conv, bn) in enumerate(cfg.layer_index()):
             stride, padding = (1, 0) if i == 0 else (2, 1)
             x = conv_transpose2d(x, main[str(conv)]["weight"], stride, padding, precision=precision)
@@ -183,7 +215,11 @@ class DCGAN:
                 scale = p["weight"] * jax.lax.rsqrt(p["running_var"] + cfg.bn_eps)
                 shift = p["bias"] - p["running_mean"] * scale
                 x = jax.nn.relu(x * scale.astype(x.dtype) + shift.astype(x.dtype))
-        return jnp.tanh(x.astype(jnp.float32))
+                if x.shape[1] in feature_resolutions:
+                    feats[x.shape[1]] = x
+                    if x.shape[1] == max(feature_resolutions):
+                        return None, feats
+        return jnp.tanh(x.astype(jnp.float32)), feats
 
 
 # ---------------------------------------------------------------------------------------------- loading
