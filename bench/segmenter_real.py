@@ -7,7 +7,8 @@ aligned the FFHQ way (chunkygan_jax.align) to the generator's resolution. Every 
 as one batch (invert_batch) with the same steps and settings, which are invert()'s defaults unless given.
 
 Methods: "1 code" (n = 1), "logits" (free 16x16 mask logits, masks='logits'), "G^S" (the default: the
-segment generator with the k-means head, X^S learned). Writes a JSON record and a sheet with one row per
+segment generator with the k-means head, X^S learned); on request "G^S unsmoothed" (the same without the
+masks' Gaussian blur, smoothing=0). Writes a JSON record and a sheet with one row per
 photo: photo | composite and masks for each method (enlarged with nearest-neighbour).
 
 Usage: python3 bench/segmenter_real.py [--generator CKPT] [--segments 8] [--steps 500]
@@ -32,10 +33,13 @@ from chunkygan_jax.demo import resolve_generator  # noqa: E402
 from chunkygan_jax.inversion import invert_batch  # noqa: E402
 from chunkygan_jax.masks import color_code, mask_coherence  # noqa: E402
 from chunkygan_jax.report import enlarge, sheet_scale  # noqa: E402
+from chunkygan_jax.segmenter import kmeans_segmenter  # noqa: E402
 import real_photos  # noqa: E402
 
 PHOTOS = ("astronaut", "grace_hopper", "camera")
-METHODS = {"1 code": dict(segments=1), "logits": dict(masks="logits"), "G^S": dict(masks=None)}
+METHODS = {"1 code": dict(segments=1), "logits": dict(masks="logits"), "G^S": dict(masks=None),
+           "G^S unsmoothed": dict(masks="unsmoothed")}  # the last: the k-means G^S without the mask blur
+DEFAULT_METHODS = "1 code,logits,G^S"
 
 
 def main() -> None:
@@ -44,7 +48,7 @@ def main() -> None:
     ap.add_argument("--segments", type=int, default=8)
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--lpips_net", default="vgg")
-    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ", ".join(METHODS))
+    ap.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated subset of " + ", ".join(METHODS))
     ap.add_argument("--output", default="bench/results/segmenter_real.json")
     ap.add_argument("--sheet", default="docs/images/segmenter_real.png")
     args = ap.parse_args()
@@ -54,6 +58,8 @@ def main() -> None:
     rows, results = {}, {}
     for method in args.methods.split(","):
         opts = {"segments": args.segments, **METHODS[method]}
+        if opts.get("masks") == "unsmoothed":
+            opts["masks"] = kmeans_segmenter(g, args.segments, smoothing=0.0)
         t0 = time.perf_counter()
         out = invert_batch(list(photos.values()), g, steps=args.steps, lpips_net=args.lpips_net,
                            progress_every=0, **opts)

@@ -19,7 +19,7 @@ from .errors import ConfigError, ImageError
 from .generators.protocol import fingerprint as generator_fingerprint
 from .generators.protocol import offers_features
 from .masks import FixedMasks, default_layout, logit_masks_from, masks_from_labels, normalize_masks
-from .segmenter import Segmenter, kmeans_segmenter, load_segmenter, segmenter_identity
+from .segmenter import MASK_SMOOTHING, Segmenter, kmeans_segmenter, load_segmenter, segmenter_identity
 
 MASK_KINDS = ("segmenter", "logits", "layout")
 MASK_ALIASES = {"kmeans": "segmenter"}
@@ -108,7 +108,8 @@ def mask_source_record(masks, source, generator, n: int, *, segmenter=None) -> d
         else:
             origin = "kmeans cache" if segmenter is None else str(Path(segmenter).resolve())
         record = {"kind": "segmenter", "head": source.head.kind, "segmenter": segmenter_identity(source),
-                  "from": origin, "segments": source.segments, "layers": list(source.layers), "learned": learned,
+                  "from": origin, "segments": source.segments, "layers": list(source.layers),
+                  "smoothing": source.smoothing, "learned": learned,
                   "generator": generator_fingerprint(generator)}
         if origin == "kmeans cache":
             record["seed"] = KMEANS_SEED
@@ -140,7 +141,7 @@ def segmenter_for_result(record, generator, segments: int, *, segmenter=None, fr
         raise ConfigError("this result's segmenter was not saved with it; pass its directory (--segmenter=DIR)")
     seg = (load_segmenter(segmenter, generator, frozen=frozen) if segmenter is not None else
            kmeans_segmenter(generator, segments, layers=record.get("layers"), seed=record.get("seed", KMEANS_SEED),
-                            frozen=frozen))
+                            smoothing=record.get("smoothing", MASK_SMOOTHING), frozen=frozen))
     if segmenter_identity(seg) != record.get("segmenter"):
         where = f"{segmenter}" if segmenter is not None else "the k-means head in the cache"
         raise ConfigError(f"{where} is not the segmenter that made this result (head sha256 "

@@ -138,8 +138,9 @@ def test_default_is_the_segment_generator_with_progress_and_a_clipped_image(tiny
     record = res.settings["masks"]
     assert record["kind"] == "segmenter" and record["head"] == "kmeans" and record["learned"]
     assert record["generator"] == fingerprint(tiny_generator)
-    assert res.latents["segment_code"].shape == (tiny_generator.num_ws, tiny_generator.w_dim)
-    assert res.loss_history[-1] < res.loss_history[0]
+    x_s = res.latents["segment_code"]
+    assert x_s.shape == (tiny_generator.num_ws, tiny_generator.w_dim)
+    assert np.abs(x_s - np.asarray(tiny_generator.w_avg)).max() > 1e-4  # X^S left w_avg: it was optimised
     assert res.clipped.min() >= -1 and res.clipped.max() <= 1
     np.testing.assert_array_equal(res.image_uint8(), io.to_uint8(res.clipped))
     inside = np.abs(res.composite) <= 1

@@ -338,7 +338,7 @@ def test_default_mask_source_is_the_segment_generator_and_is_recorded(tiny_gener
 
     record = mask_source_record(None, default, tiny_generator, 3)
     assert record == {"kind": "segmenter", "head": "kmeans", "segmenter": seg_lib.segmenter_identity(default),
-                      "from": "kmeans cache", "segments": 3, "layers": [8, 16], "learned": True,
+                      "from": "kmeans cache", "segments": 3, "layers": [8, 16], "smoothing": 1 / 16, "learned": True,
                       "generator": fingerprint(tiny_generator), "seed": 0}
     assert mask_source_record("logits", make_mask_source("logits", 3, 32), tiny_generator, 3) == \
         {"kind": "logits", "learned": True}
