@@ -8,7 +8,7 @@ the head's own resolution against the same labels shuffled within each image (se
 Without --generator it uses the P2-shaped 64 px random-weight generator of bench/segmenter_cost.py.
 
 Usage: python3 bench/segmenter_samples.py [--generator CKPT] [--segments 4] [--samples 5]
-                                          [--output docs/images/segmenter_kmeans.png] [--scale 1]
+                                          [--output docs/images/segmenter_kmeans.png] [--scale 1] [--overwrite]
 """
 
 import argparse
@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7, help="seed of the pictured/measured samples")
     ap.add_argument("--output", default="docs/images/segmenter_kmeans.png")
     ap.add_argument("--scale", type=int, default=1, help="nearest-neighbour enlargement of the sheet")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     args = ap.parse_args()
 
     if args.generator:
@@ -53,7 +54,7 @@ def main() -> None:
     bottom = np.concatenate([color_code(m) for m in masks], axis=1)
     sheet = np.concatenate([top, bottom], axis=0)
     sheet = np.repeat(np.repeat(sheet, args.scale, axis=0), args.scale, axis=1)
-    io.save_png(args.output, sheet)
+    io.save_png(args.output, sheet, overwrite=args.overwrite)
     print(f"wrote {args.output} ({sheet.shape[1]}x{sheet.shape[0]})")
 
     feats = np.asarray(seg.masks_for_code(ws[: args.metric_samples], resolution=seg.feature_resolution))

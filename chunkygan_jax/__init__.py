@@ -3,16 +3,37 @@
 The public API, re-exported: invert / invert_batch / Inverter (inversion.py), load_generator /
 save_generator (checkpoints.py), resolve_generator (demo.py), InversionResult / load_result
 (results.py), the generators and the error types. The layering of the modules is described in
-WORKSPACE.md.
+WORKSPACE.md. The names are imported on first use, so that a tool answers --help without loading
+the networks.
+
+Importing the package turns on JAX's persistent compilation cache (compilation_cache.py; opt out with
+CHUNKYGAN_JAX_COMPILATION_CACHE=0).
 """
 
-from .errors import ChunkyGANError, CheckpointError, ConfigError, ImageError
-from .generators import DCGAN, StyleGAN2, StyleGAN2Config
-from .checkpoints import load_generator, save_generator
-from .demo import resolve_generator
-from .results import InversionResult, load_result
-from .inversion import InversionSettings, Inverter, invert, invert_batch
+import importlib
 
-__all__ = ["ChunkyGANError", "CheckpointError", "ConfigError", "DCGAN", "ImageError", "InversionResult",
-           "InversionSettings", "Inverter", "StyleGAN2", "StyleGAN2Config", "invert", "invert_batch",
-           "load_generator", "load_result", "resolve_generator", "save_generator"]
+from .compilation_cache import enable_compilation_cache as _enable_compilation_cache
+
+_enable_compilation_cache()
+
+_EXPORTS = {
+    "errors": ["ChunkyGANError", "CheckpointError", "ConfigError", "ImageError", "ResourceError"],
+    "generators": ["DCGAN", "StyleGAN2", "StyleGAN2Config"],
+    "checkpoints": ["load_generator", "save_generator"],
+    "demo": ["resolve_generator"],
+    "results": ["InversionResult", "load_result"],
+    "inversion": ["InversionSettings", "Inverter", "invert", "invert_batch"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name):
+    if name in _MODULE_OF:
+        return getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

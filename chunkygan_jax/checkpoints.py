@@ -25,7 +25,7 @@ import numpy as np
 
 from .converters import stylegan2 as conv
 from .errors import CheckpointError
-from .files import atomic_path, cache_root, read_json_record, sha256_file
+from .files import atomic_path, cache_root, check_writable, read_json_record, sha256_file
 from .generators.dcgan import DCGAN, dcgan_from_params
 from .generators.statedict import expected_shapes
 from .generators.stylegan2 import StyleGAN2, StyleGAN2Config
@@ -37,6 +37,7 @@ __all__ = ["FORMAT_VERSION", "RECORD_NAME", "cache_root", "convert_checkpoint", 
 FORMAT_VERSION = 1
 CONVERTER_VERSION = "1"  # bump when conversion output changes: cached conversions are then redone
 RECORD_NAME = "generator.json"
+CHECKPOINT_KIND = "generator checkpoint"
 PARAMS_NAME = "params"
 
 
@@ -90,8 +91,8 @@ def save_generator(generator, directory, *, source: dict | None = None, overwrit
     `source` is the provenance from `converters.stylegan2.convert_file`; its "w_avg_source" entry goes
     to the record's top level ("checkpoint" when absent). The directory appears complete or not at
     all: everything is built in a temporary sibling and renamed into place. An existing non-empty
-    directory is replaced only with `overwrite=True`, and only if it is a generator checkpoint (so a
-    mistyped --output can never delete an unrelated folder).
+    directory is replaced only with `overwrite=True`, and only if it is a generator checkpoint this
+    project wrote (files.atomic_path), so a mistyped --output can never delete an unrelated folder.
     """
     kind = next((name for name, k in _KINDS.items() if isinstance(generator, k.type)), None)
     if kind is None:
@@ -109,28 +110,19 @@ def save_generator(generator, directory, *, source: dict | None = None, overwrit
         "converter_version": CONVERTER_VERSION,
         "num_params": int(sum(a.size for a in flatten_tree(params, sep=".").values())),
     }
-    try:
-        with atomic_path(target, is_dir=True) as tmp:
-            import orbax.checkpoint as ocp  # lazy: orbax is slow to import and only needed here
+    # An unwritable target is refused (CheckpointError) before anything is written; an OSError while
+    # writing (disk full...) stays one, for the tools to report as the machine's failure.
+    with atomic_path(target, is_dir=True, overwrite=overwrite, kind=CHECKPOINT_KIND, error=CheckpointError) as tmp:
+        import orbax.checkpoint as ocp  # lazy: orbax is slow to import and only needed here
 
-            with ocp.StandardCheckpointer() as ckptr:  # leaving the block waits for the async write
-                ckptr.save(tmp / PARAMS_NAME, params)
-            (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
-    except OSError as e:
-        raise CheckpointError(f"cannot write generator checkpoint {target}: {e}") from None
+        with ocp.StandardCheckpointer() as ckptr:  # leaving the block waits for the async write
+            ckptr.save(tmp / PARAMS_NAME, params)
+        (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
 def _check_target(target: Path, overwrite: bool) -> None:
-    if not target.exists():
-        return
-    if not target.is_dir():
-        raise CheckpointError(f"{target} exists and is not a directory")
-    if any(target.iterdir()):
-        if not overwrite:
-            raise CheckpointError(f"{target} already exists and is not empty (use overwrite / --overwrite)")
-        if not (target / RECORD_NAME).is_file():
-            raise CheckpointError(f"refusing to overwrite {target}: it is not a generator checkpoint (no {RECORD_NAME})")
+    check_writable(target, overwrite, is_dir=True, kind=CHECKPOINT_KIND, error=CheckpointError)
 
 
 # ---------------------------------------------------------------------------------------------- load
@@ -197,7 +189,7 @@ def load_generator(path):
     generator, source = conv.convert_file(path, sha256=sha)
     try:
         save_generator(generator, entry, source=source, overwrite=stale)
-    except CheckpointError as e:
+    except (CheckpointError, OSError) as e:
         # Another process may have cached the same file meanwhile; otherwise the cache is unwritable,
         # which only costs a reconversion next time.
         if not (entry / RECORD_NAME).is_file():

@@ -35,9 +35,9 @@ from jax.sharding import Mesh
 from . import io
 from .demo import resolve_generator
 from .errors import ChunkyGANError, ConfigError
-from .files import atomic_path
+from .files import atomic_path, check_folder
 from .generators.protocol import fingerprint as generator_fingerprint
-from .inversion import InversionSettings, Inverter
+from .inversion import InversionSettings, Inverter, check_memory
 from .mask_sources import make_mask_source, mask_source_record
 from .progress import Progress
 from .report import masks_sheet
@@ -48,6 +48,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", "
 RESULTS_DIR = "results"
 MANIFEST_DIR = "manifest"
 RECORD_VERSION = 1
+IMAGE_RESULT_KIND = "dataset image result"
 
 
 # ------------------------------------------------------------------------------------------ the file list
@@ -146,7 +147,8 @@ def save_image_result(result, directory, record: dict) -> Path:
     """One image's outputs, all or nothing: projection.png, masks.png, metrics.json (`record`) and
     result/ (latents, masks, settings: `results.load_result` reads it)."""
     directory = Path(directory)
-    with atomic_path(directory, is_dir=True) as tmp:
+    # The job owns its results: a stale one is replaced, but never a folder someone else wrote there.
+    with atomic_path(directory, is_dir=True, overwrite=True, kind=IMAGE_RESULT_KIND) as tmp:
         save_result(result, tmp / "result")
         io.save_png(tmp / "projection.png", io.to_uint8(result.composite))
         io.save_png(tmp / "masks.png", masks_sheet(result.masks))
@@ -190,7 +192,7 @@ def read_manifest(output_dir) -> dict[str, dict]:
 def write_merged_manifest(output_dir) -> Path:
     merged = read_manifest(output_dir)
     path = Path(output_dir) / "manifest.jsonl"
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite=True) as tmp:  # the job's own merged view, rewritten each run
         tmp.write_text("".join(json.dumps(merged[k]) + "\n" for k in sorted(merged)))
     return path
 
@@ -216,12 +218,12 @@ class DatasetSummary:
         return self.local_done / self.seconds if self.seconds > 0 else 0.0
 
 
-def _load_rows(paths, root: Path, resolution: int, crop: str, alpha: str):
+def _load_rows(paths, root: Path, resolution: int, crop: str, alpha: str, upscale: bool = False):
     """Read this batch's files; unreadable ones become failure records instead of stopping the job."""
     images, failures = {}, {}
     for rel in paths:
         try:
-            images[rel] = io.load_image(root / rel, resolution, crop=crop, alpha=alpha)
+            images[rel] = io.load_image(root / rel, resolution, crop=crop, alpha=alpha, upscale=upscale)
         except ChunkyGANError as e:
             failures[rel] = str(e)
         except Exception as e:  # noqa: BLE001 - a decoder's own error (e.g. a decompression bomb)
@@ -237,7 +239,7 @@ def _failure_record(rel: str, reason: str) -> dict:
 def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None, steps=500, batch_size=None,
                    lr=0.1, lambda_reg=None, l2_weight=0.0, mean_latent_weight=0.0, lpips_net="vgg",
                    lpips_resolution=256, masks=None, segmenter=None, seed=0, noise_mode="const", dtype="float32",
-                   crop="none", alpha="refuse", mesh: Mesh | None = None, inverter=None,
+                   crop="none", alpha="refuse", upscale=False, mesh: Mesh | None = None, inverter=None,
                    max_batches: int | None = None, progress: bool = True, log=None) -> DatasetSummary:
     """Invert every image of a folder (or glob) into `output_dir`, each process on its own devices.
 
@@ -247,10 +249,12 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
     local device), a multiple of this process's device count. mesh: a data mesh over this process's
     devices (default `data_mesh(jax.local_devices())`). masks, segmenter: as in invert() (None: the
     generator's default, G^S with X^S learned per image) except per-image mask arrays, which are not
-    supported here. max_batches stops after that many batches (a time box; a
+    supported here. upscale: as in invert() (images under a quarter of the resolution are recorded as
+    failed without it). max_batches stops after that many batches (a time box; a
     rerun continues). `inverter` (built with the same settings and mesh) saves a compilation when
     calling this repeatedly."""
     t_start = time.perf_counter()
+    output_dir = check_folder(output_dir)  # before any compilation
     generator = resolve_generator(generator)
     if inverter is not None:  # its mesh decides (None: one device)
         if mesh is not None and inverter.mesh is not mesh:
@@ -275,6 +279,7 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
                                  mean_latent_weight=mean_latent_weight, lpips_net=lpips_net,
                                  lpips_resolution=lpips_resolution, seed=seed, noise_mode=noise_mode,
                                  dtype=dtype).validate(generator)
+    check_memory(generator, settings, batch_size // n_local)  # before any compilation
     if masks is not None and not isinstance(masks, str) and not (hasattr(masks, "init") and hasattr(masks, "masks")):
         raise ConfigError("invert_dataset takes masks=None, 'segmenter', 'logits', 'layout' or a mask source "
                           "(per-image mask arrays are not supported)")
@@ -321,7 +326,7 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
     done = failed = 0
     for k in range(batches_now):
         rows = pending[k * batch_size:(k + 1) * batch_size]
-        loaded, failures = _load_rows(rows, root, generator.resolution, crop, alpha)
+        loaded, failures = _load_rows(rows, root, generator.resolution, crop, alpha, upscale)
         t0 = time.perf_counter()
         names = list(loaded)
         records = []
@@ -346,7 +351,11 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
                 record = {"version": RECORD_VERSION, "image": rel, "status": "done", **expect,
                           "lpips": losses["lpips"], "total": losses["total"], "seconds": seconds,
                           "batch_images": batch_size, "process": jax.process_index(), "time": time.time()}
-                save_image_result(result, output_dir_for(output_dir, rel), record)
+                try:
+                    save_image_result(result, output_dir_for(output_dir, rel), record)
+                except ChunkyGANError as e:  # e.g. a folder of someone else's files in the way
+                    failures[rel] = str(e)
+                    continue
                 records.append({k_: v for k_, v in record.items() if k_ not in expect}
                                | {"output": output_dir_for(output_dir, rel).relative_to(output_dir).as_posix()})
                 done += 1

@@ -19,3 +19,7 @@ class ImageError(ChunkyGANError):
 
 class ConfigError(ChunkyGANError):
     """Options that cannot work together, or values out of range."""
+
+
+class ResourceError(ChunkyGANError):
+    """A request that cannot fit the memory (or other resources) this machine has."""

@@ -1,9 +1,18 @@
 """Writing outputs safely, and reading small records: the one home for both.
 
-Every file or folder the project writes goes through `atomic_path`: the content is built under a
-temporary sibling name and renamed into place only when complete, so a crash never leaves a half-written
-output under the final name. A folder that is replaced is first moved aside and deleted only after the
-new one is in place.
+The rules every writer follows (`check_writable`, `atomic_path`):
+  - an existing file or folder is replaced only with overwrite=True (--overwrite), and never when it is
+    one of the job's inputs or holds one;
+  - a folder is replaced only if this project wrote it: every folder written here holds a marker,
+    `.chunkygan.json`, naming the kind of output and every entry it was written with. A folder without
+    the marker, of another kind, or holding anything the marker does not list (a user's file put there
+    later) is refused, and the refusal names the path and the reason;
+  - the old version stays intact until the new one is complete: the content is built under a temporary
+    sibling name; then the old folder is moved aside, the new one renamed into place, and the old one
+    deleted (a file is swapped by one atomic rename);
+  - tools call `check_writable` before any long work, so an output that cannot be written is found
+    before the optimisation, conversion or training runs;
+  - files get mode 0666 and folders 0777, less the umask (temporary files start private).
 """
 
 from __future__ import annotations
@@ -17,7 +26,9 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
+
+MARKER = ".chunkygan.json"
 
 
 def cache_root() -> Path:
@@ -45,6 +56,81 @@ def read_json_record(path, error=CheckpointError) -> dict:
         raise error(f"corrupt {path}: {e}") from None
 
 
+# ------------------------------------------------------------------------------------------ checks
+def _written_here(folder: Path, kind: str) -> str | None:
+    """None if `folder` is an output of this kind written here; else why it is not."""
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+        listed = set(marker["entries"])
+        found = marker["kind"]
+    except FileNotFoundError:
+        return f"it was not written by chunkygan_jax (no {MARKER})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"its {MARKER} is unreadable"
+    if found != kind:
+        return f"its marker says '{found}', not '{kind}'"
+    foreign = sorted(p.name for p in folder.iterdir() if p.name != MARKER and p.name not in listed)
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        return f"it holds files chunkygan_jax did not write ({', '.join(foreign[:3])}{more})"
+    return None
+
+
+def check_writable(path, overwrite: bool = False, *, is_dir: bool = False, kind: str = "output",
+                   inputs=(), error=ConfigError) -> Path:
+    """Check, before any long work, that `path` can be written under the rules above; raise `error`
+    naming the path and the reason otherwise. Creates nothing. `inputs`: files or folders of this job
+    that the output must neither be nor contain."""
+    path = Path(path)
+    full = path.resolve()
+    for inp in inputs:
+        inp = Path(inp).resolve()
+        if inp == full or full in inp.parents:
+            raise error(f"refusing to write {path}: it {'is' if inp == full else 'holds'} an input ({inp})")
+    if path.is_symlink() or path.exists():
+        if is_dir and not path.is_dir():
+            raise error(f"{path} exists and is not a folder; choose another output folder")
+        if not is_dir and path.is_dir():
+            raise error(f"{path} is a folder; give a file name")
+        if not (is_dir and not path.is_symlink() and not any(path.iterdir())):  # an empty folder is free
+            why = _written_here(path, kind) if is_dir else None
+            if why:  # said first: --overwrite would not help
+                raise error(f"refusing to replace {path}: {why}")
+            if not overwrite:
+                raise error(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
+    _check_creatable(path, full.parent, error)
+    return path
+
+
+def check_folder(path, *, error=ConfigError) -> Path:
+    """Check that `path` is a folder this job can add entries to (existing or creatable): the output
+    root of a job that writes many outputs into it, such as a dataset run. Creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise error(f"{path} exists and is not a folder; choose another output folder")
+    _check_creatable(path, path.resolve() if path.exists() else path.resolve().parent, error)
+    return path
+
+
+def _check_creatable(path: Path, parent: Path, error) -> None:
+    """The nearest existing folder at or above `parent` must accept a new entry."""
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise error(f"cannot create {path}: {parent} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".chunkygan-probe-", dir=parent))
+    except OSError as e:
+        raise error(f"cannot write {path}: {e.strerror or e} ({parent})") from None
+
+
+# ------------------------------------------------------------------------------------------ writing
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it is to set it and put it back
+    os.umask(mask)
+    return mask
+
+
 def _replace_dir(tmp: Path, target: Path) -> None:
     """Rename the finished folder `tmp` to `target`. An existing `target` is moved aside first and
     deleted only once the new one is in place (a rename cannot replace a non-empty folder)."""
@@ -59,13 +145,16 @@ def _replace_dir(tmp: Path, target: Path) -> None:
             os.rename(old, target)
         raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() and not old.is_symlink() else old.unlink()
 
 
 @contextlib.contextmanager
-def atomic_path(final, *, is_dir: bool = False):
-    """Yield a temporary sibling path; move it onto `final` only if the block succeeds."""
+def atomic_path(final, *, is_dir: bool = False, overwrite: bool = False, kind: str = "output", inputs=(),
+                error=ConfigError):
+    """Yield a temporary sibling path; move it onto `final` only if the block succeeds, under the rules
+    of this module (checked before the block and again before the rename). A folder gets its marker."""
     final = Path(final)
+    check_writable(final, overwrite, is_dir=is_dir, kind=kind, inputs=inputs, error=error)
     final.parent.mkdir(parents=True, exist_ok=True)
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
@@ -75,6 +164,12 @@ def atomic_path(final, *, is_dir: bool = False):
         tmp = Path(name)
     try:
         yield tmp
+        if is_dir:
+            entries = sorted(p.name for p in tmp.iterdir())
+            (tmp / MARKER).write_text(json.dumps({"written_by": "chunkygan_jax", "kind": kind,
+                                                  "entries": entries}) + "\n")
+        os.chmod(tmp, (0o777 if is_dir else 0o666) & ~_umask())  # mkdtemp/mkstemp made it private
+        check_writable(final, overwrite, is_dir=is_dir, kind=kind, error=error)  # nothing new meanwhile
         if is_dir:
             _replace_dir(tmp, final)
         else:

@@ -8,7 +8,10 @@
 Everything for B images runs as one jitted step: the B*n codes go through the generator as ONE batch,
 masks blend them, LPIPS compares with target features computed once. The loss is a sum over images and
 Adam is elementwise, so images in a batch never influence each other (invert_batch == many invert()).
-A jitted loop runs many steps per call; the host returns only at progress and snapshot points.
+On GPUs and TPUs a jitted loop runs many steps per call and the host returns only at progress and
+snapshot points; on CPUs, where XLA runs a loop body about 3x slower than the same step as a plain
+program, the host calls one jitted step at a time (`default_loop_form`). Either way the loop state is
+donated and the generator's weight-only preprocessing is done once per Inverter.
 
 Units of lambda_reg: squared distances in the latent space's own units, summed over segments, layers and
 dimensions (the paper's unnormalised sum). The paper's value 1 was tuned for FFHQ's W space; for other
@@ -20,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -30,8 +34,10 @@ import numpy as np
 import optax
 
 from . import io, sharding
+from .align import Alignment, align_image, load_photo
+from .align import align as align_photo
 from .demo import resolve_generator
-from .errors import ConfigError, ImageError
+from .errors import ConfigError, ImageError, ResourceError
 from .generators.stylegan2 import sample_ws
 from .lpips import load_lpips, resize_for_lpips
 from .mask_sources import make_mask_source, mask_source_record
@@ -39,6 +45,7 @@ from .progress import Progress
 from .results import InversionResult, Snapshot
 
 SPACE_ALIASES = {"wplus": "w+", "w_plus": "w+", "W": "w", "W+": "w+", "S": "s"}
+NOISE_MODES = ("const", "none")  # an inversion's images must be a function of its codes alone
 
 
 # ---------------------------------------------------------------------------------------- schedule
@@ -91,6 +98,11 @@ class InversionSettings:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.noise_mode not in NOISE_MODES:
+            # 'random' would draw new noise at every render: the saved codes would not reproduce the
+            # projection, and every later edit would move pixels the edit never asked to move.
+            raise ConfigError(f"noise_mode must be one of {', '.join(NOISE_MODES)} for an inversion (fixed "
+                              f"noise, so that the codes reproduce their image), got {self.noise_mode!r}")
         if self.mean_latent_weight > 0 and not hasattr(generator, "w_avg"):
             raise ConfigError("mean_latent_weight needs a StyleGAN generator (W space)")
         if self.mean_latent_weight > 0 and space == "s":
@@ -198,25 +210,49 @@ def make_optimizer(settings: InversionSettings):
                                  labels)
 
 
+LOOP_FORMS = ("loop", "steps", "unrolled")
+UNROLL = 4  # steps per call in the "unrolled" form
+
+
+def default_loop_form(backend: str) -> str:
+    """XLA:CPU runs a while-loop body about 3x slower than the same computation as a plain program
+    (docs/performance.md), so on CPUs the host drives one jitted step at a time; GPUs and TPUs run
+    many steps per call in a jitted loop."""
+    return "steps" if backend == "cpu" else "loop"
+
+
 @functools.lru_cache(maxsize=16)
 def _programs(settings: InversionSettings, mesh):
     """The jitted functions for one setup, shared by every Inverter with equal settings and mesh (jax
-    then caches one executable per architecture and shape)."""
+    then caches one executable per architecture and shape). The loop state (latents, optimiser state,
+    history) is donated: each call's outputs reuse its inputs' buffers."""
     optimizer = make_optimizer(settings)
     loss_fn, render = make_loss_fn(settings)
+    constrain = (lambda tree, b: tree) if mesh is None else \
+        (lambda tree, b: sharding.constrain_batch(tree, mesh, b))
 
-    def one_step(nets, carry, batch):
-        latents, opt_state, step, history = carry
+    def one_step(nets, latents, opt_state, batch):
         (_, parts), grads = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)(nets, latents, batch)
         updates, opt_state = optimizer.update(grads, opt_state, latents)
-        latents = optax.apply_updates(latents, updates)
-        history = jax.lax.dynamic_update_slice(history, parts["total"][:, None], (0, step))
-        return latents, opt_state, step + 1, history
+        return optax.apply_updates(latents, updates), opt_state, parts["total"]
 
     def run(nets, latents, opt_state, step, history, batch, count):
-        carry = jax.lax.fori_loop(0, count, lambda _, c: one_step(nets, c, batch),
-                                  (latents, opt_state, step, history))
-        return carry if mesh is None else sharding.constrain_batch(carry, mesh, history.shape[0])
+        def body(_, carry):
+            latents, opt_state, step, history = carry
+            latents, opt_state, total = one_step(nets, latents, opt_state, batch)
+            history = jax.lax.dynamic_update_slice(history, total[:, None], (0, step))
+            return latents, opt_state, step + 1, history
+
+        carry = jax.lax.fori_loop(0, count, body, (latents, opt_state, step, history))
+        return constrain(carry, history.shape[0])
+
+    def steps(nets, latents, opt_state, batch, count):  # count is static: the steps are unrolled
+        totals = []
+        for _ in range(count):
+            latents, opt_state, total = one_step(nets, latents, opt_state, batch)
+            totals.append(total)
+        out = (latents, opt_state, jnp.stack(totals, axis=1))
+        return constrain(out, _batch_of(latents))
 
     def evaluate(nets, latents, batch):
         imgs, seg_masks = render(nets, latents)
@@ -224,10 +260,86 @@ def _programs(settings: InversionSettings, mesh):
         out = composite(imgs, seg_masks, batch["target"], batch.get("static_mask"))
         return imgs, seg_masks, out, parts
 
-    init = optimizer.init if mesh is None else jax.jit(
-        lambda l: sharding.constrain_batch(optimizer.init(l), mesh, _batch_of(l)))
-    return dict(optimizer=optimizer, run=jax.jit(run), evaluate=jax.jit(evaluate), init=init,
+    def init(latents):  # a copy of the latents too: the caller's arrays are never donated
+        copy = jax.tree_util.tree_map(lambda x: x + jnp.zeros((), x.dtype), latents)
+        return constrain((copy, optimizer.init(latents)), _batch_of(latents))
+
+    dtype = jnp.dtype(settings.dtype)
+    return dict(optimizer=optimizer, init=jax.jit(init), evaluate=jax.jit(evaluate),
+                run=jax.jit(run, donate_argnums=(1, 2, 4)),
+                steps=jax.jit(steps, static_argnums=(4,), donate_argnums=(1, 2)),
+                # weight-only preprocessing, once per Inverter (the weights are fixed during an inversion)
+                prepare=jax.jit(lambda g: g.prepare(dtype) if hasattr(g, "prepare") else g),
                 features=jax.jit(lambda lp, x: lp.features(resize_for_lpips(x, settings.lpips_resolution))))
+
+
+# ---------------------------------------------------------------------------------------- memory
+_LINEAR = ("conv_general_dilated", "dot_general")
+
+
+def _linear_output_bytes(jaxpr) -> int:
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in _LINEAR:
+            total += sum(int(np.prod(v.aval.shape)) * v.aval.dtype.itemsize for v in eqn.outvars)
+        for param in eqn.params.values():  # jaxprs nested in jit, remat, custom_vjp ...
+            for sub in param if isinstance(param, (list, tuple)) else (param,):
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    total += _linear_output_bytes(sub)
+    return total
+
+
+_SEGMENT_BYTES: dict = {}  # (generator type, config, space, noise, dtype) -> bytes; configs are frozen
+
+
+def step_memory_bytes(generator, settings: InversionSettings, images: int) -> int:
+    """An estimate, meant as a lower bound, of one step's memory for `images` photos on one device: the
+    outputs of the generator's linear layers (convolutions, matrix products) for every segment, which the
+    backward pass must keep or recompute. Found by tracing the synthesis for one and for two segments
+    (the difference leaves out what does not grow with the segments). XLA's plans on CPU take 2.5 to 3.5
+    times this per segment (bench/memory_estimate.py)."""
+    key = (type(generator), getattr(generator, "config", None), settings.space, settings.noise_mode, settings.dtype)
+    if key not in _SEGMENT_BYTES:
+        def traced(k):
+            synth = lambda g, c: g.synthesize(c, settings.space, noise_mode=settings.noise_mode,
+                                              dtype=jnp.dtype(settings.dtype))
+            return _linear_output_bytes(jax.make_jaxpr(synth)(generator, generator.initial_codes(settings.space,
+                                                                                                 k)).jaxpr)
+
+        _SEGMENT_BYTES[key] = traced(2) - traced(1)
+    return images * settings.segments * _SEGMENT_BYTES[key]
+
+
+def available_memory(device=None) -> tuple[int | None, str]:
+    """(bytes, where) one step may use: the accelerator's memory limit, or the host's available memory
+    for CPU devices; (None, ...) when unknown."""
+    device = device or jax.local_devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]), f"{device.device_kind} memory"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "available host memory"
+    except OSError:
+        pass
+    return None, "unknown"
+
+
+def check_memory(generator, settings: InversionSettings, images_per_device: int) -> None:
+    """Refuse up front (ResourceError) a step whose memory lower bound exceeds what a device has."""
+    have, where = available_memory()
+    if have is None:
+        return
+    need = step_memory_bytes(generator, settings, images_per_device)
+    if need > have:
+        gib = lambda b: f"{b / 2**30:.1f} GiB"
+        raise ResourceError(
+            f"{images_per_device} image(s) x {settings.segments} segments at {generator.resolution} px need "
+            f"at least {gib(need)} per step (the generator's activations for every segment), more than "
+            f"the {gib(have)} of {where}; use fewer segments or fewer images per device")
 
 
 # ---------------------------------------------------------------------------------------- the loop
@@ -245,11 +357,14 @@ class Inverter:
     recompiles; only a new architecture, image size, batch size or setting does."""
 
     def __init__(self, generator, settings: InversionSettings, mask_source=None, *, static_mask=False,
-                 mesh=None, lpips=None):
+                 mesh=None, lpips=None, loop: str | None = None):
         # mesh: a jax.sharding.Mesh (sharding.data_mesh()): the batch axis is split over its data axis
         # and the networks are replicated; host-side arrays (targets in, history and evaluate() out) are
         # then this process's rows. None: one device.
         # lpips: an LPIPS object to use instead of the pretrained one (e.g. random weights in benchmarks).
+        # loop: how advance() runs its steps: "loop" (many steps per call in a jitted fori_loop), "steps"
+        # (one jitted step per call, driven by the host) or "unrolled" (UNROLL steps per call); None
+        # picks by backend (default_loop_form).
         self.mesh = mesh
         rep = (lambda tree: sharding.replicate(tree, mesh)) if mesh is not None else (lambda tree: tree)
         self.generator = rep(generator)
@@ -258,12 +373,16 @@ class Inverter:
         self.mask_source = rep(mask_source if mask_source is not None else make_mask_source(
             None, s.segments, generator.resolution, seed=s.seed, generator=generator))
         self.lpips = rep(lpips if lpips is not None else load_lpips(s.lpips_net, compute_dtype=jnp.dtype(s.dtype)))
-        self.nets = (self.generator, self.lpips, self.mask_source)
         self.w_std = w_std_of(generator) if s.mean_latent_weight > 0 else 1.0
         self._has_static = static_mask
         self._programs = _programs(dataclasses.replace(s, seed=0), mesh)  # the seed only moves the layout
+        self.nets = (self._programs["prepare"](self.generator), self.lpips, self.mask_source)
         self.optimizer = self._programs["optimizer"]
-        self._run = self._programs["run"]
+        backend = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+        self.loop = loop or default_loop_form(backend)
+        if self.loop not in LOOP_FORMS:
+            raise ConfigError(f"loop must be one of {LOOP_FORMS}, got {loop!r}")
+        self._run = self._programs["run" if self.loop == "loop" else "steps"]  # the program advance() runs
 
     def _to_device(self, tree):
         if self.mesh is None:
@@ -302,18 +421,32 @@ class Inverter:
         return batch
 
     def start(self, latents, batch_size: int) -> InversionState:
-        return InversionState(latents=latents, opt_state=self._programs["init"](latents), step=0,
+        latents, opt_state = self._programs["init"](latents)
+        return InversionState(latents=latents, opt_state=opt_state, step=0,
                               history=np.zeros((batch_size, self.settings.steps), np.float32))
 
     def advance(self, state: InversionState, batch, count: int) -> InversionState:
+        """Run `count` more steps. The state's device buffers are donated: use the returned state."""
         count = int(min(count, self.settings.steps - state.step))
         if count <= 0:
             return state
-        scalar = jnp.int32 if self.mesh is None else np.int32
-        latents, opt_state, step, history = self._run(
-            self.nets, state.latents, state.opt_state, scalar(state.step), self._to_device(state.history),
-            batch, scalar(count))
-        return InversionState(latents, opt_state, int(step), self._to_host(history))
+        if self.loop == "loop":
+            scalar = jnp.int32 if self.mesh is None else np.int32
+            latents, opt_state, step, history = self._run(
+                self.nets, state.latents, state.opt_state, scalar(state.step),
+                self._to_device(state.history), batch, scalar(count))
+            return InversionState(latents, opt_state, int(step), self._to_host(history))
+        chunk = UNROLL if self.loop == "unrolled" else 1
+        latents, opt_state, totals = state.latents, state.opt_state, []
+        done = 0
+        while done < count:
+            k = chunk if count - done >= chunk else 1  # the remainder one step at a time: two programs
+            latents, opt_state, total = self._run(self.nets, latents, opt_state, batch, k)
+            totals.append(total)
+            done += k
+        history = state.history.copy()
+        history[:, state.step:state.step + count] = np.concatenate(self._to_host(totals), axis=1)
+        return InversionState(latents, opt_state, state.step + count, history)
 
     def evaluate(self, latents, batch):
         return self._to_host(self._programs["evaluate"](self.nets, latents, batch))
@@ -328,8 +461,8 @@ def _unbatch(tree, i):
     return jax.tree_util.tree_map(lambda x: np.asarray(x[i]), tree)
 
 
-def _prepare(generator, image, static_mask, crop, alpha):
-    target = io.as_target_image(image, generator.resolution, crop=crop, alpha=alpha)
+def _prepare(generator, image, static_mask, crop, alpha, upscale=False):
+    target = io.as_target_image(image, generator.resolution, crop=crop, alpha=alpha, upscale=upscale)
     sx = None
     if static_mask is not None:
         if isinstance(static_mask, (str, Path)):
@@ -348,7 +481,7 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
                  l2_weight=0.0, mean_latent_weight=0.0, lpips_net="vgg", lpips_resolution=256,
                  masks=None, segmenter=None, learn_masks=None, static_masks=None, seed=0, noise_mode="const",
                  dtype="float32", callback: Callable | None = None, progress_every=25, progress=False,
-                 snapshot_steps=(), crop="none", alpha="refuse", inverter: Inverter | None = None,
+                 snapshot_steps=(), crop="none", alpha="refuse", upscale=False, inverter: Inverter | None = None,
                  initial_codes=None, mesh=None) -> list[InversionResult]:
     """Invert B images at once (one jitted step for all B x n segments). See `invert` for options;
     `static_masks` is a list (one per image, or None). `mesh` (sharding.data_mesh()) shards the
@@ -367,7 +500,10 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
     static_masks = list(static_masks) if static_masks is not None else [None] * len(images)
     if len(static_masks) != len(images):
         raise ConfigError(f"{len(static_masks)} static masks for {len(images)} images")
-    prepared = [_prepare(generator, im, sm, crop, alpha) for im, sm in zip(images, static_masks)]
+    on = mesh if mesh is not None else getattr(inverter, "mesh", None)
+    devices = len(on.local_devices) if on is not None else 1
+    check_memory(generator, settings, -(-len(images) // devices))  # before any compilation
+    prepared = [_prepare(generator, im, sm, crop, alpha, upscale) for im, sm in zip(images, static_masks)]
     targets = np.stack([p[0] for p in prepared])
     has_static = any(p[1] is not None for p in prepared)
     sxs = np.stack([p[1] if p[1] is not None else np.zeros(targets.shape[1:3], np.float32)
@@ -399,13 +535,21 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
     t0 = time.perf_counter()
     batch = inverter.make_batch(targets, sxs)
     state = inverter.start(inverter.initial_latents(len(targets), initial_codes), len(targets))
+    # The first call runs one step alone: its time is the compilation plus one step, and the steps after it
+    # give the steady time per step.
     stops = sorted({int(s) for s in snapshot_steps if 0 <= int(s) <= steps}
-                   | set(range(progress_every, steps, progress_every)) | {steps}) if progress_every else \
-        sorted({int(s) for s in snapshot_steps if 0 <= int(s) <= steps} | {steps})
+                   | set(range(progress_every, steps, progress_every)) | {1, steps}) if progress_every else \
+        sorted({int(s) for s in snapshot_steps if 0 <= int(s) <= steps} | {1, steps})
     snapshots = [[] for _ in images]
     snap_set = {int(s) for s in snapshot_steps}
+    first_call = steady = 0.0
     for stop in stops:
-        state = inverter.advance(state, batch, stop - state.step)
+        t = time.perf_counter()
+        state = inverter.advance(state, batch, stop - state.step)  # returns host arrays: synchronised
+        if stop == 1:
+            first_call = time.perf_counter() - t
+        else:
+            steady += time.perf_counter() - t
         if stop in snap_set:
             _, seg_masks, out, _ = inverter.evaluate(state.latents, batch)
             for i in range(count):
@@ -416,6 +560,8 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
             bar.update(state.step, f"loss {float(np.mean(state.history[:count, max(state.step - 1, 0)])):.4f}")
     imgs, seg_masks, out, parts = inverter.evaluate(state.latents, batch)
     seconds = time.perf_counter() - t0
+    step_ms = 1000.0 * steady / (steps - 1) if steps > 1 else None
+    compile_seconds = max(first_call - (step_ms or 0.0) / 1000.0, 0.0)
     if not np.all(np.isfinite(parts["total"][:count])):
         raise ConfigError("the inversion diverged (non-finite loss); lower lr or the loss weights")
     results = []
@@ -424,7 +570,8 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
             target=targets[i], composite=out[i], segment_images=imgs[i], masks=seg_masks[i],
             latents=_unbatch(state.latents, i), loss_history=state.history[i].copy(),
             final_losses={k: float(v[i]) for k, v in parts.items()}, settings={**settings.to_dict(), "masks": record},
-            static_mask=None if sxs is None else sxs[i], snapshots=snapshots[i], seconds=seconds))
+            static_mask=None if sxs is None else sxs[i], snapshots=snapshots[i], seconds=seconds,
+            compile_seconds=compile_seconds, step_ms=step_ms))
     return results
 
 
@@ -432,10 +579,16 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
            l2_weight=0.0, mean_latent_weight=0.0, lpips_net="vgg", lpips_resolution=256, masks=None,
            segmenter=None, learn_masks=None, static_mask=None, seed=0, noise_mode="const", dtype="float32",
            callback=None, progress_every=25, progress=False, snapshot_steps=(), crop="none", alpha="refuse",
-           initial_codes=None) -> InversionResult:
+           upscale=False, initial_codes=None, align=False, face=None) -> InversionResult:
     """Reconstruct one photo as `segments` latent codes blended by soft masks (ChunkyGAN).
 
-    image: a path or an array ([H, W, 3] uint8, or float in [-1, 1]) at the generator's resolution.
+    image: a path or an array ([H, W, 3] uint8, or float in [-1, 1]) at the generator's resolution;
+        with `align`, a photo of any size. A file of another size is resized (logged); one under a
+        quarter of the resolution is refused unless upscale=True.
+    align: True finds the face (the largest, or number `face` from the left) and inverts its FFHQ-aligned
+        crop (`chunkygan_jax.align`); an `Alignment` found earlier on this photo is used as it is. The
+        result then records `alignment` (its JSON form) and `photo` (the path, when `image` is one), so
+        that the projection or an edit can be pasted back (`align.paste_back`).
     generator: a generator object, a checkpoint path (ours, NVIDIA .pkl, rosinality .pt), or None for
         the demo face generator.
     space: 'w', 'w+' (default for StyleGAN2) or 's'; codes start at w_avg.
@@ -453,12 +606,42 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
     callback(step, steps, losses): called every `progress_every` steps.
     progress: print a progress line (progress.Progress: steps done, rate, ETA, loss) on stderr.
     snapshot_steps: steps at which the composite and masks are kept (for a progression sheet).
+    noise_mode: 'const' (the generator's fixed noise) or 'none'.
+    The result's `compile_seconds` (the first step call beyond a steady step) and `step_ms` (the steady
+    time per step) are measured apart; `seconds` is the whole call.
     """
+    alignment = None
+    if align is not False and align is not None:
+        generator = resolve_generator(generator)
+        image, alignment = _aligned(image, generator.resolution, align, face)
+    elif face is not None:
+        raise ConfigError("face= chooses the face to align; pass align=True too")
     init = None if initial_codes is None else jax.tree_util.tree_map(lambda x: np.asarray(x)[None], initial_codes)
-    return invert_batch([image], generator, segments=segments, space=space, steps=steps, lr=lr,
-                        lambda_reg=lambda_reg, l2_weight=l2_weight, mean_latent_weight=mean_latent_weight,
-                        lpips_net=lpips_net, lpips_resolution=lpips_resolution, masks=masks,
-                        segmenter=segmenter, learn_masks=learn_masks, static_masks=[static_mask], seed=seed,
-                        noise_mode=noise_mode, dtype=dtype, callback=callback,
-                        progress_every=progress_every, progress=progress, snapshot_steps=snapshot_steps, crop=crop,
-                        alpha=alpha, initial_codes=init)[0]
+    result = invert_batch([image], generator, segments=segments, space=space, steps=steps, lr=lr,
+                         lambda_reg=lambda_reg, l2_weight=l2_weight, mean_latent_weight=mean_latent_weight,
+                         lpips_net=lpips_net, lpips_resolution=lpips_resolution, masks=masks,
+                         segmenter=segmenter, learn_masks=learn_masks, static_masks=[static_mask], seed=seed,
+                         noise_mode=noise_mode, dtype=dtype, callback=callback, progress_every=progress_every,
+                         progress=progress, snapshot_steps=snapshot_steps, crop=crop,
+                         alpha=alpha, upscale=upscale, initial_codes=init)[0]
+    if alignment is not None:
+        result.alignment, result.photo = alignment
+    return result
+
+
+def _aligned(photo, resolution, align, face):
+    """(the FFHQ-aligned crop of `photo`, float [R, R, 3]; (Alignment JSON, the photo's path or None))."""
+    if isinstance(align, Alignment):
+        if face is not None:
+            raise ConfigError("face= chooses a face to find; a ready Alignment was given")
+        rgb = load_photo(photo)
+        if tuple(align.photo_size) != (rgb.shape[1], rgb.shape[0]):
+            raise ImageError(f"the alignment was computed on a {align.photo_size[0]}x{align.photo_size[1]} "
+                             f"photo, this one is {rgb.shape[1]}x{rgb.shape[0]}")
+        image, found = align_image(rgb, align, resolution, output="float"), align
+    elif align is True:
+        image, found = align_photo(photo, resolution, face=face, output="float")
+    else:
+        raise ConfigError(f"align must be True, False or an Alignment, got {align!r}")
+    path = str(Path(photo).resolve()) if isinstance(photo, (str, os.PathLike)) else None
+    return image, (found.to_json(), path)

@@ -1,16 +1,22 @@
 """Images and masks at the file boundary.
 
 Inside the library images are float32 [H, W, 3] (or NHWC) in [-1, 1]; uint8 exists only here.
-Conversions that happen silently are documented: greyscale is replicated to RGB, a fully opaque alpha
-channel is dropped, 16-bit images are scaled to 8 bits, a square image of another size is resized with
-Lanczos to the generator's resolution. Non-square images and translucent alpha are refused unless the
-caller asks for a conversion (crop="center", alpha="white"), because silently guessing would change
-what is being reconstructed. Every file is read as it is displayed: its EXIF orientation is applied
-before anything else, and an embedded ICC colour profile is converted to sRGB.
+Conversions without a request: greyscale is replicated to RGB, a fully opaque alpha channel is dropped,
+16-bit greyscale keeps its full precision (Pillow itself reads 16-bit colour PNGs as 8 bits per
+channel), and a square image of another size is resized with Lanczos to the generator's resolution.
+Every resize is reported as one INFO line, "resized PHOTO from WxH to RxR", on the `chunkygan_jax.io`
+logger (the command-line tools show it on stderr; the library stays quiet unless logging is set up).
+Refused unless the caller asks for a conversion, because silently guessing would change what is being
+reconstructed: non-square images (crop="center"), translucent alpha (alpha="white"/"drop"), and images
+under a quarter of the resolution, which an enlargement would have to invent (upscale=True). Images
+declaring more pixels than Pillow's decompression-bomb limit are refused. Every file is read as it is
+displayed: its EXIF orientation is applied before anything else, and an embedded ICC colour profile is
+converted to sRGB.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from io import BytesIO
 from pathlib import Path
@@ -23,6 +29,9 @@ from .files import atomic_path
 
 CROPS = ("none", "center")
 ALPHAS = ("refuse", "drop", "white")
+MIN_SCALE = 4  # images under resolution / MIN_SCALE are refused unless upscale=True
+
+log = logging.getLogger(__name__)
 
 
 # Formats that Pillow cannot decode, recognised by their first bytes so that the refusal names them.
@@ -72,6 +81,8 @@ def _open(path) -> Image.Image:
         img = Image.open(path)
         img.load()
         ImageOps.exif_transpose(img, in_place=True)
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: refused, too many pixels to decode safely ({e})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         with open(path, "rb") as f:
             fmt = _unreadable_format(f.read(1024))
@@ -128,27 +139,48 @@ def _crop_square(img: Image.Image, crop: str, source) -> Image.Image:
     raise ImageError(f"{source}: image is {w}x{h}, not square; crop it first or pass --crop=center")
 
 
-def load_image(path, resolution: int | None = None, *, crop="none", alpha="refuse") -> np.ndarray:
-    """Read an image file -> float32 [H, W, 3] in [-1, 1], resized to `resolution` if given."""
+def _resize(img: Image.Image, resolution: int) -> np.ndarray:
+    """Lanczos resize -> float64 [R, R, C] in [0, 1]; 16-bit greyscale is resized as floats, so it keeps
+    its precision."""
+    size = (resolution, resolution)
+    if img.mode.startswith("I"):
+        grey = Image.fromarray(_to_float_array(img)[..., 0].astype(np.float32))  # mode "F"
+        return np.clip(np.asarray(grey.resize(size, Image.Resampling.LANCZOS), np.float64), 0, 1)[..., None]
+    if img.mode not in ("L", "LA", "RGB", "RGBA", "F"):  # F: refused by _to_float_array
+        img = img.convert("RGBA" if img.mode == "P" and "transparency" in img.info else "RGB")
+    return _to_float_array(img.resize(size, Image.Resampling.LANCZOS))
+
+
+def load_image(path, resolution: int | None = None, *, crop="none", alpha="refuse", upscale=False) -> np.ndarray:
+    """Read an image file -> float32 [H, W, 3] in [-1, 1], resized to `resolution` if given (see the
+    module docstring for what is converted, reported or refused)."""
     if crop not in CROPS:
         raise ImageError(f"crop must be one of {CROPS}, got {crop!r}")
     img = _open(path)
+    w, h = img.size
     img = _crop_square(img, crop, path)
-    if resolution is not None and img.size != (resolution, resolution):
-        if img.mode.startswith("I"):
-            img = Image.fromarray((_to_float_array(img)[..., 0] * 255).round().astype(np.uint8))
-        img = img.resize((resolution, resolution), Image.Resampling.LANCZOS)
-    rgb = image_to_rgb(_to_float_array(img), alpha=alpha, source=path)
+    if resolution is None or img.size == (resolution, resolution):
+        arr = _to_float_array(img)
+    else:
+        side = img.size[0]
+        if side * MIN_SCALE < resolution and not upscale:
+            raise ImageError(f"{path}: image is {w}x{h}, under a quarter of the generator's {resolution} px; "
+                             f"enlarging it would invent the detail to reconstruct (pass --upscale to do it "
+                             f"anyway)")
+        cropped = f" (centre {side}x{side})" if (w, h) != img.size else ""
+        log.info(f"resized {path} from {w}x{h}{cropped} to {resolution}x{resolution}")
+        arr = _resize(img, resolution)
+    rgb = image_to_rgb(arr, alpha=alpha, source=path)
     return (rgb * 2.0 - 1.0).astype(np.float32)
 
 
-def as_target_image(image, resolution: int, *, crop="none", alpha="refuse") -> np.ndarray:
+def as_target_image(image, resolution: int, *, crop="none", alpha="refuse", upscale=False) -> np.ndarray:
     """A path or an array -> float32 [H, W, 3] in [-1, 1] at `resolution`.
 
     Arrays: uint8 HWC (0..255) or float HWC in [-1, 1]; a leading batch axis of 1 is accepted.
     Arrays are never resized silently: their size must equal the generator's resolution."""
     if isinstance(image, (str, os.PathLike)):
-        return load_image(image, resolution, crop=crop, alpha=alpha)
+        return load_image(image, resolution, crop=crop, alpha=alpha, upscale=upscale)
     arr = np.asarray(image)
     if arr.ndim == 4 and arr.shape[0] == 1:
         arr = arr[0]
@@ -200,6 +232,7 @@ def to_uint8(image) -> np.ndarray:
     return np.clip(np.round((np.asarray(image, np.float64) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def save_png(path, image_uint8: np.ndarray) -> None:
-    with atomic_path(Path(path)) as tmp:
+def save_png(path, image_uint8: np.ndarray, *, overwrite: bool = False) -> None:
+    """Write a PNG atomically; an existing file is replaced only with overwrite=True."""
+    with atomic_path(Path(path), overwrite=overwrite) as tmp:
         Image.fromarray(image_uint8).save(tmp, format="PNG")

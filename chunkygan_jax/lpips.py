@@ -273,7 +273,7 @@ class LPIPS:
         for op in _NET_SPECS[self.net][2]:
             if op[0] == "pool":
                 _, k, s = op
-                h = lax.reduce_window(h, -jnp.inf, lax.max, (1, k, k, 1), (1, s, s, 1), "VALID")
+                h = _max_pool(h, k, s)
                 continue
             _, _, stride, pad, tap = op
             p = self.params[f"conv{i}"]
@@ -319,6 +319,17 @@ class LPIPS:
         return self.distance_from_features(self.features(x), self.features(y))
 
     __call__ = distance
+
+
+def _max_pool(h: jax.Array, k: int, s: int) -> jax.Array:
+    """Max pool without padding, floor (torch's default). Non-overlapping windows (VGG's 2x2/2) are a
+    reshape and a max: the same values, and a backward pass that XLA:CPU runs about 4x faster than the
+    select-and-scatter of reduce_window's gradient."""
+    if k != s:
+        return lax.reduce_window(h, -jnp.inf, lax.max, (1, k, k, 1), (1, s, s, 1), "VALID")
+    n, height, width, c = h.shape
+    h = h[:, : height // k * k, : width // k * k]
+    return jnp.max(h.reshape(n, height // k, k, width // k, k, c), axis=(2, 4))
 
 
 def _normalize(f: jax.Array) -> jax.Array:

@@ -14,9 +14,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import io
+from .align import Alignment, paste_back
 from .errors import ChunkyGANError
 from .files import atomic_path
-from .masks import color_code, palette
+from .masks import color_code, mask_coherence, palette
 from .results import save_result
 
 PROGRESSION_STEPS = (1, 5, 9, 15, 23, 37)  # the iterations of the paper's Fig. 3
@@ -91,14 +92,30 @@ def progression_sheet(result) -> np.ndarray:
     return np.concatenate([labels, top, bottom], axis=0)
 
 
-def write_report(result, directory, *, extra_metrics=None) -> Path:
+REPORT_KIND = "inversion report"
+
+
+def write_report(result, directory, *, extra_metrics=None, photo=None, blend="feather", overwrite: bool = False,
+                 inputs=()) -> Path:
     """Everything a user looks at after an inversion, in one directory (written atomically):
     projection.png, side_by_side.png (original | projection), masks.png (with a legend),
     progression.png (if snapshots), segments.png (each segment's full image), metrics.json, and the
-    result itself under result/."""
+    result itself under result/. Sheets are enlarged for small generators (`sheet_scale`).
+
+    For an aligned photo (result.alignment), also pasted.png: the projection warped back into the photo
+    (`photo`, else the path the result records) at its full size, blended with `blend` ("feather" or
+    "poisson"); metrics.json then holds the alignment. An existing report is replaced only with
+    overwrite=True (files.atomic_path's rules); `inputs` (the photo, masks...) may be neither the
+    directory nor inside it."""
     directory = Path(directory)
     k = sheet_scale(result.composite.shape[0])
-    with atomic_path(directory, is_dir=True) as tmp:
+    pasted = None
+    if result.alignment is not None and (photo is not None or result.photo):
+        pasted = paste_back(photo if photo is not None else result.photo, result.image_uint8(),
+                            Alignment.from_json(result.alignment), blend=blend)
+    with atomic_path(directory, is_dir=True, overwrite=overwrite, kind=REPORT_KIND, inputs=inputs) as tmp:
+        if pasted is not None:
+            io.save_png(tmp / "pasted.png", pasted)
         io.save_png(tmp / "projection.png", result.image_uint8())
         io.save_png(tmp / "side_by_side.png",
                     enlarge(np.concatenate([io.to_uint8(result.target), result.image_uint8()], axis=1), k))
@@ -110,7 +127,9 @@ def write_report(result, directory, *, extra_metrics=None) -> Path:
         save_result(result, tmp / "result")
         steps = len(result.loss_history)
         metrics = {"final_losses": result.final_losses, "steps": steps, "seconds": result.seconds,
-                   "ms_per_step": 1000.0 * result.seconds / max(steps, 1), "settings": result.settings,
+                   "compile_seconds": result.compile_seconds, "ms_per_step": result.step_ms,
+                   "settings": result.settings, "mask_coherence": mask_coherence(result.masks),
+                   **({"alignment": result.alignment, "photo": result.photo} if result.alignment else {}),
                    **(extra_metrics or {})}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return directory

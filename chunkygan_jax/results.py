@@ -4,8 +4,12 @@ in a later session.
 A result directory holds
   latents.npz     the latent pytree, flattened to '/'-joined keys ("codes", "codes/b4.conv1", "mask_logits")
   arrays.npz      target, composite, segment images, masks, loss history (and static mask), float32
-  result.json     settings, final losses, format version
-It is written to a temporary sibling and renamed, so a crash never leaves a half-written result.
+  result.json     settings, final losses, timing, format version; for a photo that was aligned first,
+                  the alignment (its quad in the photo) and the photo's path, so that an edit can be
+                  pasted back
+It is written to a temporary sibling and renamed (files.atomic_path), so a crash never leaves a
+half-written result, and an existing folder is replaced only with overwrite=True and only if it is a
+result this project wrote.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from .io import to_uint8
 from .trees import flatten_tree, unflatten_tree
 
 FORMAT_VERSION = 1
+RESULT_KIND = "saved inversion result"
 
 
 @dataclasses.dataclass
@@ -51,7 +56,11 @@ class InversionResult:
     settings: dict
     static_mask: np.ndarray | None = None
     snapshots: list = dataclasses.field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole inversion call
+    compile_seconds: float | None = None  # the first step call's time beyond a steady step
+    step_ms: float | None = None  # the steady time per step (None after a single step)
+    alignment: dict | None = None  # align.Alignment.to_json() when the photo was aligned first
+    photo: str | None = None  # the aligned photo's path (for pasting back), when it was a file
 
     @property
     def codes(self):
@@ -66,13 +75,13 @@ class InversionResult:
         """The composite as an 8-bit RGB image [H, W, 3], ready to save (clipped, rounded)."""
         return to_uint8(self.composite)
 
-    def save(self, directory) -> Path:
+    def save(self, directory, *, overwrite: bool = False) -> Path:
         """Write latents, masks, settings and images so that editing can continue later."""
-        return save_result(self, directory)
+        return save_result(self, directory, overwrite=overwrite)
 
 
-def save_latents(path, latents) -> None:
-    with atomic_path(Path(path)) as tmp:
+def save_latents(path, latents, *, overwrite: bool = False) -> None:
+    with atomic_path(Path(path), overwrite=overwrite) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **flatten_tree(latents))
 
@@ -85,9 +94,10 @@ def load_latents(path) -> dict:
         raise ChunkyGANError(f"{path}: not a latents file ({e})") from None
 
 
-def save_result(result, directory) -> Path:
+def save_result(result, directory, *, overwrite: bool = False, inputs=()) -> Path:
+    """Write `result` to `directory` (see the module docstring); `inputs` may not be replaced."""
     directory = Path(directory)
-    with atomic_path(directory, is_dir=True) as tmp:
+    with atomic_path(directory, is_dir=True, overwrite=overwrite, kind=RESULT_KIND, inputs=inputs) as tmp:
         with open(tmp / "latents.npz", "wb") as f:
             np.savez(f, **flatten_tree(result.latents))
         arrays = dict(target=result.target, composite=result.composite,
@@ -98,7 +108,10 @@ def save_result(result, directory) -> Path:
         with open(tmp / "arrays.npz", "wb") as f:
             np.savez(f, **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
         record = {"format_version": FORMAT_VERSION, "settings": result.settings,
-                  "final_losses": result.final_losses, "seconds": result.seconds}
+                  "final_losses": result.final_losses, "seconds": result.seconds,
+                  "compile_seconds": result.compile_seconds, "step_ms": result.step_ms}
+        if result.alignment is not None:
+            record.update(alignment=result.alignment, photo=result.photo)
         (tmp / "result.json").write_text(json.dumps(record, indent=2))
     return directory
 
@@ -117,4 +130,6 @@ def load_result(directory) -> InversionResult:
         target=arrays["target"], composite=arrays["composite"], segment_images=arrays["segment_images"],
         masks=arrays["masks"], latents=load_latents(directory / "latents.npz"),
         loss_history=arrays["loss_history"], final_losses=record["final_losses"],
-        settings=record["settings"], static_mask=arrays.get("static_mask"), seconds=record.get("seconds", 0.0))
+        settings=record["settings"], static_mask=arrays.get("static_mask"), seconds=record.get("seconds", 0.0),
+        compile_seconds=record.get("compile_seconds"), step_ms=record.get("step_ms"),
+        alignment=record.get("alignment"), photo=record.get("photo"))

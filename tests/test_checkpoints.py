@@ -120,7 +120,7 @@ def test_save_load_round_trip_is_exact(p1_converted, p1_saved):
     g = load_generator(p1_saved)
     assert g.config == p1_converted[0].config
     assert_same_params(g, p1_converted[0])
-    assert sorted(os.listdir(p1_saved)) == ["generator.json", "params"]
+    assert sorted(os.listdir(p1_saved)) == [".chunkygan.json", "generator.json", "params"]
     assert not [p for p in p1_saved.parent.iterdir() if p.name.startswith(".")]  # no temporaries left
 
 
@@ -165,7 +165,7 @@ def test_overwrite(tmp_path, p1_converted):
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.txt").write_text("x")
-    with pytest.raises(CheckpointError, match="not a generator checkpoint"):
+    with pytest.raises(CheckpointError, match="not written by chunkygan_jax"):
         save_generator(p1_converted[0], other, overwrite=True)
     assert os.listdir(other) == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "out"]  # no temporaries left

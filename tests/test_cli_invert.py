@@ -1,9 +1,12 @@
 """bin/invert end to end on a small checkpoint, and its handling of bad input."""
 
 import json
+import logging
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -33,24 +36,34 @@ def face(tiny_generator, tmp_path_factory):
     return path
 
 
-def run(*args, cwd=None):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, str(ROOT / "bin" / "invert"), *map(str, args)], capture_output=True,
+def run(*args, cwd=None, tool="invert"):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, str(ROOT / "bin" / tool), *map(str, args)], capture_output=True,
                           text=True, env=env, cwd=cwd, timeout=600)
+
+
+def one_line(proc, status, message):
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == status and len(lines) == 1 and message in lines[0], (proc.returncode, proc.stderr)
 
 
 @pytest.fixture(scope="module")
 def inverted(checkpoint, face, tmp_path_factory):
-    """bin/invert with its defaults (masks: the segment generator G^S) on the tiny checkpoint."""
-    out = tmp_path_factory.mktemp("inverted") / "out"
-    proc = run(f"--image={face}", f"--generator={checkpoint}", f"--output_dir={out}", *FAST)
+    """bin/invert with its defaults (masks: the segment generator G^S) on the tiny checkpoint, for a photo
+    twice the generator's resolution (resized, and the tool says so)."""
+    work = tmp_path_factory.mktemp("inverted")
+    out, big = work / "out", work / "face64.png"
+    Image.open(face).resize((64, 64), Image.Resampling.BICUBIC).save(big)
+    proc = run(f"--image={big}", f"--generator={checkpoint}", f"--output_dir={out}", *FAST)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return out, proc
+    return out, proc, big
 
 
 def test_end_to_end_writes_every_output(inverted, checkpoint, face):
-    out, proc = inverted
+    out, proc, big = inverted
     assert "wrote" in proc.stdout and "6/6" in proc.stderr  # progress bar reached the end
+    assert f"resized {big} from 64x64 to 32x32" in proc.stderr.splitlines()
+    assert "s compiling, then" in proc.stdout and "ms/step" in proc.stdout
     for name in ("projection.png", "side_by_side.png", "masks.png", "segments.png", "progression.png",
                  "metrics.json", "result/latents.npz", "result/arrays.npz", "result/result.json"):
         assert (out / name).is_file(), name
@@ -68,9 +81,30 @@ def test_end_to_end_writes_every_output(inverted, checkpoint, face):
     assert metrics["steps"] == 6 and np.isfinite(metrics["final_losses"]["lpips"])
     record = metrics["settings"]["masks"]
     assert record["kind"] == "segmenter" and record["head"] == "kmeans" and record["learned"]
+    assert metrics["mask_coherence"]["pieces"] >= 1
+    # compilation and steady steps apart: the first call's excess, then the later steps' mean
+    assert metrics["compile_seconds"] >= 0 and metrics["ms_per_step"] > 0
+    assert metrics["compile_seconds"] + 5 * metrics["ms_per_step"] / 1000 <= metrics["seconds"]
     # an existing output is never overwritten without --overwrite
     again = run(f"--image={face}", f"--generator={checkpoint}", f"--output_dir={out}", *FAST)
-    assert again.returncode == 2 and "--overwrite" in again.stderr
+    one_line(again, 2, "--overwrite")
+    # bin/edit: neither the inverted photo (even with --overwrite) nor an existing file without it
+    photo = big.read_bytes()
+    before = (out / "projection.png").read_bytes()
+    edit = run(f"--latents={out / 'result'}", f"--output={big}", "--overwrite", tool="edit")
+    one_line(edit, 2, "an input")
+    edit = run(f"--latents={out / 'result'}", f"--output={out / 'projection.png'}", tool="edit")
+    one_line(edit, 2, "already exists; pass --overwrite")
+    assert big.read_bytes() == photo and (out / "projection.png").read_bytes() == before
+
+
+def _bomb(path, side=20000):
+    """A valid PNG header declaring side x side pixels (far past Pillow's bomb limit), and no data."""
+    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data
+                                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path
 
 
 def test_edit_moves_the_segment_code_and_refuses_another_segmenter(inverted, tiny_generator, tmp_path):
@@ -79,15 +113,14 @@ def test_edit_moves_the_segment_code_and_refuses_another_segmenter(inverted, tin
     from chunkygan_jax import segmenter as seg_lib
     from chunkygan_jax.results import load_result
 
-    out, _ = inverted
+    out = inverted[0]
     g = tiny_generator
     direction = np.random.RandomState(2).randn(g.num_ws, g.w_dim).astype(np.float32)
     np.save(tmp_path / "d.npy", direction)
 
     def edit(*args):
-        return subprocess.run([sys.executable, str(ROOT / "bin" / "edit"), f"--latents={out / 'result'}",
-                               f"--direction={tmp_path / 'd.npy'}", "--strength=3", *map(str, args)],
-                              capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=600)
+        return run(f"--latents={out / 'result'}", f"--direction={tmp_path / 'd.npy'}", "--strength=3", *args,
+                   tool="edit")
 
     proc = edit(f"--output={tmp_path / 'e.png'}", f"--output_latents={tmp_path / 'e'}")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -100,8 +133,8 @@ def test_edit_moves_the_segment_code_and_refuses_another_segmenter(inverted, tin
 
     seg_lib.save_segmenter(seg_lib.fit_kmeans(g, 2, seed=1), tmp_path / "other")
     bad = edit(f"--output={tmp_path / 'f.png'}", f"--segmenter={tmp_path / 'other'}")
-    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr[-2000:]
-    assert "is not the segmenter that made this result" in bad.stderr and not (tmp_path / "f.png").exists()
+    one_line(bad, 2, "is not the segmenter that made this result")
+    assert not (tmp_path / "f.png").exists()
 
 
 def _bad_inputs(tmp_path, face):
@@ -111,7 +144,13 @@ def _bad_inputs(tmp_path, face):
     Image.fromarray(np.zeros((32, 40, 3), np.uint8)).save(tmp_path / "wide.png")
     (tmp_path / "text.png").write_text("not an image")
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "small_mask.png")
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "dot.png")
+    (tmp_path / "a_file").write_text("x")
     return [
+        ([f"--image={_bomb(tmp_path / 'bomb.png')}"], "too many pixels"),
+        ([f"--image={tmp_path / 'dot.png'}"], "under a quarter of the generator's 32 px"),
+        ([f"--image={face}", f"--output_dir={tmp_path / 'a_file'}"], "not a folder"),
+        ([f"--image={face}", f"--output_dir={tmp_path / 'a_file' / 'out'}"], "is a file, not a folder"),
         ([f"--image={tmp_path / 'missing.png'}"], "no such file"),
         ([f"--image={tmp_path / 'text.png'}"], "not a readable image"),
         ([f"--image={tmp_path / 'translucent.png'}"], "transparent"),
@@ -129,6 +168,7 @@ def _bad_inputs(tmp_path, face):
 
 
 def test_bad_input_one_line_exit_2_nothing_written(checkpoint, face, tmp_path):
+    # One line and nothing else: the output checks run before the progress bar could start.
     for args, message in _bad_inputs(tmp_path, face):
         out = tmp_path / "never"
         proc = run(f"--generator={checkpoint}", f"--output_dir={out}", "--steps=6", *args)
@@ -136,6 +176,23 @@ def test_bad_input_one_line_exit_2_nothing_written(checkpoint, face, tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, (args, proc.stderr)
         assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporaries
+
+
+def test_a_users_folder_is_never_replaced_and_impossible_requests_are_refused_up_front(checkpoint, face,
+                                                                                        tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "holiday.jpg").write_bytes(b"\xff\xd8 someone's holiday")
+    proc = run(f"--image={face}", f"--generator={checkpoint}", f"--output_dir={photos}", "--overwrite", *FAST)
+    one_line(proc, 2, "not written by chunkygan_jax")
+    assert os.listdir(photos) == ["holiday.jpg"]
+    assert (photos / "holiday.jpg").read_bytes() == b"\xff\xd8 someone's holiday"
+    # ten million segments: refused with the estimate (exit 4) before anything is allocated
+    proc = run(f"--image={face}", f"--generator={checkpoint}", f"--output_dir={tmp_path / 'out'}",
+               "--segments=10000000", "--steps=2")
+    one_line(proc, 4, "10000000 segments at 32 px need at least")
+    assert "GiB" in proc.stderr and not (tmp_path / "out").exists()
 
 
 def test_documented_conversions(tmp_path):
@@ -179,3 +236,24 @@ def test_report_pictures_are_readable():
     legend = sheet[256:]
     for colour in (palette(3) * 255 + 0.5).astype(np.uint8):
         assert np.any(np.all(legend == colour, axis=-1)), colour
+
+
+def test_resizes_are_reported_and_tiny_or_huge_images_refused(tmp_path, caplog):
+    Image.fromarray(np.full((512, 512, 3), 90, np.uint8)).save(tmp_path / "big.png")
+    with caplog.at_level(logging.INFO, logger="chunkygan_jax"):
+        assert io.load_image(tmp_path / "big.png", 64).shape == (64, 64, 3)
+    assert [r.getMessage() for r in caplog.records] == [f"resized {tmp_path / 'big.png'} from 512x512 to 64x64"]
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "dot.png")
+    with pytest.raises(ImageError, match="under a quarter"):
+        io.load_image(tmp_path / "dot.png", 64)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "quarter.png")
+    assert io.load_image(tmp_path / "quarter.png", 64).shape == (64, 64, 3)  # a quarter is still accepted
+    assert io.load_image(tmp_path / "dot.png", 64, upscale=True).shape == (64, 64, 3)  # asked for
+    with pytest.raises(ImageError, match="too many pixels"):
+        io.load_image(_bomb(tmp_path / "bomb.png"), 64)
+    # 16-bit greyscale keeps its precision through a resize (8 bits would leave steps of 1/255)
+    ramp = np.tile(np.linspace(1000, 1400, 64), (64, 1)).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    img = io.load_image(tmp_path / "deep.png", 32)[..., 0]
+    levels = (img[16] + 1) / 2 * 65535
+    assert np.all(np.diff(levels[2:-2]) > 0) and np.ptp(levels) < 500  # 400/65535 spans ~1.6 8-bit levels

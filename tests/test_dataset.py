@@ -233,6 +233,17 @@ def test_settings_or_generator_change_invalidates_a_result(full_run, tiny_genera
     assert record["generator"] == fingerprint(tiny_generator)
 
 
+def test_a_folder_the_job_did_not_write_is_left_alone(images_dir, tiny_generator, inverter, tmp_path):
+    out = tmp_path / "out"
+    mine = dataset.output_dir_for(out, "a.png")  # the first image's result folder, holding a user's file
+    mine.mkdir(parents=True)
+    (mine / "holiday.jpg").write_bytes(b"a photo")
+    summary = _run(images_dir, out, tiny_generator, inverter, max_batches=1)
+    assert summary.failed == 1 and summary.inverted == 0
+    assert "not written by chunkygan_jax" in dataset.read_manifest(out)["a.png"]["error"]
+    assert os.listdir(mine) == ["holiday.jpg"] and (mine / "holiday.jpg").read_bytes() == b"a photo"
+
+
 def test_corrupt_image_is_recorded_as_failed_and_the_rest_succeed(full_run):
     full, _ = full_run
     merged = dataset.read_manifest(full)
@@ -310,3 +321,8 @@ def test_cli_reports_bad_options_in_one_line(images_dir, generator_dir, tmp_path
                           env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "batch_size" in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "a_file").write_text("x")  # an output folder that cannot be made: found before any work
+    proc = subprocess.run(_cli_args(images_dir, tmp_path / "a_file" / "out", generator_dir), env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "is a file, not a folder" in proc.stderr and (tmp_path / "a_file").read_text() == "x"

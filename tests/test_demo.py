@@ -43,26 +43,8 @@ def _files(root: Path):
 
 
 # ------------------------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="session")
-def wheel(tmp_path_factory):
-    """The published wheel: downloaded once per session with the same code the library uses."""
-    given = os.environ.get("CHUNKYGAN_DEMO_WHEEL")
-    if given:
-        return Path(given)
-    work = tmp_path_factory.mktemp("demo_wheel")
-    try:
-        return demo._download(work)
-    except CheckpointError as e:
-        pytest.fail(f"{e}\n(offline? set CHUNKYGAN_DEMO_WHEEL to a downloaded {demo.WHEEL_NAME})")
-
-
-@pytest.fixture(scope="session")
-def demo_cache(wheel, tmp_path_factory):
-    cache = tmp_path_factory.mktemp("demo_cache")
-    demo.fetch_demo_generator(wheel, cache_dir=cache)
-    return cache
+# `wheel` and `demo_cache` (the published wheel, and a cache folder holding the converted generator) are
+# shared with other test files: tests/conftest.py.
 
 
 @pytest.fixture(scope="session")

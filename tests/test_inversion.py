@@ -1,14 +1,18 @@
 """The inversion: the method's own claim (segments fit what one code cannot), the objective's pieces,
 determinism, and the API's handling of bad input."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from chunkygan_jax import masks as masks_lib
-from chunkygan_jax.errors import ConfigError, ImageError
-from chunkygan_jax.inversion import InversionSettings, Inverter, dispersion, invert, nvidia_lr_schedule
+from chunkygan_jax.errors import ConfigError, ImageError, ResourceError
+from chunkygan_jax.mask_sources import make_mask_source
+from chunkygan_jax.inversion import (InversionSettings, Inverter, default_loop_form, dispersion, invert,
+                                     nvidia_lr_schedule, step_memory_bytes)
 
 FAST = dict(lpips_net="alex", lpips_resolution="full", progress_every=0)
 
@@ -123,6 +127,20 @@ def test_result_round_trip(tmp_path, tiny_generator):
         np.testing.assert_array_equal(loaded.latents[k], res.latents[k])
     np.testing.assert_array_equal(loaded.masks, res.masks)
     assert loaded.settings == res.settings
+    # compilation (the first step call's excess) and the steady steps are measured apart
+    assert res.compile_seconds >= 0 and res.step_ms > 0
+    assert res.compile_seconds + 5 * res.step_ms / 1000 <= res.seconds
+    assert (loaded.compile_seconds, loaded.step_ms) == (res.compile_seconds, res.step_ms)
+    # saving again: only with overwrite, and never onto a folder of someone else's files
+    with pytest.raises(ConfigError, match="already exists"):
+        res.save(tmp_path / "res")
+    res.save(tmp_path / "res", overwrite=True)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "holiday.jpg").write_bytes(b"a photo")
+    with pytest.raises(ConfigError, match="not written by chunkygan_jax"):
+        res.save(photos, overwrite=True)
+    assert os.listdir(photos) == ["holiday.jpg"] and (photos / "holiday.jpg").read_bytes() == b"a photo"
 
 
 def test_default_is_the_segment_generator_with_progress_and_a_clipped_image(tiny_generator, capsys):
@@ -165,6 +183,39 @@ def test_no_recompilation_between_images_or_inverters(tiny_generator):
     assert inv._run._cache_size() == before
 
 
+def test_loop_forms_agree_and_the_callers_arrays_survive(tiny_generator, two_halves):
+    """The jitted loop, host-driven steps and the unrolled form run the same step; only XLA's
+    summation order differs. With fixed masks the latents agree to rounding (median) and Adam's
+    normalised steps can amplify rounding on near-zero gradients (max; see test_distributed). The
+    loop state is donated, but never the arrays the caller passed in."""
+    assert default_loop_form("cpu") == "steps" and default_loop_form("gpu") == default_loop_form("tpu") == "loop"
+    target = np.asarray(jax.image.resize(two_halves[0], (32, 32, 3), "linear"))[None]
+    settings = InversionSettings(segments=2, steps=7, lpips_net="alex", lpips_resolution="full", lambda_reg=0.0)
+    source = make_mask_source("layout", 2, 32)
+    out = {}
+    for form in ("loop", "steps", "unrolled"):
+        inv = Inverter(tiny_generator, settings, source, loop=form)
+        assert inv.loop == form
+        batch = inv.make_batch(target)
+        mine = {"codes": jnp.asarray(tiny_generator.initial_codes("w+", 2))[None]}
+        state = inv.start(mine, 1)
+        for count in (2, 5):  # 5 = one unrolled chunk of 4 and a single step
+            state = inv.advance(state, batch, count)
+        assert state.step == 7 and np.all(np.isfinite(state.history))
+        np.testing.assert_array_equal(mine["codes"], np.asarray(tiny_generator.initial_codes("w+", 2))[None])
+        out[form] = (np.asarray(state.latents["codes"]), state.history[0])
+    ref_codes, ref_hist = out["loop"]
+    moved = float(np.abs(ref_codes - np.asarray(tiny_generator.w_avg)).max())
+    for form in ("steps", "unrolled"):
+        codes, hist = out[form]
+        np.testing.assert_allclose(hist[0], ref_hist[0], rtol=1e-5)  # the same objective before any update
+        np.testing.assert_allclose(hist, ref_hist, rtol=1e-3)
+        diff = np.abs(codes - ref_codes)
+        assert float(np.median(diff)) <= 1e-5 and float(diff.max()) <= 0.05 * moved, (form, diff.max(), moved)
+    with pytest.raises(ConfigError, match="loop"):
+        Inverter(tiny_generator, settings, source, loop="while")
+
+
 def test_bad_options_are_clear_errors(tiny_generator):
     r = tiny_generator.resolution
     img = np.zeros((r, r, 3), np.float32)
@@ -184,6 +235,19 @@ def test_bad_options_are_clear_errors(tiny_generator):
         invert(img, tiny_generator, segments=2, masks=np.ones((3, r, r)), steps=1, **FAST)
     with pytest.raises(ImageError, match="masks must be"):
         invert(img, tiny_generator, segments=2, masks=np.ones((2, 8, 8)), steps=1, **FAST)
+    with pytest.raises(ConfigError, match="noise_mode must be one of const, none"):
+        invert(img, tiny_generator, noise_mode="random", steps=1, **FAST)
+
+
+def test_impossible_requests_are_refused_with_the_estimate(tiny_generator):
+    settings = InversionSettings(segments=2, steps=1).validate(tiny_generator)
+    per_image = step_memory_bytes(tiny_generator, settings, 1)
+    # linear in images and segments, and at least the segments' own RGB images
+    assert step_memory_bytes(tiny_generator, settings, 3) == 3 * per_image
+    assert per_image >= 2 * 32 * 32 * 3 * 4
+    huge = 10 ** 7
+    with pytest.raises(ResourceError, match=rf"1 image\(s\) x {huge} segments at 32 px need at least"):
+        invert(np.zeros((32, 32, 3), np.float32), tiny_generator, segments=huge, steps=1, **FAST)
 
 
 def test_user_masks_normalised_and_label_maps():

@@ -11,15 +11,15 @@ PACKAGE = "chunkygan_jax"
 
 # Lowest first. A module may import modules of its own layer or lower ones, never higher ones.
 LAYERS = [
-    ["errors", "trees", "files", "progress", "safe_pickle"],
-    ["io", "lpips", "blending", "sharding", "generators"],
+    ["errors", "trees", "files", "progress", "safe_pickle", "compilation_cache"],
+    ["io", "lpips", "blending", "sharding", "generators", "identity"],
     ["converters", "masks", "align"],
     ["checkpoints", "results"],
     ["demo", "segmenter"],
     ["mask_sources"],
     ["inversion"],
-    ["editing", "dataset", "report"],
-    ["cli"],
+    ["editing", "dataset", "report", "evaluate"],
+    ["cli", "editor"],
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
 

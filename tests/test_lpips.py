@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from chunkygan_jax.errors import CheckpointError, ConfigError, ImageError
-from chunkygan_jax.lpips import LPIPS, _normalize, load_lpips, load_weight_pickle, resize_for_lpips
+from chunkygan_jax.lpips import LPIPS, _max_pool, _normalize, load_lpips, load_weight_pickle, resize_for_lpips
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "lpips"
 
@@ -183,3 +183,15 @@ def test_resize_for_lpips():
         resize_for_lpips(x, "half")
     with pytest.raises(ImageError):
         resize_for_lpips(x[0], 256)
+
+
+@pytest.mark.parametrize("k,s", [(2, 2), (3, 2)])
+def test_max_pool_matches_reduce_window_values_and_gradients(k, s):
+    """VGG's 2x2/2 pool is a reshape and a max (faster backward on CPUs); odd sizes floor like torch.
+    Values are identical; gradients agree wherever the window maximum is unique (random input)."""
+    x = jnp.asarray(np.random.RandomState(0).randn(2, 11, 14, 5), jnp.float32)
+    ref = lambda h: jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, k, k, 1), (1, s, s, 1), "VALID")
+    np.testing.assert_array_equal(_max_pool(x, k, s), ref(x))
+    weights = jnp.asarray(np.random.RandomState(1).randn(*ref(x).shape), jnp.float32)
+    grad = lambda f: jax.grad(lambda h: jnp.sum(f(h) * weights))(x)
+    np.testing.assert_allclose(grad(lambda h: _max_pool(h, k, s)), grad(ref), rtol=0, atol=1e-6)

@@ -169,11 +169,11 @@ def test_head_refuses_another_generator(kmeans3, small_generator, tmp_path):
     seg_lib.save_segmenter(kmeans3, tmp_path / "h")
     with pytest.raises(CheckpointError, match="another generator"):
         seg_lib.load_segmenter(tmp_path / "h", small_generator)
-    with pytest.raises(CheckpointError, match="not empty"):
+    with pytest.raises(CheckpointError, match="already exists"):
         seg_lib.save_segmenter(kmeans3, tmp_path / "h")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("x")
-    with pytest.raises(CheckpointError, match="not a segmenter"):
+    with pytest.raises(CheckpointError, match="not written by chunkygan_jax"):
         seg_lib.save_segmenter(kmeans3, tmp_path / "other", overwrite=True)
     assert (tmp_path / "other" / "keep.txt").is_file()
 
@@ -264,7 +264,7 @@ def test_dcgan_features_are_its_own_forward_pass(dcgan):
     np.testing.assert_allclose(img, dcgan.synthesize(z, "z"), atol=1e-5)
     np.testing.assert_allclose(dcgan.features(z, [8])[8], feats[8], atol=1e-6)  # stops early, same values
     assert np.all(np.asarray(feats[8]) >= 0)  # after batch norm and ReLU
-    with pytest.raises(ConfigError, match="no block at"):
+    with pytest.raises(ConfigError, match="no DCGAN block at"):
         dcgan.features(z, [32])
 
 

@@ -166,3 +166,19 @@ def test_remat_gives_the_same_gradients(golden_p1, generator_p1):
     plain, remat = grad(False), grad(True)
     assert float(jnp.abs(plain).max()) > 0
     np.testing.assert_allclose(remat, plain, rtol=0, atol=1e-5 * float(jnp.abs(plain).max()))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_prepared_weights_give_the_same_images(golden_p2, generator_p2, dtype):
+    """prepare() moves weight-only work out of synthesis; the maths is unchanged, so images agree to
+    fp32 rounding (bf16: to the rounding of the same bf16 kernels), and NVIDIA parity still holds."""
+    ws = jnp.asarray(golden_p2["ws_in"])
+    run = jax.jit(lambda g, ws: g.synthesis(ws, dtype=dtype))
+    plain, prepared = run(generator_p2, ws), run(generator_p2.prepare(dtype), ws)
+    scale = float(jnp.abs(plain).max())
+    np.testing.assert_allclose(prepared, plain, rtol=0, atol=(1e-6 if dtype == jnp.float32 else 2e-2) * scale)
+    if dtype == jnp.float32:
+        assert np.abs(nchw(prepared) - golden_p2["img_const"]).max() <= IMG_TOL
+    # kernels prepared for another dtype are not used (they would silently change the precision)
+    other = generator_p2.prepare(jnp.bfloat16 if dtype == jnp.float32 else jnp.float32)
+    np.testing.assert_allclose(run(other, ws), plain, rtol=0, atol=1e-6 * scale)

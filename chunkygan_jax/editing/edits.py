@@ -13,19 +13,22 @@ import numpy as np
 
 from ..errors import ConfigError
 from .directions import as_direction
-from .spaces import as_number, count_segments, layer_range, resolve_style_layer, segment_indices, to_styles, to_wplus
+from .spaces import (as_number, count_segments, direction_codes, direction_rows, direction_shape, resolve_style_layer,
+                     segment_indices, to_styles)
 
 # ---------------------------------------------------------------------------------------- edit specs
 @dataclasses.dataclass(frozen=True)
 class DirectionEdit:
-    """codes[segments, lo:hi] += strength * direction[lo:hi]. `direction`: .npy path or array;
-    `layers`: see `layer_range`; `segment_code`: move the segment generator's code X^S too."""
+    """codes[segments, lo:hi] += strength * direction[lo:hi]. `direction`: 'pca:K', .npy path or array
+    (see `resolve_direction`); `layers`: see `layer_range` (W+ only); `segment_code`: move the segment
+    generator's code X^S too."""
 
     direction: Any
     strength: float = 1.0
     layers: Any = None
     segments: Any = "all"
     segment_code: bool = False
+    name: str | None = None  # how the direction was named (e.g. 'pca:0'), for the record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,29 +57,30 @@ def parse_s_edit(text: str, segments="all") -> StyleEdit:
 # ---------------------------------------------------------------------------------------- latent edits
 def apply_direction(latents: dict, generator, direction, strength=1.0, layers=None, segments="all", *,
                     segment_code: bool = False) -> dict:
-    """A W-space direction edit; returns new latents (W codes come back as W+).
+    """A direction edit; returns new latents (a StyleGAN2's W codes come back as W+).
 
-    direction: [num_ws, w_dim] array (see `load_direction` for files and other shapes).
-    strength: a number (may be traced under jit). layers: the ws rows [lo, hi) it touches.
-    segments: 'all', an index or indices. segment_code: also move latents['segment_code'] (X^S,
-    [num_ws, w_dim]) so the masks of a segment generator follow the edit."""
+    direction: an array of the generator's direction shape, [num_ws, w_dim] or [z_dim] (see
+    `resolve_direction` for files, 'pca:K' and other shapes). strength: a number (may be traced under
+    jit). layers: the W+ rows [lo, hi) it touches (StyleGAN2 only). segments: 'all', an index or indices.
+    segment_code: also move latents['segment_code'] (X^S, one code of the direction shape) so the masks
+    of a segment generator follow the edit."""
     d = as_direction(direction, generator)
     if not isinstance(strength, jax.Array):
         strength = as_number(strength, "direction strength")
-    lo, hi = layer_range(layers, generator.num_ws)
-    codes = to_wplus(generator, latents["codes"])
+    rows = direction_rows(generator, layers)
+    codes = direction_codes(generator, latents["codes"])
     idx = np.asarray(segment_indices(segments, codes.shape[0]))
-    delta = strength * d[lo:hi]
+    delta = strength * d[rows]
     out = dict(latents)
-    out["codes"] = codes.at[idx, lo:hi].add(delta)  # every other element stays bit-for-bit
+    out["codes"] = codes.at[(idx,) + rows].add(delta)  # every other element stays bit-for-bit
     if segment_code:
         if "segment_code" not in latents:
             raise ConfigError("these latents have no segment code X^S (the masks did not come from a "
                               "segment generator), so there is nothing for the masks to follow")
         xs = jnp.asarray(latents["segment_code"], jnp.float32)
-        if xs.shape != (generator.num_ws, generator.w_dim):
-            raise ConfigError(f"segment code must be [{generator.num_ws}, {generator.w_dim}], got {xs.shape}")
-        out["segment_code"] = xs.at[lo:hi].add(delta)
+        if xs.shape != direction_shape(generator):
+            raise ConfigError(f"segment code must be {list(direction_shape(generator))}, got {list(xs.shape)}")
+        out["segment_code"] = xs.at[rows].add(delta)
     return out
 
 
@@ -114,8 +118,6 @@ def apply_edits(latents: dict, generator, edits) -> dict:
     return apply_style_edits(out, generator, styles) if styles else out
 
 
-
-
 def edit_list(edit) -> list:
     if edit is None:
         return []
@@ -124,12 +126,14 @@ def edit_list(edit) -> list:
     return list(edit)
 
 
-def describe(e, num_ws: int) -> dict:
+def describe(e, generator) -> dict:
     """A JSON record of one edit, for the result's settings."""
     if isinstance(e, DirectionEdit):
         d = e.direction
-        return {"kind": "direction", "direction": str(d) if isinstance(d, (str, Path)) else "array",
-                "strength": float(e.strength), "layers": list(layer_range(e.layers, num_ws)),
+        rows = direction_rows(generator, e.layers)
+        name = e.name or (str(d) if isinstance(d, (str, Path)) else "array")
+        return {"kind": "direction", "direction": name,
+                "strength": float(e.strength), "layers": [rows[0].start, rows[0].stop] if rows else None,
                 "segments": _segments_record(e.segments), "segment_code": bool(e.segment_code)}
     if isinstance(e, StyleEdit):
         return {"kind": "style", "layer": str(e.layer), "channel": int(e.channel),

@@ -106,7 +106,7 @@ def _finish(generator, target, region, proj, latents, blend, record):
     return RegionEdit(image=image, generated=generated[0], region=region, projection=proj, result=result)
 
 
-def local_edit(image, generator, region, edit=None, *, steps=100, space="w+", lr=0.1, blend="mask",
+def local_edit(image, generator, region, edit=None, *, steps=100, space=None, lr=0.1, blend="mask",
                lpips_net="vgg", lpips_resolution=256, seed=0, noise_mode="const", dtype="float32",
                initial_codes=None, callback=None) -> RegionEdit:
     """A local edit (paper section 5, eq. 3): project one segment into `region` with the outside as
@@ -116,30 +116,55 @@ def local_edit(image, generator, region, edit=None, *, steps=100, space="w+", lr
     as boundary; blend='none' returns G(X') itself.
 
     image: path or [H, W, 3] array in [-1, 1] (for sequential layered edits, the previous `.image`).
-    generator: a StyleGAN2 object or a checkpoint path. region: [H, W] in [0, 1] or a mask file. edit: None, a DirectionEdit / StyleEdit or a list of them,
-    or a function latents -> latents. steps, space, lr, lpips_*: the region projection's settings
-    (lambda_reg does not apply to one segment). initial_codes: start the projection from this code
-    (one segment, no segment axis) instead of w_avg."""
+    generator: a generator object (StyleGAN2, the demo DCGAN, ...) or a checkpoint path. region: [H, W]
+    in [0, 1] or a mask file. edit: None, a DirectionEdit / StyleEdit or a list of them, or a function
+    latents -> latents. steps, space (default: the generator's), lr, lpips_*: the region projection's
+    settings (lambda_reg does not apply to one segment). initial_codes: start the projection from this
+    code (one segment, no segment axis) instead of the generator's start. `reedit` edits the same
+    projection again without projecting (other strengths, a sweep)."""
     if blend not in BLENDS:
         raise ConfigError(f"blend must be one of {BLENDS}, got {blend!r}")
     generator = resolve_generator(generator)
-    space = SPACE_ALIASES.get(space, space)
-    edits = edit_list(edit)
-    specs = [e for e in edits if isinstance(e, (DirectionEdit, StyleEdit))]
-    if len(specs) not in (0, len(edits)):
-        raise ConfigError("edit must be a function, or DirectionEdit / StyleEdit items, not both")
-    if specs:  # find bad directions, layers or channels before the (slow) projection
-        apply_edits({"codes": generator.initial_codes(space, 1)}, generator, specs)
+    space = SPACE_ALIASES.get(space, space) if space else generator.default_space
+    specs = _check_edits(generator, edit, space)
     generator, target, region, proj = _project_region(
         image, generator, region, steps=steps, space=space, lr=lr, lpips_net=lpips_net,
         lpips_resolution=lpips_resolution, seed=seed, noise_mode=noise_mode, dtype=dtype,
         initial_codes=initial_codes, callback=callback)
+    return _edit_projection(generator, target, region, proj, edit_list(edit), specs, blend)
+
+
+def reedit(previous: RegionEdit, generator, edit=None, *, blend="mask") -> RegionEdit:
+    """The region projection of an earlier `local_edit`, edited anew (no new projection): the same
+    input, region and projected code, other edits. A strength sweep projects once and calls this per
+    strength."""
+    if blend not in BLENDS:
+        raise ConfigError(f"blend must be one of {BLENDS}, got {blend!r}")
+    generator = resolve_generator(generator)
+    proj = previous.projection
+    specs = _check_edits(generator, edit, latent_space(generator, proj.latents["codes"]))
+    return _edit_projection(generator, proj.target, previous.region, proj, edit_list(edit), specs, blend)
+
+
+def _check_edits(generator, edit, space):
+    """The DirectionEdit / StyleEdit items of `edit`, tried on a starting code so that bad directions,
+    layers or channels fail before the (slow) projection."""
+    edits = edit_list(edit)
+    specs = [e for e in edits if isinstance(e, (DirectionEdit, StyleEdit))]
+    if len(specs) not in (0, len(edits)):
+        raise ConfigError("edit must be a function, or DirectionEdit / StyleEdit items, not both")
+    if specs:
+        apply_edits({"codes": generator.initial_codes(space, 1)}, generator, specs)
+    return specs
+
+
+def _edit_projection(generator, target, region, proj, edits, specs, blend):
     latents = proj.latents
     for e in edits:
         latents = e(latents) if not isinstance(e, (DirectionEdit, StyleEdit)) else latents
     if specs:
         latents = apply_edits(latents, generator, specs)
-    record = {"kind": "local", "blend": blend, "edits": [describe(e, generator.num_ws) for e in edits]}
+    record = {"kind": "local", "blend": blend, "edits": [describe(e, generator) for e in edits]}
     return _finish(generator, target, region, proj, latents, blend, record)
 
 

@@ -130,7 +130,7 @@ def edit_result(result, generator, edits, *, blend="mask", mask_source=None):
     else:
         out = blend_region(raw, target, 1.0 - np.asarray(result.static_mask, np.float32), blend)
     settings["space"] = latent_space(generator, latents["codes"])
-    settings["edits"] = list(settings.get("edits", [])) + [describe(e, generator.num_ws) for e in edits_list]
+    settings["edits"] = list(settings.get("edits", [])) + [describe(e, generator) for e in edits_list]
     return InversionResult(
         target=target, composite=out.astype(np.float32), segment_images=imgs, masks=np.asarray(masks),
         latents=jax.tree_util.tree_map(np.asarray, latents), loss_history=result.loss_history,

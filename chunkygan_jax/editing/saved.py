@@ -1,26 +1,64 @@
 """Editing a saved result, as `bin/edit` does: the generator and the projection settings come from the
-result's own record unless given, and the outputs may never replace an input."""
+result's own record unless given, and the outputs may never replace an input. Also what there is to look
+at: a strip of one edit at several strengths (a sweep), and for edits limited to some segments or a
+region a side-by-side (before | edit | changed pixels). A result of an aligned photo also gets its edit
+pasted back into the photo (NAME_pasted.png next to the output)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from .. import io
+from ..align import Alignment, paste_back
 from ..demo import resolve_generator
 from ..errors import ConfigError
+from ..files import check_writable
 from ..lpips import parse_resolution
 from ..mask_sources import segmenter_for_result
+from ..results import RESULT_KIND, load_result
 from ..segmenter import load_segmenter
-from ..results import load_result
-from .directions import load_direction
+from .directions import is_pca_spec, resolve_direction
 from .edits import DirectionEdit, parse_s_edit
-from .region import local_edit
+from .region import local_edit, reedit
 from .render import current_image, edit_result
-from .spaces import count_segments, latent_space, parse_segments
+from .sheets import changed_pixels, tile_sheet
+from .spaces import as_number, count_segments, latent_space, parse_segments, segment_indices
+
+MAX_SWEEP = 25
 
 
-def check_outputs(output, output_latents, latents_dir, inputs) -> None:
-    """Refuse outputs that would replace an input, the result being edited, or an unrelated folder."""
+def parse_sweep(text) -> list[float]:
+    """'lo:hi:count' (e.g. '-3:3:7') -> count evenly spaced strengths from lo to hi."""
+    parts = str(text).split(":")
+    if len(parts) != 3:
+        raise ConfigError(f"a sweep is 'lo:hi:count' (e.g. '-3:3:7'), got {text!r}")
+    lo, hi = (as_number(p, f"sweep {text!r}: strength") for p in parts[:2])
+    try:
+        count = int(parts[2])
+    except ValueError:
+        count = 0
+    if not 2 <= count <= MAX_SWEEP:
+        raise ConfigError(f"sweep {text!r}: count must be an integer from 2 to {MAX_SWEEP}")
+    return [float(v) for v in np.linspace(lo, hi, count)]
+
+
+def compare_path(output) -> Path:
+    """Where the side-by-side of a restricted edit goes: next to `output`, as NAME_compare.png."""
+    out = Path(output)
+    return out.with_name(f"{out.stem}_compare.png")
+
+
+def pasted_path(output) -> Path:
+    """Where the edit pasted back into the photo goes: NAME_pasted.png next to the output NAME.png."""
+    out = Path(output)
+    return out.with_name(f"{out.stem}_pasted.png")
+
+
+def check_outputs(output, output_latents, latents_dir, inputs, *, compare=None, overwrite=False) -> None:
+    """Refuse outputs that would replace an input, the result being edited, an existing file (unless
+    overwrite) or a folder this project did not write; and outputs that cannot be written at all."""
     out = Path(output).resolve()
     if out.is_dir():
         raise ConfigError(f"--output {output} is a directory; give an image file name")
@@ -28,23 +66,31 @@ def check_outputs(output, output_latents, latents_dir, inputs) -> None:
     src = Path(latents_dir).resolve()
     if out in taken or out.parent == src:
         raise ConfigError(f"--output {output} would overwrite an input")
+    if compare is not None and (Path(compare).resolve() in taken or Path(compare).is_dir()):
+        raise ConfigError(f"the side-by-side {compare} (next to --output) would overwrite an input")
     if output_latents:
         d = Path(output_latents).resolve()
         if d == src or src in d.parents or d in src.parents or d in taken or out == d or d in out.parents:
             raise ConfigError(f"--output_latents {output_latents} would overwrite an input or the output")
-        if d.exists() and (not d.is_dir() or (any(d.iterdir()) and not (d / "result.json").is_file())):
-            raise ConfigError(f"--output_latents {output_latents} exists and is not a saved result; "
-                              "refusing to replace it")
+        check_writable(output_latents, overwrite, is_dir=True, kind=RESULT_KIND)
+    check_writable(output, overwrite)
+    if compare is not None:
+        check_writable(compare, overwrite)
 
 
 def edit_saved_result(latents_dir, output, *, generator=None, direction=None, strength=1.0, layers=None,
                       segments="all", s_edits=(), region=None, blend="mask", steps=100, space=None,
                       lpips_net=None, lpips_resolution=None, segment_code=None, segmenter=None,
-                      output_latents=None) -> str:
+                      output_latents=None, sweep=None, pca_samples=None, overwrite=False) -> str:
     """Edit the result saved in `latents_dir` and write the image to `output` (and the edited result to
     `output_latents`). Without `region` the result's own codes are edited and recomposited with its
     masks; with `region` one segment is projected into the region of the result's current image,
-    edited and composited back. Returns a one-line summary.
+    edited and composited back. `direction`: 'pca:K', a .npy file or an array (see `resolve_direction`;
+    `pca_samples` sets the samples of a first PCA). `sweep` ('lo:hi:count' or a list of strengths):
+    `output` becomes a strip of the edit at those strengths instead. An edit limited to some segments
+    or to a region also writes the side-by-side NAME_compare.png (before | edit | changed pixels)
+    next to `output`. Existing outputs are replaced only with `overwrite` (files.py's rules). Returns a
+    one-line summary.
 
     segment_code: move the segment code X^S with the direction so that the masks follow (paper sec. 4);
     None: whenever the result has one (its masks came from a segment generator) and the edit is a global
@@ -55,14 +101,27 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
     gen_path = generator or result.settings.get("generator")
     if not gen_path:
         raise ConfigError(f"{latents_dir} records no generator; pass --generator=PATH")
-    inputs = [Path(p) for p in (direction, region, gen_path, segmenter) if p and p != "demo"]
-    check_outputs(output, output_latents, latents_dir, inputs)
-    if layers is not None and not direction:
+    strengths = None if sweep is None else (parse_sweep(sweep) if isinstance(sweep, str) else
+                                            [as_number(v, "sweep strength") for v in sweep])
+    segments = parse_segments(segments) if isinstance(segments, str) else segments
+    restricted = bool(region) or segments not in ("all", None)
+    compare = compare_path(output) if restricted and strengths is None else None
+    photo = result.settings.get("image")  # the photo that was inverted (or aligned) is an input too
+    inputs = [Path(p) for p in (direction, region, gen_path, segmenter, photo, result.photo)
+              if isinstance(p, (str, Path)) and p != "demo" and not is_pca_spec(p)]
+    check_outputs(output, output_latents, latents_dir, inputs, compare=compare, overwrite=overwrite)
+    pasted = pasted_path(output) if result.alignment and result.photo and strengths is None else None
+    if pasted:
+        check_outputs(pasted, None, latents_dir, inputs + [Path(output), Path(result.photo)], overwrite=overwrite)
+    if layers is not None and direction is None:
         raise ConfigError("--layers applies to a --direction")
-    has_code = "segment_code" in result.latents
+    if strengths is not None and direction is None:
+        raise ConfigError("--sweep varies the strength of a --direction; give one")
+    if strengths is not None and output_latents:
+        raise ConfigError("--output_latents saves one edit; it does not go with --sweep")
     if segment_code is None:
-        segment_code = bool(has_code and direction and not region)
-    if segment_code and not direction:
+        segment_code = bool("segment_code" in result.latents and direction is not None and not region)
+    if segment_code and direction is None:
         raise ConfigError("--segment_code moves the segment code along a --direction; give one")
     if segmenter and not segment_code:
         raise ConfigError("--segmenter recomputes the masks of a moved segment code; it applies to a global "
@@ -70,49 +129,79 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
     if segment_code and region:
         raise ConfigError("--segment_code applies to global edits; a local edit has one segment and no "
                           "segment code")
-    segments = parse_segments(segments) if isinstance(segments, str) else segments
     styles = [parse_s_edit(text, segments) for text in s_edits]
 
     gen = resolve_generator(gen_path)  # bin/invert records "demo" for the demo generator
     if result.target.shape[:2] != (gen.resolution,) * 2:
         raise ConfigError(f"the result is {result.target.shape[0]} px but the generator makes "
                           f"{gen.resolution} px")
-    latent_space(gen, result.latents["codes"])  # the codes must fit this generator
+    codes = result.latents["codes"]
+    latent_space(gen, codes)  # the codes must fit this generator
+    if not region:
+        segment_indices(segments, count_segments(codes))  # before a first PCA, not after
+    d = None if direction is None else resolve_direction(direction, gen, samples=pca_samples)
 
-    edits = []
-    if direction:
-        edits.append(DirectionEdit(load_direction(direction, gen), strength, layers, segments,
-                                   segment_code=segment_code))
-    edits += styles
+    def edits_at(value):
+        first = [DirectionEdit(d, value, layers, segments, segment_code, _name(direction))] if d is not None else []
+        return first + styles
 
     settings = result.settings
-    if region:
-        out = local_edit(
-            current_image(result), gen, region, edits, steps=steps,
-            space=space or settings.get("space", "w+"), lr=settings.get("lr", 0.1), blend=blend,
-            lpips_net=lpips_net or settings.get("lpips_net", "vgg"),
-            lpips_resolution=parse_resolution(lpips_resolution or settings.get("lpips_resolution", 256)),
-            seed=settings.get("seed", 0), noise_mode=settings.get("noise_mode", "const"),
-            dtype=settings.get("dtype", "float32"))
-        image, edited = out.image, out.result
-    else:
-        mask_source = None
-        if segment_code:
-            record = result.settings.get("masks")
-            if record is None and segmenter:  # a result saved before the mask source was recorded
-                mask_source = load_segmenter(segmenter, gen)
-            else:
-                mask_source = segmenter_for_result(record, gen, count_segments(result.latents["codes"]),
-                                                   segmenter=segmenter)
-        edited = edit_result(result, gen, edits, blend=blend, mask_source=mask_source)
-        image = edited.composite
+    images, edited, step = [], None, None
+    mask_source = None
+    if segment_code:
+        record = settings.get("masks")
+        if record is None and segmenter:  # a result saved before the mask source was recorded
+            mask_source = load_segmenter(segmenter, gen)
+        else:
+            mask_source = segmenter_for_result(record, gen, count_segments(codes), segmenter=segmenter)
+    for value in strengths or [strength]:
+        if region and step is None:  # project the region once; every strength edits that projection
+            step = local_edit(
+                current_image(result), gen, region, edits_at(value), steps=steps,
+                space=space or settings.get("space") or gen.default_space, lr=settings.get("lr", 0.1),
+                blend=blend, lpips_net=lpips_net or settings.get("lpips_net", "vgg"),
+                lpips_resolution=parse_resolution(lpips_resolution or settings.get("lpips_resolution", 256)),
+                seed=settings.get("seed", 0), noise_mode=settings.get("noise_mode", "const"),
+                dtype=settings.get("dtype", "float32"))
+        elif region:
+            step = reedit(step, gen, edits_at(value), blend=blend)
+        if region:
+            image, edited = step.image, step.result
+        else:
+            edited = edit_result(result, gen, edits_at(value), blend=blend, mask_source=mask_source)
+            image = edited.composite
+        images.append(io.to_uint8(image))
 
-    io.save_png(output, io.to_uint8(image))
+    what = [f"direction {_name(direction)}" + ("" if strengths else f" x {strength:g}")] if direction is not None else []
+    what = ", ".join(what + [f"s {t}" for t in s_edits]) or "no edit"
+    kind = "local" if region else "global"
+    if strengths is not None:
+        io.save_png(output, tile_sheet([images], col_labels=[f"{v:g}" for v in strengths]), overwrite=overwrite)
+        return f"{kind} edit ({what}, blend {blend}) at {len(strengths)} strengths " \
+               f"{strengths[0]:g}..{strengths[-1]:g} -> {output}"
+    io.save_png(output, images[0], overwrite=overwrite)
+    note = ""
+    if pasted and Path(result.photo).is_file():
+        io.save_png(pasted, paste_back(result.photo, images[0], Alignment.from_json(result.alignment)),
+                    overwrite=overwrite)
+        note = f", pasted into the photo -> {pasted}"
+    elif pasted:
+        note = f" (the photo {result.photo} is gone: no pasted image)"
+    edited.alignment, edited.photo = result.alignment, result.photo
+    if compare is not None:
+        before = io.to_uint8(current_image(result) if region else result.composite)
+        io.save_png(compare, tile_sheet([[before, images[0], changed_pixels(before, images[0])]],
+                                        col_labels=["input" if region else "projection", "edit", "changed pixels"]),
+                    overwrite=overwrite)
     if output_latents:
         edited.settings["generator"] = "demo" if gen_path == "demo" else str(Path(gen_path).resolve())
-        edited.save(output_latents)
-    what = [f"direction {Path(direction).name if isinstance(direction, (str, Path)) else 'array'} x {strength:g}"] \
-        if direction else []
-    what = ", ".join(what + [f"s {t}" for t in s_edits]) or "no edit"
-    return (f"{'local' if region else 'global'} edit ({what}, blend {blend}) -> {output}"
+        edited.save(output_latents, overwrite=overwrite)
+    return (f"{kind} edit ({what}, blend {blend}) -> {output}" + note
+            + (f", side-by-side -> {compare}" if compare else "")
             + (f", latents -> {output_latents}" if output_latents else ""))
+
+
+def _name(direction) -> str:
+    if isinstance(direction, (str, Path)):
+        return str(direction) if is_pca_spec(direction) else Path(direction).name
+    return "array"

@@ -1,5 +1,6 @@
-"""Which latent space codes are in, conversions between W, W+ and S, and parsing of segment, layer and
-style-layer choices."""
+"""Which latent space codes are in (read through the generator protocol, so every generator works: StyleGAN2's
+W, W+ and S, the demo DCGAN's z), the space directions live in, conversions between W, W+ and S, and
+parsing of segment, layer and style-layer choices."""
 
 from __future__ import annotations
 
@@ -11,28 +12,93 @@ from ..errors import ConfigError
 from ..inversion import SPACE_ALIASES
 
 # ---------------------------------------------------------------------------------------- latent spaces
+_SHAPES: dict = {}  # (generator type, config) -> {space: per-segment code shapes (a tree of tuples)}
+
+
+def code_shapes(generator) -> dict:
+    """{space: the shape of one segment's code} for every latent space of the generator, read from the
+    protocol's `initial_codes` without computing anything: StyleGAN2 {'w': (1, w_dim), 'w+': (num_ws,
+    w_dim), 's': {layer: (channels,)}}, the demo DCGAN {'z': (z_dim,)}."""
+    if not hasattr(generator, "latent_spaces") or not hasattr(generator, "initial_codes"):
+        raise ConfigError(f"{type(generator).__name__} is not a generator (it has no latent_spaces / initial_codes)")
+    key = (type(generator), generator.config)
+    if key not in _SHAPES:
+        _SHAPES[key] = {space: jax.tree_util.tree_map(lambda s: tuple(s.shape[1:]), jax.eval_shape(
+            lambda g, space=space: g.initial_codes(space, 1), generator)) for space in generator.latent_spaces}
+    return _SHAPES[key]
+
+
+def _shape_text(shape) -> str:
+    if isinstance(shape, dict):
+        return "an S-space dict {layer: [n, channels]}"
+    return "[n, " + ", ".join(map(str, shape)) + "]"
+
+
 def latent_space(generator, codes) -> str:
-    """'w', 'w+' or 's', read from the structure of `codes` (segment axis first); ConfigError if the
-    codes do not fit the generator."""
-    if not all(hasattr(generator, a) for a in ("num_ws", "w_dim", "styles_from_ws")):
-        raise ConfigError(f"editing needs a StyleGAN generator (W, W+ and S spaces); this "
-                          f"{type(generator).__name__} has latent spaces {getattr(generator, 'latent_spaces', ())}")
+    """The space of `codes` (segment axis first), read from their structure and matched against the
+    generator's spaces (StyleGAN2: 'w', 'w+' or 's'; the demo DCGAN: 'z'); ConfigError if they fit none."""
+    shapes = code_shapes(generator)
     if isinstance(codes, dict):
-        names = generator.config.layer_names()
-        if set(codes) != set(names):
-            missing, extra = sorted(set(names) - set(codes)), sorted(set(codes) - set(names))
+        space = next((sp for sp, want in shapes.items() if isinstance(want, dict)), None)
+        if space is None:
+            raise ConfigError(f"codes given as a dict of layers (S space) but this {type(generator).__name__} "
+                              f"has latent spaces {tuple(generator.latent_spaces)}")
+        want = shapes[space]
+        if set(codes) != set(want):
+            missing, extra = sorted(set(want) - set(codes)), sorted(set(codes) - set(want))
             raise ConfigError(f"S-space codes do not fit this generator (missing layers {missing[:4]}, "
                               f"unknown layers {extra[:4]})")
-        dims = generator.config.style_dims()
         for name, v in codes.items():
-            if jnp.ndim(v) != 2 or jnp.shape(v)[1] != dims[name]:
-                raise ConfigError(f"S code {name} must be [n, {dims[name]}], got {tuple(jnp.shape(v))}")
-        return "s"
+            if tuple(jnp.shape(v))[1:] != want[name] or jnp.ndim(v) != 1 + len(want[name]):
+                raise ConfigError(f"S code {name} must be {_shape_text(want[name])}, got {tuple(jnp.shape(v))}")
+        return space
     shape = tuple(jnp.shape(codes))
-    if len(shape) == 3 and shape[2] == generator.w_dim and shape[1] in (1, generator.num_ws):
-        return "w" if shape[1] == 1 else "w+"
-    raise ConfigError(f"codes must be W [n, 1, {generator.w_dim}], W+ [n, {generator.num_ws}, "
-                      f"{generator.w_dim}] or an S-space dict; got shape {shape}")
+    for space, want in shapes.items():
+        if not isinstance(want, dict) and len(shape) == 1 + len(want) and shape[1:] == want:
+            return space
+    options = " or ".join(f"{sp.upper()} {_shape_text(want)}" for sp, want in shapes.items())
+    raise ConfigError(f"codes must be {options} for this generator; got shape {shape}")
+
+
+def direction_space(generator) -> str:
+    """The space directions live in: W+ for a StyleGAN2 (W codes are broadcast to it, and layer ranges
+    pick rows), otherwise the generator's default space if its codes are plain vectors (the demo
+    DCGAN: z, directions of shape (z_dim,))."""
+    shapes = code_shapes(generator)
+    space = "w+" if "w+" in shapes else generator.default_space
+    if isinstance(shapes.get(space), dict):
+        raise ConfigError(f"this {type(generator).__name__} has no vector latent space for directions")
+    return space
+
+
+def direction_shape(generator) -> tuple:
+    """The shape of a direction for this generator: (num_ws, w_dim) for a StyleGAN2, (z_dim,) for a
+    z-space generator."""
+    return code_shapes(generator)[direction_space(generator)]
+
+
+def direction_codes(generator, codes):
+    """Codes brought to the direction space ([n, num_ws, w_dim] W+ for a StyleGAN2, [n, z_dim] for z)."""
+    space, target = latent_space(generator, codes), direction_space(generator)
+    if space == target:
+        return jnp.asarray(codes, jnp.float32)
+    if space == "w" and target == "w+":
+        return generator.to_ws(jnp.asarray(codes, jnp.float32), "w")
+    raise ConfigError(f"these codes are in {space.upper()} space; directions apply to "
+                      f"{'W and W+' if target == 'w+' else target.upper()} codes only"
+                      + (" (apply style edits instead, or project in w / w+)" if space == "s" else ""))
+
+
+def direction_rows(generator, layers) -> tuple:
+    """The index that a layer range selects in one code of the direction space: (slice(lo, hi),) of
+    the W+ rows (see `layer_range`), or () for all of a z code (which has no layers)."""
+    if direction_space(generator) == "w+":
+        lo, hi = layer_range(layers, generator.num_ws)
+        return (slice(lo, hi),)
+    if layers is None or (isinstance(layers, str) and layers.strip().lower() == "all"):
+        return ()
+    raise ConfigError(f"layer ranges apply to the W+ codes of a StyleGAN2; this {type(generator).__name__} "
+                      f"has {direction_space(generator)} codes without layers (leave out layers / --layers)")
 
 
 def check_space(generator, codes, space):
@@ -48,16 +114,18 @@ def count_segments(codes) -> int:
 
 
 def to_wplus(generator, codes):
-    """W [n, 1, w_dim] or W+ codes -> W+ [n, num_ws, w_dim]."""
-    space = latent_space(generator, codes)
-    if space == "s":
-        raise ConfigError("these codes are in S space; W directions apply to W and W+ codes only "
-                          "(apply style edits instead, or project in w / w+)")
-    return generator.to_ws(jnp.asarray(codes, jnp.float32), space)
+    """W [n, 1, w_dim] or W+ codes -> W+ [n, num_ws, w_dim] (StyleGAN2)."""
+    if "w+" not in code_shapes(generator):
+        raise ConfigError(f"W+ codes need a StyleGAN2 generator; this {type(generator).__name__} has latent "
+                          f"spaces {tuple(generator.latent_spaces)}")
+    return direction_codes(generator, codes)
 
 
 def to_styles(generator, codes) -> dict:
     """W, W+ or S codes -> S codes {layer: [n, channels]} (the generator's affine outputs)."""
+    if "s" not in code_shapes(generator):
+        raise ConfigError(f"StyleSpace (S) edits need a StyleGAN2 generator; this {type(generator).__name__} "
+                          f"has latent spaces {tuple(generator.latent_spaces)}")
     if latent_space(generator, codes) == "s":
         return {k: jnp.asarray(v, jnp.float32) for k, v in codes.items()}
     return generator.styles_from_ws(to_wplus(generator, codes))

@@ -103,6 +103,8 @@ def conv_transpose2d(x, weight, stride: int, padding: int, *, precision=None):
         raise ConfigError(f"weight {tuple(weight.shape)} does not fit input channels {cin} (or is not square)")
     if not 0 <= padding or 2 * padding >= (min(h, w) - 1) * stride + kh:
         raise ConfigError(f"padding {padding} leaves no output")
+    if h == w == 1 and padding == 0:  # a 1x1 input (the first layer, z): the output is the kernel times x
+        return jnp.einsum("nc,cokl->nklo", x[:, 0, 0], weight.astype(x.dtype), precision=precision)
     s, q = stride, -(-kh // stride)  # kernel taps ky = s * qy + ry, qy < q, ry < s (zero-padded to q * s)
     wk = jnp.pad(weight.astype(x.dtype), ((0, 0), (0, 0), (0, q * s - kh), (0, q * s - kw)))
     t = jnp.einsum("nhwc,cokl->nhwklo", x, wk, precision=precision)
@@ -179,23 +181,25 @@ class DCGAN:
         """z codes [num, z_dim] of random samples, z ~ N(0, I) from numpy RandomState(seed)."""
         return np.random.RandomState(seed).standard_normal((num, self.z_dim)).astype(np.float32)
 
-    def features(self, z, resolutions, *, noise_mode="none", key=None, dtype=jnp.float32) -> dict:
-        """Block activations (after batch norm and ReLU) {res: [N, res, res, C]} for z codes [N, z_dim];
-        blocks above the largest requested resolution and the output layer are not computed."""
-        resolutions = tuple(sorted(set(int(r) for r in resolutions)))
-        bad = [r for r in resolutions if r not in self.feature_layers]
-        if bad:
-            raise ConfigError(f"the DCGAN has no block at resolution(s) {bad}; blocks are {list(self.feature_layers)}")
-        _, feats = self._run(z, dtype=dtype, feature_resolutions=resolutions)
-        return feats
-
     # ------------------------------------------------------------------ the network
     def __call__(self, z, *, dtype=jnp.float32):
-        img, _ = self._run(z, dtype=dtype)
+        img, _ = self._run(z, dtype=dtype, feature_resolutions=(), stop_at=None)
         return img
 
-    def _run(self, z, *, dtype, feature_resolutions=()):
-        """(image or None, {res: activation}); stops after the last requested feature block."""
+    def features(self, z, resolutions, *, noise_mode="none", key=None, dtype=jnp.float32) -> dict:
+        """Block outputs (after batch norm and ReLU) {res: [N, res, res, C]} for z codes [N, z_dim] at the
+        requested resolutions (`feature_layers`: 4, 8, ..., resolution / 2). Blocks above the largest one
+        and the output layer are not computed. `noise_mode` and `key` are accepted for the protocol's
+        sake (a DCGAN has no noise inputs)."""
+        resolutions = tuple(sorted(set(int(r) for r in resolutions)))
+        blocks = list(self.feature_layers)
+        bad = [r for r in resolutions if r not in blocks]
+        if bad or not resolutions:
+            raise ConfigError(f"no DCGAN block at resolution(s) {bad or '()'}; blocks are {blocks}")
+        _, feats = self._run(z, dtype=dtype, feature_resolutions=resolutions, stop_at=max(resolutions))
+        return feats
+
+    def _run(self, z, *, dtype, feature_resolutions, stop_at):
         cfg = self.config
         z = jnp.asarray(z)
         if z.ndim == 4 and z.shape[1:3] == (1, 1):  # [N, 1, 1, z_dim] is fine too
@@ -216,9 +220,9 @@ class DCGAN:
                 shift = p["bias"] - p["running_mean"] * scale
                 x = jax.nn.relu(x * scale.astype(x.dtype) + shift.astype(x.dtype))
                 if x.shape[1] in feature_resolutions:
-                    feats[x.shape[1]] = x
-                    if x.shape[1] == max(feature_resolutions):
-                        return None, feats
+                    feats[x.shape[1]] = x.astype(jnp.float32)
+                if x.shape[1] == stop_at:
+                    return None, feats
         return jnp.tanh(x.astype(jnp.float32)), feats
 
 

@@ -127,31 +127,45 @@ def depth_to_space(x, out_channels):
     return x.reshape(n, 2 * h, 2 * w, out_channels)
 
 
-def modulated_conv(x, weight_oikk, styles, *, demodulate, up, precision):
+def prepare_conv(weight_oikk, *, up, demodulate, dtype):
+    """What `modulated_conv` derives from the weight alone: the kernel in the compute dtype (for up=2
+    the fused polyphase kernel) and, with demodulation, the squared weights summed over taps [out, in].
+    The weights never change during an inversion, so the caller may compute this once and pass it in."""
+    out = {}
+    if demodulate:
+        out["wsq"] = jnp.sum(jnp.square(weight_oikk.astype(jnp.float32)), axis=(2, 3))
+    if up == 1:
+        out["kernel"] = jnp.transpose(weight_oikk, (2, 3, 1, 0)).astype(dtype)
+    else:
+        if weight_oikk.shape[2:] != (3, 3) or up != 2:
+            raise ValueError("only 3x3 kernels with 2x upsampling are supported")
+        out["kernel"] = fused_upsample_kernel(weight_oikk.astype(jnp.float32)).astype(dtype)
+    return out
+
+
+def modulated_conv(x, weight_oikk, styles, *, demodulate, up, precision, prepared=None):
     """StyleGAN2's modulated convolution as a plain batched convolution.
 
     Instead of building per-sample kernels (a grouped convolution), the styles scale the input
     activations and the demodulation coefficients scale the output: the same maths, and one shared kernel
     for the whole batch, so all segments and all images run as one convolution.
+    prepared: `prepare_conv(weight_oikk, ...)` for x's dtype, or None to derive it here.
     Returns (y, dcoefs); dcoefs is None without demodulation.
     """
     out_channels, _, kh, kw = weight_oikk.shape
     cdtype = x.dtype
+    if prepared is None or prepared["kernel"].dtype != cdtype:
+        prepared = prepare_conv(weight_oikk, up=up, demodulate=demodulate, dtype=cdtype)
     dcoefs = None
     if demodulate:
         # sum_{i,k} (w[o,i,k] s[n,i])^2 = (s^2) @ (sum_k w^2)^T
-        wsq = jnp.sum(jnp.square(weight_oikk.astype(jnp.float32)), axis=(2, 3))  # [out, in]
         ssq = jnp.square(styles.astype(jnp.float32))
-        dcoefs = jax.lax.rsqrt(jnp.matmul(ssq, wsq.T, precision=jax.lax.Precision.HIGHEST) + 1e-8)
+        dcoefs = jax.lax.rsqrt(jnp.matmul(ssq, prepared["wsq"].T, precision=jax.lax.Precision.HIGHEST) + 1e-8)
     x = x * styles.astype(cdtype)[:, None, None, :]
     if up == 1:
-        kernel = jnp.transpose(weight_oikk, (2, 3, 1, 0)).astype(cdtype)
         pad = ((kh // 2, kh // 2), (kw // 2, kw // 2))
-        y = conv2d(x, kernel, padding=pad, precision=precision)
+        y = conv2d(x, prepared["kernel"], padding=pad, precision=precision)
     else:
-        if (kh, kw) != (3, 3) or up != 2:
-            raise ValueError("only 3x3 kernels with 2x upsampling are supported")
-        kernel = fused_upsample_kernel(weight_oikk.astype(jnp.float32)).astype(cdtype)
-        y = depth_to_space(conv2d(x, kernel, padding=((1, 1), (1, 1)), precision=precision),
+        y = depth_to_space(conv2d(x, prepared["kernel"], padding=((1, 1), (1, 1)), precision=precision),
                            out_channels)
     return y, dcoefs

@@ -196,6 +196,17 @@ class StyleGAN2:
             return self.synthesis_from_styles(codes, **kw)
         return self.synthesis(self.to_ws(codes, space), **kw)
 
+    def prepare(self, dtype=jnp.float32) -> "StyleGAN2":
+        """This generator with every layer's weight-only preprocessing (compute-dtype kernels, fused
+        up-sampling kernels, squared weights for demodulation) done once, for synthesis in `dtype`.
+        For loops that synthesise many times from unchanged weights, such as an inversion."""
+        prepared = {}
+        for name in self.config.layer_names():
+            up = 2 if name.endswith(".conv0") else 1
+            prepared[name] = ops.prepare_conv(self._layer(name)["weight"], up=up,
+                                              demodulate=not name.endswith(".torgb"), dtype=dtype)
+        return PreparedStyleGAN2(self.config, self.params, prepared)
+
     # ------------------------------------------------------------------ mapping
     def mapping(self, z, *, truncation_psi=1.0, truncation_cutoff=None):
         """z [N, z_dim] -> ws [N, num_ws, w_dim], with truncation towards w_avg on the first
@@ -287,11 +298,12 @@ class StyleGAN2:
         n = styles["b4.conv1"].shape[0]
         precision = ops.precision_for(dtype)
         keys = iter(jax.random.split(key, 2 * cfg.num_ws)) if noise_mode == "random" else None
+        prepared = getattr(self, "prepared", None) or {}
 
         def conv_layer(x, name, up):
             p = self._layer(name)
             y, dcoefs = ops.modulated_conv(x, p["weight"], styles[name], demodulate=True, up=up,
-                                           precision=precision)
+                                           precision=precision, prepared=prepared.get(name))
             y = y * dcoefs.astype(y.dtype)[:, None, None, :]
             res = y.shape[1]
             if noise_mode == "const":
@@ -305,7 +317,7 @@ class StyleGAN2:
             p = self._layer(name)
             gain = 1.0 / math.sqrt(p["weight"].shape[1])
             y, _ = ops.modulated_conv(x, p["weight"], styles[name] * gain, demodulate=False, up=1,
-                                      precision=precision)
+                                      precision=precision, prepared=prepared.get(name))
             y = y.astype(jnp.float32) + p["bias"].astype(jnp.float32)
             if cfg.conv_clamp is not None:
                 y = jnp.clip(y, -cfg.conv_clamp, cfg.conv_clamp)
@@ -336,6 +348,14 @@ class StyleGAN2:
             if res in feature_resolutions:
                 feats[res] = x
         return img, feats
+
+
+@flax.struct.dataclass
+class PreparedStyleGAN2(StyleGAN2):
+    """What `StyleGAN2.prepare` returns: the same generator plus {layer name: ops.prepare_conv(...)}.
+    A subclass rather than a field, so a plain generator's pytree (and its fingerprint) is unchanged."""
+
+    prepared: dict = None
 
 
 @jax.jit

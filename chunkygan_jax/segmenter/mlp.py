@@ -13,10 +13,11 @@ import optax
 
 from .. import io
 from ..errors import CheckpointError, ConfigError, ImageError
+from ..files import check_writable
 from .features import DEFAULT_NOISE_MODE, code_shape, feature_dim, pixel_features, resolve_layers
 from .heads import MASK_SMOOTHING, MLPHead, Segmenter, finish_masks, init_mlp, make_segmenter
 from .kmeans import kmeans_segmenter
-from .store import save_segmenter
+from .store import SEGMENTER_KIND, save_segmenter
 
 LATENT_KINDS = ("auto", "z", "w", "ws")
 
@@ -194,8 +195,7 @@ def train_segmenter(generator, output, segments: int, *, annotations=None, from_
         raise ConfigError(f"segments must be an integer >= 1, got {segments!r}")
     layers = resolve_layers(generator, layers)
     output = Path(output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:  # before training
-        raise CheckpointError(f"{output} already exists and is not empty (use overwrite / --overwrite)")
+    check_writable(output, overwrite, is_dir=True, kind=SEGMENTER_KIND, error=CheckpointError)  # before training
     if annotations is not None:
         names, ws, labels = load_annotations(annotations, generator, latent=latent, need_labels=not from_kmeans)
     elif from_kmeans:

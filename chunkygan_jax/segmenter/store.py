@@ -18,6 +18,7 @@ from .heads import KMeansHead, MLPHead, Segmenter, make_segmenter
 FORMAT_VERSION = 1
 RECORD_NAME = "segmenter.json"
 HEAD_NAME = "head.npz"
+SEGMENTER_KIND = "segmenter checkpoint"
 HEAD_KINDS = ("kmeans", "mlp")
 _HEADS = {"kmeans": KMeansHead, "mlp": MLPHead}
 
@@ -25,7 +26,8 @@ _HEADS = {"kmeans": KMeansHead, "mlp": MLPHead}
 def save_segmenter(segmenter: Segmenter, directory, *, fingerprint: str | None = None, info=None,
                    overwrite: bool = False) -> dict:
     """Write head.npz + segmenter.json into `directory` (atomically: complete or absent). An existing
-    non-empty directory is replaced only with overwrite=True, and only if it is a segmenter checkpoint."""
+    non-empty directory is replaced only with overwrite=True, and only if it is a segmenter checkpoint
+    this project wrote (files.atomic_path)."""
     head = segmenter.head
     g = segmenter.generator
     record = {
@@ -43,19 +45,12 @@ def save_segmenter(segmenter: Segmenter, directory, *, fingerprint: str | None =
         **(info or {}),
     }
     directory = Path(directory)
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-        if not overwrite:
-            raise CheckpointError(f"{directory} already exists and is not empty (use overwrite / --overwrite)")
-        if not (directory / RECORD_NAME).is_file():
-            raise CheckpointError(f"refusing to overwrite {directory}: it is not a segmenter ({RECORD_NAME} missing)")
-    try:
-        with atomic_path(directory, is_dir=True) as tmp:
-            with open(tmp / HEAD_NAME, "wb") as f:
-                np.savez(f, **{k: np.asarray(v, np.float32) for k, v in flatten_tree(head.arrays()).items()},
-                         code=np.asarray(segmenter.code, np.float32))
-            (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
-    except OSError as e:
-        raise CheckpointError(f"cannot write segmenter {directory}: {e}") from None
+    # Unwritable: refused before writing (CheckpointError); an OSError while writing stays one.
+    with atomic_path(directory, is_dir=True, overwrite=overwrite, kind=SEGMENTER_KIND, error=CheckpointError) as tmp:
+        with open(tmp / HEAD_NAME, "wb") as f:
+            np.savez(f, **{k: np.asarray(v, np.float32) for k, v in flatten_tree(head.arrays()).items()},
+                     code=np.asarray(segmenter.code, np.float32))
+        (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 

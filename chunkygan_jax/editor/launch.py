@@ -1,0 +1,95 @@
+"""Opening an editor session: a saved result or a photo inverted first, its generator, and the working
+folder that exports go to."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ..demo import resolve_generator
+from ..errors import ConfigError
+from ..inversion import invert
+from ..progress import Progress
+from ..results import load_result
+from .session import EditorSession
+
+__all__ = ["make_workdir", "open_session"]
+
+
+def make_workdir(workdir=None) -> Path:
+    """The given folder (created if missing; it may already hold files, which the editor never
+    replaces), or a new folder editor-YYYYmmdd-HHMMSS under the current directory (a temporary
+    folder if the current directory is not writable)."""
+    if workdir is not None:
+        path = Path(workdir)
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"--workdir {workdir} is a file, not a folder")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create the working folder {workdir}: {e.strerror or e}") from None
+        return path.resolve()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for k in range(1, 1000):
+        path = Path.cwd() / (f"editor-{stamp}" if k == 1 else f"editor-{stamp}-{k}")
+        try:
+            path.mkdir()
+            return path.resolve()
+        except FileExistsError:
+            continue
+        except OSError:
+            break
+    return Path(tempfile.mkdtemp(prefix="chunkygan-editor-")).resolve()
+
+
+def _generator_record(spec) -> str:
+    if spec is None or spec == "demo":
+        return "demo"
+    return str(Path(spec).resolve()) if isinstance(spec, (str, os.PathLike)) else str(spec)
+
+
+def open_session(*, latents=None, image=None, generator=None, segments=8, steps=200, workdir=None,
+                 directions=None, pca=8, region_steps=100, log=None) -> EditorSession:
+    """An `EditorSession` over the result saved in `latents`, or over `image` inverted first with
+    `segments` and `steps` (the inversion is saved as inversion/ in the working folder, or inversion-2/
+    ... when that name is taken: the editor never replaces what it finds there)."""
+    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    if (latents is None) == (image is None):
+        raise ConfigError("give either --latents=RESULT_DIR (a saved result) or --image=PHOTO (inverted first)")
+    if directions is not None and not Path(directions).is_dir():
+        raise ConfigError(f"--directions {directions} is not a folder of .npy files")
+    if latents is not None:
+        result = load_result(latents)
+        spec = generator or result.settings.get("generator")
+        if not spec:
+            raise ConfigError(f"{latents} records no generator; pass --generator=PATH")
+        gen = resolve_generator(spec)
+        folder = make_workdir(workdir)
+    else:
+        if not Path(image).is_file():
+            raise ConfigError(f"--image {image}: no such file")
+        if segments < 1 or steps < 1:
+            raise ConfigError("--segments and --steps must be >= 1")
+        spec = generator
+        if spec is None:
+            log("no --generator given: using the demo DCGAN face generator (64 px)")
+        gen = resolve_generator(spec)
+        folder = make_workdir(workdir)
+        saved = next(folder / n for n in ("inversion", *(f"inversion-{k}" for k in range(2, 10_000)))
+                     if not os.path.lexists(folder / n))  # chosen before the inversion runs
+        bar = Progress(steps, unit="steps")
+        result = invert(str(image), gen, segments=segments, steps=steps,
+                        callback=lambda step, total, losses: bar.update(step, f"loss {float(losses[0]):.4f}"),
+                        progress_every=max(1, min(25, steps // 20)))
+        result.settings["image"] = str(Path(image).resolve())
+        result.settings["generator"] = _generator_record(spec)
+        result.save(saved)
+        log(f"inverted {image}: lpips {result.final_losses['lpips']:.4f}; saved as {saved}")
+    session = EditorSession(result, gen, workdir=folder, generator_record=_generator_record(spec),
+                            directions=directions, pca=pca, region_steps=region_steps)
+    if image is not None:
+        session.mark_written(saved)
+    return session

@@ -1,0 +1,818 @@
+"""What the editor holds and does, without HTTP: a document of stacked edits over an inversion result,
+undo and redo, cached rendering, region projections run in the background (with progress and
+cancelling), and export into the editor's working folder.
+
+The document (`Document`, immutable) is
+  - `edits`: latent edits (`Edit`), each aimed at base segments (some, or all) or at one region layer;
+    an edit is identified by its target, its kind and its direction / style channel, so moving the same
+    slider again changes that edit's strength instead of stacking a new one (strength 0 removes it);
+  - `layers`: region layers (`RegionLayer`), made by projecting a painted region (`editing.local_edit`)
+    or by filling holes (`editing.fill_holes`); each is composited over everything below it, exactly
+    like the sequential layered edits of the paper (Fig. 9);
+  - `blend`: how region layers (and a base with a static mask) go into the image: 'mask' or 'poisson'.
+Every change pushes a new document onto the history; undo and redo move along it.
+
+Rendering reuses what did not change. The inversion's own segment images stand for unedited segments.
+An edited code is rendered by one jitted program per code structure: the latent edits of a code are
+first folded into one W-space offset and one StyleSpace offset (with `editing.apply_edits` and
+`editing.apply_style_edits` on zero codes), and those offsets are arguments of the program. So a
+slider move, a new direction or another layer range never compiles anything new; it re-renders only
+the codes whose edits changed, and recomposites.
+
+All JAX work runs on one worker thread (`executor`), so JAX calls are serialised; the history is
+guarded by a lock so that the web server can read the state while the worker is busy.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import dataclasses
+import functools
+import os
+import re
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from io import BytesIO
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from .. import editing, io
+from ..editing import DirectionEdit, StyleEdit
+from ..editing.directions import resolve_direction
+from ..editing.render import blend_region
+from ..editing.spaces import as_number
+from ..errors import ChunkyGANError, ConfigError, ImageError
+from ..inversion import composite
+from ..lpips import parse_resolution
+from ..masks import color_code
+from ..progress import Progress
+
+__all__ = ["Document", "Edit", "EditorBusy", "EditorSession", "RegionLayer", "png_bytes", "sanitize_name"]
+
+MAX_STRENGTH = 100.0
+MAX_STEPS = 5000
+MAX_UPLOADED_DIRECTIONS = 32
+CACHE_BYTES = 512 << 20
+REGION_TINT = (64, 200, 255)
+MAX_HISTORY = 500
+
+
+class EditorBusy(ChunkyGANError):
+    """A region projection is running; the document cannot change until it ends or is cancelled."""
+
+
+class _Cancelled(Exception):
+    """Raised from the projection's progress callback when the user cancelled it."""
+
+
+# ---------------------------------------------------------------------------------------- the document
+@dataclasses.dataclass(frozen=True)
+class Edit:
+    """One latent edit. target: ("segments", ()) for every base segment, ("segments", (i, ...)) for some,
+    ("layer", id) for a region layer. kind: "direction" (source: a direction id; layers: (lo, hi) ws rows
+    or None for all) or "style" (style_layer, channel)."""
+
+    target: tuple
+    kind: str
+    strength: float
+    source: str = ""
+    layers: tuple | None = None
+    style_layer: str = ""
+    channel: int = -1
+
+    @property
+    def key(self) -> tuple:
+        return (self.target, self.kind, self.source, self.layers, self.style_layer, self.channel)
+
+    @property
+    def value(self) -> tuple:
+        return self.key[1:] + (self.strength,)
+
+    def touches_segment(self, i: int) -> bool:
+        return self.target[0] == "segments" and (not self.target[1] or i in self.target[1])
+
+    def to_json(self) -> dict:
+        d = {"kind": self.kind, "strength": self.strength, "target": _target_json(self.target)}
+        if self.kind == "direction":
+            d.update(direction=self.source, layers=list(self.layers) if self.layers else None)
+        else:
+            d.update(layer=self.style_layer, channel=self.channel)
+        return d
+
+
+def _target_json(target) -> dict:
+    if target[0] == "layer":
+        return {"layer": target[1]}
+    return {"segments": list(target[1]) if target[1] else "all"}
+
+
+@dataclasses.dataclass(eq=False)
+class RegionLayer:
+    """A projected region: `result` is the single-segment result of `local_edit` / `fill_holes` (its
+    latents are the region's code, its static mask 1 - region); `generated` is G(code)."""
+
+    id: int
+    kind: str  # "region" (project this region) or "fill" (hole filling)
+    region: np.ndarray  # [H, W] in [0, 1]
+    result: object
+    generated: np.ndarray  # [H, W, 3]
+    steps: int
+
+    def to_json(self) -> dict:
+        area = float(np.mean(self.region > 0.5))
+        lpips = float(self.result.final_losses.get("lpips", float("nan")))
+        return {"id": self.id, "kind": self.kind, "steps": self.steps, "area": round(area, 4),
+                "lpips": float(f"{lpips:.3g}") if np.isfinite(lpips) else None}
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+    edits: tuple = ()
+    layers: tuple = ()
+    blend: str = "mask"
+
+    def with_edit(self, edit: Edit) -> "Document":
+        """Set `edit`'s strength: an edit with the same key changes in place, strength 0 removes it."""
+        edits = list(self.edits)
+        same = [i for i, e in enumerate(edits) if e.key == edit.key]
+        if same:
+            if edit.strength == 0.0:
+                del edits[same[-1]]
+            else:
+                edits[same[-1]] = edit
+        elif edit.strength != 0.0:
+            edits.append(edit)
+        return dataclasses.replace(self, edits=tuple(edits))
+
+    def edits_of_layer(self, layer_id: int) -> list[Edit]:
+        return [e for e in self.edits if e.target == ("layer", layer_id)]
+
+    def edits_of_segment(self, i: int) -> list[Edit]:
+        return [e for e in self.edits if e.touches_segment(i)]
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def png_bytes(image_uint8: np.ndarray) -> bytes:
+    buf = BytesIO()
+    Image.fromarray(np.ascontiguousarray(image_uint8)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def sanitize_name(name, default="edit") -> str:
+    """A file-name stem from the page: path parts joined by '-' ('.' and '..' dropped), then letters,
+    digits, '.', '_' and '-' only, no leading or trailing dot, at most 64 characters (so no path, no
+    hidden file, no traversal)."""
+    parts = [p for p in re.split(r"[\\/]+", str(name or "")) if p not in ("", ".", "..")]
+    stem = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(parts)))
+    stem = re.sub(r"\.png$", "", stem, flags=re.IGNORECASE)  # "edit.png" means the stem "edit"
+    stem = stem.strip(".-_")[:64].strip(".-_")
+    return stem or default
+
+
+def decode_region_png(data, resolution: int) -> np.ndarray:
+    """A painted region (PNG bytes, or a data: URL / base64 text of one) -> float32 [H, W] in [0, 1].
+    Painted pixels are those with alpha (an RGBA canvas) or brightness (a greyscale mask)."""
+    if isinstance(data, str):
+        text = data.split(",", 1)[1] if data.startswith("data:") else data
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ImageError("the region is not base64-encoded PNG data") from None
+    if not isinstance(data, (bytes, bytearray)) or not bytes(data[:8]).startswith(b"\x89PNG"):
+        raise ImageError("the region must be a PNG image")
+    try:
+        img = Image.open(BytesIO(data))
+        if img.size != (resolution, resolution):
+            raise ImageError(f"the region is {img.size[0]}x{img.size[1]}, the image is {resolution}x{resolution}")
+        img.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError(f"the region is not a readable PNG ({e})") from None
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        arr = np.asarray(img.convert("RGBA"))[..., 3]
+    else:
+        arr = np.asarray(img.convert("L"))
+    return (arr.astype(np.float32) / 255.0)
+
+
+class _Cache:
+    """Rendered images by key, least recently used dropped first beyond a byte budget."""
+
+    def __init__(self, budget: int = CACHE_BYTES):
+        self.budget, self.size, self.items = budget, 0, collections.OrderedDict()
+
+    def get(self, key):
+        hit = self.items.get(key)
+        if hit is not None:
+            self.items.move_to_end(key)
+        return hit
+
+    def put(self, key, value: np.ndarray):
+        if key in self.items:
+            self.size -= self.items.pop(key).nbytes
+        self.items[key] = value
+        self.size += value.nbytes
+        while self.size > self.budget and len(self.items) > 1:
+            self.size -= self.items.popitem(last=False)[1].nbytes
+
+
+@functools.partial(jax.jit, static_argnames=("noise_mode", "dtype"))
+def _render_code(generator, codes, w_offset, s_offset, *, noise_mode, dtype):
+    """G(code + offsets) for one code [1, ...]: the W offset as a direction of strength 1 over every
+    ws row, then the StyleSpace offset added to the code's styles. One compiled program per code
+    structure and offset presence; the offsets' values are arguments."""
+    latents = {"codes": codes}
+    if w_offset is not None:
+        latents = editing.apply_direction(latents, generator, w_offset, 1.0)
+    if s_offset is not None:
+        styles = editing.to_styles(generator, latents["codes"])
+        latents = {"codes": {k: v + s_offset[k] for k, v in styles.items()}}
+    return editing.render_segments(generator, latents, noise_mode=noise_mode, dtype=dtype)
+
+
+@dataclasses.dataclass
+class Task:
+    id: int
+    kind: str
+    steps: int
+    step: int = 0
+    state: str = "running"  # running, done, error, cancelled
+    message: str = ""
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+    seconds: float = 0.0
+    cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    def to_json(self) -> dict:
+        secs = self.seconds if self.state != "running" else time.perf_counter() - self.started
+        return {"id": self.id, "kind": self.kind, "state": self.state, "step": self.step, "steps": self.steps,
+                "message": self.message, "seconds": round(secs, 2)}
+
+
+# ---------------------------------------------------------------------------------------- the session
+class EditorSession:
+    """The editor's state over one inversion result.
+
+    result: an `InversionResult`; generator: the generator object it was made with; workdir: the only
+    folder the editor writes to (it must exist); generator_record: what exported results record as their
+    generator (a checkpoint path or "demo"), so that `bin/edit` can continue from them; directions: a
+    folder of .npy direction files; pca: how many "pca:K" directions to offer when the editing package
+    can find directions in the generator itself."""
+
+    def __init__(self, result, generator, *, workdir, generator_record=None, directions=None, pca: int = 8,
+                 region_steps: int = 100, cache_bytes: int = CACHE_BYTES):
+        self.result, self.generator = result, generator
+        r = generator.resolution
+        if tuple(np.shape(result.target)[:2]) != (r, r):
+            raise ConfigError(f"the result is {np.shape(result.target)[0]} px but the generator makes {r} px")
+        self.resolution = r
+        self.workdir = Path(workdir).resolve()
+        if not self.workdir.is_dir():
+            raise ConfigError(f"working folder {workdir} does not exist")
+        self.generator_record = generator_record or result.settings.get("generator")
+        self.settings = dict(result.settings)
+        self.noise_mode = self.settings.get("noise_mode", "const")
+        self.dtype = self.settings.get("dtype", "float32")
+        self.region_steps = int(region_steps)
+        self.masks = np.asarray(result.masks, np.float32)
+        self.n = int(self.masks.shape[0])
+        self.labels = np.argmax(self.masks, axis=0).astype(np.uint8 if self.n < 256 else np.uint16)
+        self.target = np.asarray(result.target, np.float32)
+        self.segment_images = np.asarray(result.segment_images, np.float32)
+        codes = result.latents["codes"]
+        self._base_codes = [jax.tree_util.tree_map(lambda x, i=i: np.asarray(x, np.float32)[i:i + 1], codes)
+                            for i in range(self.n)]
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="editor-jax")
+        self._lock = threading.RLock()
+        self._history, self._pos, self.version = [Document()], 0, 1
+        self._next_layer, self._next_task = 1, 1
+        self._cache = _Cache(cache_bytes)
+        self._written: set[Path] = set()
+        self.task: Task | None = None
+        self._current_png = (0, b"")
+        try:
+            editing.latent_space(generator, codes)
+            self.editable, self.why_not = True, ""
+        except ChunkyGANError as e:
+            self.editable, self.why_not = False, str(e)
+        self.num_ws = getattr(generator, "num_ws", None)
+        has_s = self.editable and hasattr(generator, "styles_from_ws") and hasattr(generator, "config") \
+            and hasattr(generator.config, "style_dims")
+        self.style_dims = dict(generator.config.style_dims()) if has_s else {}
+        self._directions: dict[str, dict] = {}
+        self.direction_errors: list[str] = []
+        self._add_direction_sources(directions, pca)
+        self._still = {  # the unedited images, precomputed once
+            "photo": png_bytes(io.to_uint8(self.target)),
+            "projection": png_bytes(io.to_uint8(self._base_image(Document()))),
+            "masks": png_bytes(color_code(self.masks)),
+            "labels": png_bytes(self.labels.astype(np.uint8)) if self.n < 256 else b"",
+        }
+
+    # ------------------------------------------------------------------ directions
+    def _add_direction_sources(self, folder, pca):
+        if folder is not None:
+            folder = Path(folder)
+            if not folder.is_dir():
+                raise ConfigError(f"--directions {folder} is not a folder")
+            for path in sorted(folder.glob("*.npy")):
+                entry = {"id": f"file:{path.name}", "name": path.stem, "path": path, "array": None}
+                if self.editable:
+                    try:
+                        entry["array"] = editing.load_direction(path, self.generator)
+                    except ChunkyGANError as e:
+                        self.direction_errors.append(str(e))
+                        continue
+                self._directions[entry["id"]] = entry
+        if self.editable:  # directions the generator yields by itself (computed on first use, cached)
+            for k in range(int(pca)):
+                spec = f"pca:{k}"
+                self._directions[spec] = {"id": spec, "name": f"PCA {k}", "path": None, "array": None,
+                                          "spec": spec}
+
+    def add_direction(self, name: str, data: bytes) -> dict:
+        """A .npy direction uploaded from the page (kept in memory, never written)."""
+        if not self.editable:
+            raise ConfigError(f"this result cannot be edited: {self.why_not}")
+        if sum(1 for d in self._directions.values() if d["id"].startswith("upload:")) >= MAX_UPLOADED_DIRECTIONS:
+            raise ConfigError(f"at most {MAX_UPLOADED_DIRECTIONS} uploaded directions")
+        try:
+            arr = np.load(BytesIO(data), allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise ConfigError(f"{sanitize_name(name)}: not a numpy .npy direction file ({e})") from None
+        if not isinstance(arr, np.ndarray):
+            raise ConfigError(f"{sanitize_name(name)}: an .npz archive; a direction is a single .npy array")
+        array = editing.load_direction(arr, self.generator)
+        stem = sanitize_name(Path(str(name)).stem, "direction")
+        with self._lock:  # state() reads the list from the server's thread
+            # a new id for every upload: edits in the history keep meaning the array they were made with
+            ident = next(i for i in (f"upload:{stem}" if k == 1 else f"upload:{stem}-{k}" for k in range(1, 10_000))
+                         if i not in self._directions)
+            self._directions[ident] = {"id": ident, "name": ident.split(":", 1)[1], "path": None, "array": array}
+        return self.state()
+
+    def _direction(self, source: str):
+        entry = self._directions.get(source)
+        if entry is None:
+            raise ConfigError(f"unknown direction {source!r}")
+        if entry["array"] is None:
+            if "spec" in entry:
+                entry["array"] = np.asarray(resolve_direction(entry["spec"], self.generator), np.float32)
+            else:
+                entry["array"] = editing.load_direction(entry["path"], self.generator)
+        return entry["array"]
+
+    # ------------------------------------------------------------------ history
+    @property
+    def document(self) -> Document:
+        with self._lock:
+            return self._history[self._pos]
+
+    def _push(self, doc: Document) -> None:
+        with self._lock:
+            if doc == self._history[self._pos]:
+                return
+            del self._history[self._pos + 1:]
+            self._history.append(doc)
+            if len(self._history) > MAX_HISTORY:
+                del self._history[0]
+            self._pos = len(self._history) - 1
+            self.version += 1
+
+    def check_idle(self):
+        if self.task is not None and self.task.state == "running":
+            raise EditorBusy(f"a {self.task.kind} is running; wait for it or cancel it")
+
+    def undo(self) -> dict:
+        self.check_idle()
+        with self._lock:
+            if self._pos == 0:
+                raise ConfigError("nothing to undo")
+            self._pos -= 1
+            self.version += 1
+        return self.state()
+
+    def redo(self) -> dict:
+        self.check_idle()
+        with self._lock:
+            if self._pos >= len(self._history) - 1:
+                raise ConfigError("nothing to redo")
+            self._pos += 1
+            self.version += 1
+        return self.state()
+
+    def state(self) -> dict:
+        with self._lock:
+            doc, can_undo, can_redo, version = (self._history[self._pos], self._pos > 0,
+                                               self._pos < len(self._history) - 1, self.version)
+            directions = [{"id": d["id"], "name": d["name"]} for d in self._directions.values()]
+        return {
+            "resolution": self.resolution, "segments": self.n, "editable": self.editable,
+            "why_not": self.why_not, "generator": type(self.generator).__name__,
+            "space": self.settings.get("space"), "num_ws": self.num_ws,
+            "styles": [{"name": k, "channels": v} for k, v in self.style_dims.items()],
+            "directions": directions,
+            "direction_errors": list(self.direction_errors),
+            "document": {"edits": [e.to_json() for e in doc.edits], "layers": [l.to_json() for l in doc.layers],
+                         "blend": doc.blend},
+            "can_undo": can_undo, "can_redo": can_redo, "version": version,
+            "poisson": self.result.static_mask is not None or bool(doc.layers),
+            "aligned": self.alignment()[0] is not None, "region_steps": self.region_steps,
+            "task": None if self.task is None else self.task.to_json(),
+            "workdir": str(self.workdir),
+        }
+
+    # ------------------------------------------------------------------ parsing requests
+    def parse_edit(self, d, doc: Document | None = None) -> Edit:
+        if not isinstance(d, dict):
+            raise ConfigError("an edit is a JSON object")
+        if not self.editable:
+            raise ConfigError(f"this result cannot be edited: {self.why_not}")
+        doc = doc or self.document
+        target = self.parse_target(d.get("target"), doc)
+        strength = as_number(d.get("strength"), "strength")
+        if abs(strength) > MAX_STRENGTH:
+            raise ConfigError(f"strength must lie in [-{MAX_STRENGTH:g}, {MAX_STRENGTH:g}], got {strength:g}")
+        kind = d.get("kind")
+        if kind == "direction":
+            source = d.get("direction")
+            if not isinstance(source, str) or source not in self._directions:
+                raise ConfigError(f"unknown direction {source!r}")
+            layers = d.get("layers")
+            if layers is not None and self.num_ws is not None:
+                layers = editing.layer_range(tuple(layers) if isinstance(layers, list) else layers, self.num_ws)
+                layers = None if layers == (0, self.num_ws) else layers
+            else:
+                layers = None
+            return Edit(target, "direction", strength, source=source, layers=layers)
+        if kind == "style":
+            if not self.style_dims:
+                raise ConfigError("StyleSpace edits need a StyleGAN2 generator")
+            layer = editing.resolve_style_layer(self.generator, d.get("layer"))
+            channel = d.get("channel")
+            if isinstance(channel, str) and channel.strip().isdigit():
+                channel = int(channel)
+            if isinstance(channel, bool) or not isinstance(channel, int) or not 0 <= channel < self.style_dims[layer]:
+                raise ConfigError(f"channel of S layer {layer} must be an integer in 0..{self.style_dims[layer] - 1}, "
+                                  f"got {channel!r}")
+            return Edit(target, "style", strength, style_layer=layer, channel=channel)
+        raise ConfigError(f"an edit's kind is 'direction' or 'style', got {kind!r}")
+
+    def parse_target(self, t, doc: Document) -> tuple:
+        if t is None or t == "all":
+            return ("segments", ())
+        if not isinstance(t, dict):
+            raise ConfigError("an edit's target is {'segments': 'all' or [indices]} or {'layer': id}")
+        if "layer" in t:
+            ids = [l.id for l in doc.layers]
+            if t["layer"] not in ids:
+                raise ConfigError(f"no region layer {t['layer']!r} (layers: {ids or 'none'})")
+            return ("layer", int(t["layer"]))
+        segs = t.get("segments", "all")
+        if segs in ("all", None) or segs == []:
+            return ("segments", ())
+        if not isinstance(segs, list):
+            raise ConfigError("segments must be 'all' or a list of indices")
+        idx = tuple(sorted(editing.segment_indices(segs, self.n)))
+        return ("segments", () if len(idx) == self.n else idx)
+
+    def parse_steps(self, steps) -> int:
+        if steps is None:
+            return self.region_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+            raise ConfigError(f"steps must be an integer in 1..{MAX_STEPS}, got {steps!r}")
+        return steps
+
+    # ------------------------------------------------------------------ rendering
+    def _offsets(self, edits: list[Edit], codes):
+        """The W-space and StyleSpace offsets that `edits` add to one code (None where there are none)."""
+        dirs = [DirectionEdit(self._direction(e.source), e.strength, e.layers) for e in edits if e.kind == "direction"]
+        styles = [StyleEdit(e.style_layer, e.channel, e.strength) for e in edits if e.kind == "style"]
+        w_offset = s_offset = None
+        if dirs:
+            zero = jax.tree_util.tree_map(jnp.zeros_like, codes)
+            w_offset = editing.apply_edits({"codes": zero}, self.generator, dirs)["codes"][0]
+        if styles:
+            zero = {k: jnp.zeros((1, d), jnp.float32) for k, d in self.style_dims.items()}
+            s_offset = editing.apply_style_edits({"codes": zero}, self.generator, styles)["codes"]
+        return w_offset, s_offset
+
+    def _code_image(self, key, codes, edits: list[Edit], unedited: np.ndarray) -> np.ndarray:
+        if not edits:
+            return unedited
+        full = (key, tuple(e.value for e in edits))
+        hit = self._cache.get(full)
+        if hit is None:
+            w_offset, s_offset = self._offsets(edits, codes)
+            hit = np.asarray(_render_code(self.generator, codes, w_offset, s_offset, noise_mode=self.noise_mode,
+                                          dtype=self.dtype), np.float32)[0]
+            self._cache.put(full, hit)
+        return hit
+
+    def _render_segments(self, indices: list[int], edits: list[Edit]) -> None:
+        """Render the base segments `indices`, which share `edits`, in one call and cache each image.
+        Several segments go as one batch of all n codes (padded with copies), so there are only two
+        batch sizes to compile: 1 and n."""
+        codes = [self._base_codes[i] for i in indices]
+        if len(codes) > 1:
+            codes += codes[-1:] * (self.n - len(codes))
+        batch = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *codes)
+        w_offset, s_offset = self._offsets(edits, self._base_codes[indices[0]])
+        out = np.asarray(_render_code(self.generator, batch, w_offset, s_offset, noise_mode=self.noise_mode,
+                                      dtype=self.dtype), np.float32)
+        values = tuple(e.value for e in edits)
+        for k, i in enumerate(indices):
+            self._cache.put((("segment", i), values), out[k])
+
+    def _base_image(self, doc: Document) -> np.ndarray:
+        per_segment = [doc.edits_of_segment(i) for i in range(self.n)]
+        blend = doc.blend if self.result.static_mask is not None else "mask"
+        key = ("base", tuple(tuple(e.value for e in es) for es in per_segment), blend)
+        hit = self._cache.get(key)
+        if hit is None:
+            todo: dict[tuple, list[int]] = {}  # segments to render, grouped by their edits
+            for i, es in enumerate(per_segment):
+                values = tuple(e.value for e in es)
+                if es and self._cache.get((("segment", i), values)) is None:
+                    todo.setdefault(values, []).append(i)
+            for indices in todo.values():
+                self._render_segments(indices, per_segment[indices[0]])
+            imgs = [self._code_image(("segment", i), self._base_codes[i], es, self.segment_images[i])
+                    for i, es in enumerate(per_segment)]
+            hit = np.asarray(composite(jnp.asarray(np.stack(imgs)), jnp.asarray(self.masks)), np.float32)
+            if self.result.static_mask is not None:
+                region = 1.0 - np.asarray(self.result.static_mask, np.float32)
+                hit = blend_region(hit, self.target, region, blend)
+            self._cache.put(key, hit)
+        return hit
+
+    def render(self, doc: Document | None = None) -> np.ndarray:
+        """The document's image [H, W, 3] in [-1, 1] (generated pixels may overshoot a little)."""
+        doc = doc or self.document
+        image = self._base_image(doc)
+        key = ("base", tuple(e.value for e in doc.edits if e.target[0] == "segments"), doc.blend)
+        for layer in doc.layers:
+            edits = doc.edits_of_layer(layer.id)
+            key = (key, layer.id, tuple(e.value for e in edits), doc.blend)
+            hit = self._cache.get(key)
+            if hit is None:
+                codes = layer.result.latents["codes"]
+                generated = self._code_image(("layer", layer.id), codes, edits, layer.generated)
+                hit = np.clip(blend_region(generated, image, layer.region, doc.blend), -1.0, 1.0).astype(np.float32)
+                self._cache.put(key, hit)
+            image = hit
+        return image
+
+    def ready_png(self, name: str) -> bytes | None:
+        """An image that needs no JAX work: the unedited ones, or the current one if already rendered."""
+        if name in self._still and self._still[name]:
+            return self._still[name]
+        if name == "current":
+            version, data = self._current_png
+            return data if version == self.version else None
+        return None
+
+    def image_png(self, name: str) -> bytes:
+        if name == "current":
+            version = self.version
+            data = png_bytes(io.to_uint8(self.render()))
+            self._current_png = (version, data)
+            return data
+        if name in self._still and self._still[name]:
+            return self._still[name]
+        if name.startswith("region-"):
+            layer = next((l for l in self.document.layers if f"region-{l.id}" == name), None)
+            if layer is not None:  # a tint whose opacity is the region's value
+                alpha = np.round(np.clip(layer.region, 0, 1) * 255).astype(np.uint8)
+                tint = np.broadcast_to(np.array(REGION_TINT, np.uint8), alpha.shape + (3,))
+                return png_bytes(np.concatenate([tint, alpha[..., None]], axis=-1))
+        raise KeyError(name)
+
+    def preview(self, edit_json) -> bytes:
+        """The image with one edit set (not committed): what a slider shows while it moves."""
+        self.check_idle()
+        doc = self.document
+        return png_bytes(io.to_uint8(self.render(doc.with_edit(self.parse_edit(edit_json, doc)))))
+
+    def commit(self, edit_json) -> dict:
+        self.check_idle()
+        doc = self.document
+        new = doc.with_edit(self.parse_edit(edit_json, doc))
+        self.render(new)  # a failing edit fails here, before the history changes
+        self._push(new)
+        return self.state()
+
+    def set_blend(self, blend) -> dict:
+        self.check_idle()
+        if blend not in ("mask", "poisson"):
+            raise ConfigError(f"blend must be 'mask' or 'poisson', got {blend!r}")
+        new = dataclasses.replace(self.document, blend=blend)
+        self.render(new)
+        self._push(new)
+        return self.state()
+
+    # ------------------------------------------------------------------ region projections (background)
+    def start_task(self, kind: str, region, steps=None, target=None) -> dict:
+        """Start "project" (editing.local_edit on the painted region of the current image) or "fill"
+        (editing.fill_holes on a correction region, starting from the target's edited code) on the
+        worker thread; returns the task's status at once. Called from the server's thread."""
+        if kind not in ("project", "fill"):
+            raise ConfigError(f"unknown task {kind!r}")
+        if not self.editable:
+            raise ConfigError(f"this result cannot be edited: {self.why_not}")
+        with self._lock:
+            self.check_idle()
+            steps = self.parse_steps(steps)
+            region = decode_region_png(region, self.resolution) if not isinstance(region, np.ndarray) else region
+            if not np.any(region > 0):
+                raise ImageError("the region is empty: paint the pixels first")
+            doc = self.document
+            source = self.parse_target(target, doc) if kind == "fill" else None
+            if kind == "fill" and source[0] == "segments" and len(source[1]) != 1 and self.n != 1:
+                raise ConfigError("hole filling starts from one code: select one segment, or a region layer")
+            self.task = Task(self._next_task, kind, steps)
+            self._next_task += 1
+            task = self.task
+        self.executor.submit(self._run_task, task, doc, region, source)
+        return task.to_json()
+
+    def cancel_task(self) -> dict:
+        task = self.task
+        if task is None or task.state != "running":
+            raise ConfigError("nothing is running")
+        task.cancel.set()
+        return task.to_json()
+
+    def _projection_options(self):
+        s = self.settings
+        return dict(lr=s.get("lr", 0.1), lpips_net=s.get("lpips_net", "vgg"),
+                    lpips_resolution=parse_resolution(s.get("lpips_resolution", 256)), seed=s.get("seed", 0),
+                    noise_mode=self.noise_mode, dtype=self.dtype)
+
+    def _run_task(self, task: Task, doc: Document, region: np.ndarray, source) -> None:
+        bar = Progress(task.steps, unit="steps")
+
+        def callback(step, steps, losses):
+            task.step = int(step)
+            bar.update(int(step), f"{task.kind}, loss {float(losses[0]):.4f}")
+            if task.cancel.is_set():
+                raise _Cancelled
+
+        try:
+            image = np.clip(self.render(doc), -1.0, 1.0)
+            if task.kind == "project":
+                out = editing.local_edit(image, self.generator, region, None, steps=task.steps,
+                                         space=self.settings.get("space") or self.generator.default_space,
+                                         callback=callback, **self._projection_options())
+            else:
+                out = editing.fill_holes(self._edited_latents(doc, source), self.generator, image, region,
+                                         steps=task.steps, segment=0, callback=callback,
+                                         **self._projection_options())
+            with self._lock:
+                layer = RegionLayer(self._next_layer, "region" if task.kind == "project" else "fill",
+                                    np.asarray(out.region, np.float32), out.result,
+                                    np.asarray(out.generated, np.float32), task.steps)
+                self._next_layer += 1
+                self._push(dataclasses.replace(doc, layers=doc.layers + (layer,)))
+                task.message = f"layer {layer.id}: lpips {layer.to_json()['lpips']}"
+                task.state = "done"
+        except _Cancelled:
+            task.state, task.message = "cancelled", f"cancelled after {task.step} of {task.steps} steps"
+        except ChunkyGANError as e:
+            task.state, task.message = "error", str(e)
+        except Exception as e:  # shown on the page as one line; the details go to the terminal
+            traceback.print_exc()
+            task.state, task.message = "error", f"internal error ({type(e).__name__}: {e})"
+        finally:
+            task.seconds = time.perf_counter() - task.started
+            if task.state == "cancelled":
+                print(f"\n{task.kind} {task.message}", flush=True)
+
+    def _edited_latents(self, doc: Document, source) -> dict:
+        """The edited code (segment axis first, one segment) that hole filling starts from."""
+        if source[0] == "layer":
+            layer = next(l for l in doc.layers if l.id == source[1])
+            latents, edits = layer.result.latents, doc.edits_of_layer(layer.id)
+        else:
+            i = source[1][0] if source[1] else 0
+            latents, edits = {"codes": self._base_codes[i]}, doc.edits_of_segment(i)
+        return editing.apply_edits({"codes": latents["codes"]}, self.generator, self._api_edits(edits))
+
+    # ------------------------------------------------------------------ export
+    def _api_edits(self, edits: list[Edit]) -> list:
+        out = []
+        for e in edits:
+            segments = "all" if e.target[0] == "layer" or not e.target[1] else tuple(e.target[1])
+            if e.kind == "direction":
+                out.append(DirectionEdit(self._direction(e.source), e.strength, e.layers, segments))
+            else:
+                out.append(StyleEdit(e.style_layer, e.channel, e.strength, segments))
+        return out
+
+    def edited_result(self, doc: Document | None = None):
+        """The document as an `InversionResult` that `bin/edit` and `editing` can continue from: without
+        region layers the base result with its segment edits (`editing.edit_result`); with layers the top
+        layer's single-code result over the image below it, with that layer's edits."""
+        doc = doc or self.document
+        if doc.layers:
+            top = doc.layers[-1]
+            below = np.clip(self.render(dataclasses.replace(doc, layers=doc.layers[:-1])), -1.0, 1.0)
+            edits = doc.edits_of_layer(top.id)
+            base, blend = dataclasses.replace(top.result, target=below), doc.blend
+        else:
+            edits = [e for e in doc.edits if e.target[0] == "segments"]
+            base = self.result
+            blend = doc.blend if self.result.static_mask is not None else "mask"
+        if not self.editable:
+            out = dataclasses.replace(self.result, settings=dict(self.result.settings))
+        else:
+            out = editing.edit_result(base, self.generator, self._api_edits(edits), blend=blend)
+            records = out.settings.get("edits", [])
+            for record, e in zip(records[len(records) - len(edits):], edits):
+                if e.kind == "direction":
+                    record["direction"] = e.source  # the direction's name, not "array"
+        if self.generator_record:
+            out.settings["generator"] = self.generator_record
+        out.settings["editor"] = {"edits": [e.to_json() for e in doc.edits],
+                                  "layers": [l.to_json() for l in doc.layers], "blend": doc.blend}
+        return out
+
+    def alignment(self):
+        """(alignment record, photo path) of a result aligned from a photo, else (None, None). Read from
+        the result's own fields where results carry them, else from its settings."""
+        record = getattr(self.result, "alignment", None) or self.settings.get("alignment")
+        if not record:
+            return None, None
+        photo = getattr(self.result, "photo", None) or self.settings.get("photo") or self.settings.get("image")
+        return record, photo
+
+    def _free_stem(self, stem: str) -> str:
+        """`stem`, or stem-2, stem-3, ...: the first whose outputs are absent or were written by us."""
+        for k in range(1, 10_000):
+            cand = stem if k == 1 else f"{stem}-{k}"
+            paths = [self.workdir / f"{cand}.png", self.workdir / f"{cand}_pasted.png", self.workdir / f"{cand}_result"]
+            if all(p in self._written or not os.path.lexists(p) for p in paths):
+                return cand
+        raise ConfigError(f"no free export name for {stem!r} in {self.workdir}")
+
+    def _out(self, name: str) -> Path:
+        path = self.workdir / name
+        if path.parent != self.workdir or path.name != name:  # never anything but a direct child
+            raise ConfigError(f"bad export name {name!r}")
+        self._written.add(path)
+        return path
+
+    def export(self, name=None) -> dict:
+        """Write NAME.png (the edited image), NAME_result/ (a saved result to continue from) and, for a
+        result aligned from a photo, NAME_pasted.png (the edit pasted back into the full photo), all in
+        the working folder. Files the editor did not write are never replaced: the name gets a suffix."""
+        self.check_idle()
+        doc = self.document
+        image = np.clip(self.render(doc), -1.0, 1.0)
+        result = self.edited_result(doc)
+        stem = self._free_stem(sanitize_name(name))  # its outputs are absent or this session's own:
+        files, notes = [], []                          # replacing them is what a new export means
+        io.save_png(self._out(f"{stem}.png"), io.to_uint8(image), overwrite=True)
+        files.append(f"{stem}.png")
+        alignment, photo = self.alignment()
+        for name, value in (("alignment", alignment), ("photo", photo)):  # so that an edit of it pastes back too
+            if value is not None and any(f.name == name for f in dataclasses.fields(result)):
+                setattr(result, name, value)
+        result.save(self._out(f"{stem}_result"), overwrite=True)
+        files.append(f"{stem}_result")
+        if alignment:
+            from .. import align
+            try:
+                if not photo or not Path(photo).is_file():
+                    raise ImageError(f"the aligned photo {photo or '(not recorded)'} is not there")
+                pasted = align.paste_back(photo, image, align.Alignment.from_json(alignment))
+                io.save_png(self._out(f"{stem}_pasted.png"), pasted, overwrite=True)
+                files.append(f"{stem}_pasted.png")
+            except ChunkyGANError as e:
+                notes.append(f"no pasted-back photo: {e}")
+        return {"files": files, "notes": notes, "workdir": str(self.workdir)}
+
+    def mark_written(self, path) -> None:
+        """Count `path` (in the working folder) as the editor's own output."""
+        path = Path(path).resolve()
+        if path.parent == self.workdir and path.exists():
+            self._written.add(path)
+
+    def written_file(self, name: str) -> Path:
+        """A file the editor wrote into its working folder, by its name there; KeyError otherwise."""
+        path = self.workdir / str(name)
+        if path.parent != self.workdir or path not in self._written or not path.is_file():
+            raise KeyError(name)
+        return path
+
+    def close(self) -> None:
+        task = self.task
+        if task is not None and task.state == "running":
+            task.cancel.set()
+        self.executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,510 @@
+"""The web editor, driven in a real browser (the system's Chromium through Playwright) and through its
+HTTP API: selecting a segment by clicking, a slider edit that changes only that segment, undo back to
+the original pixels, painting and projecting a region (cancelled once, then run), an edit of the
+region layer that changes only the region, export (PNG, a result folder that the API and bin/edit
+continue from, the pasted-back photo of an aligned result); the token, host and body-size guards,
+export names that cannot leave the working folder or replace a foreign file, errors as messages on
+the page; and bin/editor serving a saved result.
+
+One server and one browser serve every browser test; the result is made of three known codes with
+hard masks (the tiny 32 px generator), so "outside the segment" is exact."""
+
+import base64
+import http.client
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from io import BytesIO
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from chunkygan_jax import editing, io
+from chunkygan_jax.errors import ChunkyGANError
+from chunkygan_jax.editor import Document, Edit, EditorSession
+from chunkygan_jax.editor.server import MAX_BODY, RunningEditor
+from chunkygan_jax.inversion import InversionSettings
+from chunkygan_jax.results import InversionResult, load_result
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+STEPS = 50  # region projections: one compiled projector for the cancelled run and the real one
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+def _labels(r):
+    lab = np.zeros((r, r), np.int64)
+    lab[:, r // 2:] = 1
+    lab[r // 2:, : r // 3] = 2
+    return lab
+
+
+_codes_and_images = jax.jit(lambda g, z: (g.mapping(z)[:, :1], g.synthesis(g.mapping(z))))
+
+
+def make_result(g, *, settings=None):
+    """Three W codes composited with hard masks: left-top, right half, left-bottom corner."""
+    r = g.resolution
+    ws, imgs = _codes_and_images(g, jnp.asarray(np.random.RandomState(5).randn(3, g.config.z_dim).astype(np.float32)))
+    ws, imgs = np.asarray(ws), np.asarray(imgs, np.float32)
+    lab = _labels(r)
+    masks = np.stack([(lab == i).astype(np.float32) for i in range(3)])
+    comp = np.einsum("nhw,nhwc->hwc", masks, imgs).astype(np.float32)
+    base = InversionSettings(segments=3, space="w", steps=3, lambda_reg=0.0, lpips_net="alex",
+                             lpips_resolution="full").to_dict()
+    return InversionResult(target=np.clip(comp, -1, 1), composite=comp, segment_images=imgs, masks=masks,
+                           latents={"codes": ws}, loss_history=np.zeros(3, np.float32),
+                           final_losses={"lpips": 0.0}, settings=dict(base, **(settings or {})))
+
+
+@pytest.fixture(scope="module")
+def g(tiny_generator):
+    return tiny_generator
+
+
+@pytest.fixture(scope="module")
+def directions(g, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("directions")
+    for k in range(2):
+        np.save(folder / f"dir{k}.npy", np.random.RandomState(k).randn(g.num_ws, g.w_dim).astype(np.float32))
+    (folder / "broken.npy").write_bytes(b"not a numpy file")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def editor(g, directions, tiny_checkpoint, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("editor_work")
+    (workdir / "edit.png").write_bytes(b"the user's own file")  # the editor must never replace it
+    session = EditorSession(make_result(g), g, workdir=workdir, generator_record=str(tiny_checkpoint),
+                            directions=directions, region_steps=STEPS, pca=2)
+    running = RunningEditor(session)
+    yield running
+    running.stop()
+    session.close()
+
+
+@pytest.fixture(scope="module")
+def page(editor):
+    pw = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
+    with pw.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        # bypass_csp lets Playwright evaluate its own wait conditions; the page keeps its policy header
+        pg = browser.new_page(viewport={"width": 1280, "height": 900}, bypass_csp=True)
+        errors = []
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        pg.goto(editor.url)
+        pg.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        pg.js_errors = errors
+        yield pg
+        browser.close()
+
+
+def request(editor, path, *, method="GET", body=None, token=True, headers=None):
+    """(status, headers, body bytes) of a request to the editor."""
+    url = editor.base + path
+    if token:
+        url += ("&" if "?" in url else "?") + "token=" + editor.token
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def image(editor, name="current"):
+    status, _, data = request(editor, f"/api/image/{name}.png?t={time.monotonic()}")
+    assert status == 200, data
+    return np.asarray(Image.open(BytesIO(data)).convert("RGB")).astype(np.int16)
+
+
+def stage_point(page, r, x, y):
+    """Page coordinates of image pixel (x, y)'s centre."""
+    box = page.locator("#stage").bounding_box()
+    return box["x"] + (x + 0.5) * box["width"] / r, box["y"] + (y + 0.5) * box["height"] / r
+
+
+def move_slider(page, row_index, value):
+    """Drag a direction slider to `value` (input events while moving, change on release) and wait for
+    the new document version."""
+    version = page.evaluate("document.body.dataset.version")
+    page.locator("#directions .direction").nth(row_index).locator("input[type=range]").evaluate(
+        "(el, v) => { for (const x of [v / 2, v]) { el.value = String(x); el.dispatchEvent(new Event('input')); }"
+        " el.dispatchEvent(new Event('change')); }", value)
+    page.wait_for_function(f"document.body.dataset.version !== '{version}'", timeout=60_000)
+
+
+def wait_version_change(page, version):
+    page.wait_for_function(f"document.body.dataset.version !== '{version}'", timeout=60_000)
+
+
+# ------------------------------------------------------------------------------------------ the browser
+def test_page_shows_views_and_clicking_selects_the_segment_under_the_pointer(page, editor, g):
+    r = g.resolution
+    assert page.inner_text("#selection") == "all segments"
+    page.mouse.click(*stage_point(page, r, 3, 3))  # segment 0 (left, top)
+    assert page.inner_text("#selection") == "segments 0"
+    page.mouse.click(*stage_point(page, r, 2, r - 2))  # segment 2 (left, bottom corner)
+    assert page.inner_text("#selection") == "segments 0, 2"
+    page.mouse.click(*stage_point(page, r, 2, r - 2))  # again: deselected
+    assert page.inner_text("#selection") == "segments 0"
+    # views and overlays
+    page.check("input[name=view][value=photo]")
+    page.wait_for_function("document.getElementById('stage').dataset.version === 'still'")
+    assert "api/image/photo.png" in page.get_attribute("#view", "src")
+    page.check("#show-masks")
+    lit = page.evaluate("() => { const d = document.getElementById('overlay').getContext('2d')"
+                        ".getImageData(0, 0, 32, 32).data; let n = 0; for (let i = 3; i < d.length; i += 4)"
+                        " n += d[i] > 0; return n; }")
+    assert lit == r * r  # the masks cover the image
+    page.uncheck("#show-masks")
+    page.check("input[name=view][value=current]")
+    names = page.locator("#directions .direction .name").all_inner_texts()
+    assert names == ["dir0", "dir1", "PCA 0", "PCA 1"]  # broken.npy is refused, with a message
+    assert "broken.npy" in page.inner_text("#direction-errors")
+
+
+def test_slider_changes_only_the_selected_segment_and_undo_restores_it(page, editor, g):
+    r = g.resolution
+    original = image(editor)
+    np.testing.assert_array_equal(original, image(editor, "projection"))
+    move_slider(page, 0, 3.0)
+    assert page.locator("#edits li").all_inner_texts() == ["file:dir0.npy × 3 on segments 0"]
+    edited = image(editor)
+    changed = np.any(edited != original, axis=-1)
+    inside = _labels(r) == 0
+    assert changed[inside].mean() > 0.5, "the edit did not change the selected segment"
+    assert not changed[~inside].any(), "pixels outside the selected segment changed"
+    # the slider shows the edit's strength; undo brings back the original pixels exactly
+    assert page.locator("#directions .direction").nth(0).locator("input[type=range]").input_value() == "3"
+    version = page.evaluate("document.body.dataset.version")
+    page.click("#undo")
+    wait_version_change(page, version)
+    np.testing.assert_array_equal(image(editor), original)
+    assert page.locator("#directions .direction").nth(0).locator("input[type=range]").input_value() == "0"
+    assert page.is_enabled("#redo")
+
+
+def test_errors_show_as_messages_on_the_page(page, editor):
+    page.check("input[name=tool][value=select]")
+    page.click("#fill")  # nothing painted
+    assert page.inner_text("#message") == "paint the holes to fill first"
+    # a server-side refusal: the page shows the server's message, never a traceback
+    page.evaluate("document.getElementById('steps').value = '0'")
+    page.check("input[name=tool][value=paint]")
+    x, y = stage_point(page, 32, 20, 10)
+    page.mouse.click(x, y)
+    page.click("#project")
+    page.wait_for_function("document.getElementById('message').className === 'error'")
+    text = page.inner_text("#message")
+    assert text.startswith("steps must be an integer in 1..") and "Traceback" not in text
+    page.click("#clear-region")
+    page.fill("#steps", str(STEPS))
+    assert page.js_errors == []
+
+
+def test_paint_project_with_cancel_then_edit_the_region(page, editor, g):
+    r = g.resolution
+    page.check("input[name=tool][value=paint]")
+    x0, y0 = stage_point(page, r, 20, 8)
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for k in range(1, 9):
+        page.mouse.move(*stage_point(page, r, 20 + k, 8 + 2 * k))
+    page.mouse.up()
+    # cancelled between steps: the projection stops at its first progress report
+    page.click("#project")
+    page.click("#cancel")
+    page.wait_for_selector("#task-status[data-state='cancelled']", timeout=120_000)
+    assert f"cancelled after 25 of {STEPS} steps" in page.inner_text("#task-status")
+    assert page.locator("#layers li").count() == 1  # no layer was added
+    # run it
+    page.click("#project")
+    page.wait_for_selector("#task-status[data-state='done']", timeout=120_000)
+    page.wait_for_function("document.querySelectorAll('#layers li').length === 2")
+    assert page.locator("#layers li").nth(1).inner_text().strip().startswith("Region layer 1")
+    assert page.is_checked("#layers li:nth-child(2) input")  # the new layer is the edit target
+    before = image(editor)
+    move_slider(page, 1, 4.0)
+    assert page.locator("#edits li").all_inner_texts() == ["file:dir1.npy × 4 on region layer 1"]
+    after = image(editor)
+    status, _, data = request(editor, "/api/image/region-1.png")
+    region = np.asarray(Image.open(BytesIO(data)))[..., 3] > 0
+    changed = np.any(after != before, axis=-1)
+    assert changed[region].any() and not changed[~region].any()
+    # Poisson compositing of the region layer, and back
+    version = page.evaluate("document.body.dataset.version")
+    page.check("#poisson")
+    wait_version_change(page, version)
+    assert not np.array_equal(image(editor), after)
+    version = page.evaluate("document.body.dataset.version")
+    page.uncheck("#poisson")
+    wait_version_change(page, version)
+    np.testing.assert_array_equal(image(editor), after)
+
+
+def test_export_writes_png_and_a_result_to_continue_from(page, editor, g, directions, tmp_path):
+    workdir = editor.session.workdir
+    page.fill("#export-name", "edit")
+    page.click("#export")
+    page.wait_for_selector("#exported li")
+    listed = page.locator("#exported li").all_inner_texts()
+    # edit.png was there before the editor: it is kept, and the export takes the next free name
+    assert listed == ["edit-2.png", "edit-2_result/ (a result folder for bin/edit)"]
+    assert (workdir / "edit.png").read_bytes() == b"the user's own file"
+    png = np.asarray(Image.open(workdir / "edit-2.png").convert("RGB")).astype(np.int16)
+    assert png.shape == (g.resolution, g.resolution, 3)
+    np.testing.assert_array_equal(png, image(editor))
+    # the download link serves that file
+    href = page.get_attribute("#exported a", "href")
+    status, _, data = request(editor, "/" + href, token=False)
+    assert status == 200 and data == (workdir / "edit-2.png").read_bytes()
+    # the result folder loads and continues: the API reproduces its image, bin/edit's code path edits it
+    saved = load_result(workdir / "edit-2_result")
+    assert saved.settings["editor"]["edits"][0]["direction"] == "file:dir1.npy"
+    np.testing.assert_allclose(io.to_uint8(saved.composite), png, atol=1)
+    again = editing.edit_result(saved, g, [])
+    np.testing.assert_allclose(again.composite, saved.composite, atol=1e-5)
+    out = tmp_path / "continued.png"
+    editing.edit_saved_result(workdir / "edit-2_result", out, direction=directions / "dir0.npy", strength=2.0)
+    assert Image.open(out).size == (g.resolution,) * 2
+    # exporting again under the same name replaces only the editor's own files
+    status, _, body = request(editor, "/api/export", method="POST", body=json.dumps({"name": "edit"}).encode())
+    assert status == 200 and json.loads(body)["files"] == ["edit-2.png", "edit-2_result"]
+    assert {p.name for p in workdir.iterdir()} == {"edit-2_result", "edit-2.png", "edit.png"}
+    assert page.js_errors == []
+
+
+def test_fill_holes_adds_a_layer_that_keeps_the_image_outside_the_correction_region(editor, g):
+    r = g.resolution
+    box = np.zeros((r, r), np.uint8)
+    box[4:12, 4:12] = 255  # inside segment 0, which has no edit: the same compiled projector as above
+    buf = BytesIO()
+    Image.fromarray(box).save(buf, format="PNG")
+    body = {"region": "<svg>%%", "steps": STEPS, "target": {"segments": "all"}}
+    status, _, data = request(editor, "/api/task/fill", method="POST", body=json.dumps(body).encode())
+    assert status == 400 and json.loads(data)["error"] == "the region is not base64-encoded PNG data"
+    body["region"] = base64.b64encode(b"GIF89a").decode()
+    status, _, data = request(editor, "/api/task/fill", method="POST", body=json.dumps(body).encode())
+    assert status == 400 and json.loads(data)["error"] == "the region must be a PNG image"
+    body["region"] = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    status, _, data = request(editor, "/api/task/fill", method="POST", body=json.dumps(body).encode())
+    assert status == 400 and json.loads(data)["error"].startswith("hole filling starts from one code")
+    before = image(editor)
+    body["target"] = {"segments": [0]}
+    status, _, data = request(editor, "/api/task/fill", method="POST", body=json.dumps(body).encode())
+    assert status == 200 and json.loads(data)["state"] == "running"
+    status, _, data = request(editor, "/api/edits", method="POST", body=b"{}")
+    assert status == 409 and "running" in json.loads(data)["error"]  # the document waits for the task
+    deadline = time.monotonic() + 120
+    while (task := json.loads(request(editor, "/api/task")[2])["task"])["state"] == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert task["state"] == "done", task
+    state = json.loads(request(editor, "/api/state")[2])
+    assert [l["kind"] for l in state["document"]["layers"]] == ["region", "fill"]
+    changed = np.any(image(editor) != before, axis=-1)
+    assert not changed[box == 0].any()
+
+
+# ------------------------------------------------------------------------------------------ the guards
+def test_every_request_needs_the_token_and_a_local_host(editor):
+    for path in ("/", "/api/state", "/static/app.js", "/api/image/photo.png"):
+        assert request(editor, path, token=False)[0] == 403
+        assert request(editor, path + "?token=wrong" + editor.token[:-1], token=False)[0] == 403
+        assert request(editor, path)[0] == 200
+    status, _, body = request(editor, "/api/state", token=False, headers={"X-Editor-Token": editor.token})
+    assert status == 200 and json.loads(body)["segments"] == 3
+    assert request(editor, "/api/state", headers={"Host": "evil.example:80"})[0] == 403
+    status, headers, body = request(editor, "/")
+    assert "default-src 'self'" in headers["content-security-policy"]
+    assert editor.token in body.decode()  # the page's own links carry it
+    assert editor.address[0] == "127.0.0.1"
+
+
+def _post_large(editor, *, chunked: bool):
+    """POST a body of MAX_BODY + 1 MiB: announced by Content-Length (refused before it is read), or
+    sent in chunks without a length (refused once the bytes read pass the limit)."""
+    host, port = editor.address
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    path = f"/api/directions?name=big.npy&token={editor.token}"
+    if chunked:
+        conn.request("POST", path, body=(b"x" * (1 << 20) for _ in range((MAX_BODY >> 20) + 1)),
+                     encode_chunked=True)
+    else:
+        conn.putrequest("POST", path)
+        conn.putheader("Content-Length", str(MAX_BODY + (1 << 20)))
+        conn.endheaders()  # the body never comes: the answer must not wait for it
+    resp = conn.getresponse()
+    out = resp.status, json.loads(resp.read())
+    conn.close()
+    return out
+
+
+def test_bodies_are_bounded_and_errors_are_json_messages(editor):
+    for chunked in (False, True):
+        status, body = _post_large(editor, chunked=chunked)
+        assert status == 413 and "too large" in body["error"]
+    status, _, body = request(editor, "/api/edits", method="POST", body=b"{not json",
+                           headers={"Content-Type": "application/json"})
+    assert status == 400 and json.loads(body)["error"] == "the request body is not JSON"
+    edit = {"kind": "direction", "direction": "../../etc/passwd", "strength": 1, "target": {"segments": "all"}}
+    status, _, body = request(editor, "/api/edits", method="POST", body=json.dumps({"edit": edit}).encode())
+    assert status == 400 and json.loads(body)["error"].startswith("unknown direction")
+    status, _, body = request(editor, "/api/image/secret.png")
+    assert status == 404 and "error" in json.loads(body)
+    status, _, body = request(editor, "/api/directions?name=x.npy", method="POST", body=b"\x93NUMPY garbage")
+    assert status == 400 and "not a numpy .npy direction file" in json.loads(body)["error"]
+    # an uploaded direction: checked against the generator, kept in memory, a new id per upload
+    buf = BytesIO()
+    np.save(buf, np.ones((editor.session.num_ws, 7), np.float32))
+    status, _, body = request(editor, "/api/directions?name=..%2Fup.npy", method="POST", body=buf.getvalue())
+    assert status == 400 and "direction has shape (8, 7)" in json.loads(body)["error"]
+    buf = BytesIO()
+    np.save(buf, np.ones(editor.session.generator.w_dim, np.float32))
+    for expected in ("upload:up", "upload:up-2"):
+        status, _, body = request(editor, "/api/directions?name=..%2Fup.npy", method="POST", body=buf.getvalue())
+        assert status == 200 and json.loads(body)["directions"][-1]["id"] == expected
+
+
+def test_downloads_and_exports_stay_inside_the_working_folder(editor):
+    workdir = editor.session.workdir
+    (workdir / "foreign.png").write_bytes(b"not ours")
+    for name in ("foreign.png", "..%2Fedit.png", "%2Fetc%2Fpasswd", "edit.png"):
+        assert request(editor, f"/api/files/{name}")[0] == 404
+    status, _, body = request(editor, "/api/export", method="POST",
+                           body=json.dumps({"name": "../../../tmp/../x/.hidden"}).encode())
+    assert status == 200, body
+    files = json.loads(body)["files"]
+    assert files == ["tmp-x-.hidden.png", "tmp-x-.hidden_result"]
+    assert all((workdir / f).exists() and (workdir / f).resolve().parent == workdir for f in files)
+
+
+def test_document_edits_replace_by_key_and_strength_zero_removes(g, tmp_path):
+    session = EditorSession(make_result(g), g, workdir=tmp_path)
+    e = Edit(("segments", (0,)), "style", 2.0, style_layer="b8.conv0", channel=3)
+    doc = Document().with_edit(e)
+    doc = doc.with_edit(Edit(("segments", (1,)), "style", 1.0, style_layer="b8.conv0", channel=3))
+    doc = doc.with_edit(Edit(("segments", (0,)), "style", 5.0, style_layer="b8.conv0", channel=3))
+    assert [(x.target, x.strength) for x in doc.edits] == [(("segments", (0,)), 5.0), (("segments", (1,)), 1.0)]
+    doc = doc.with_edit(Edit(("segments", (0,)), "style", 0.0, style_layer="b8.conv0", channel=3))
+    assert [x.target for x in doc.edits] == [("segments", (1,))]
+    # the target is normalised: every segment listed is "all"
+    assert session.parse_target({"segments": [2, 0, 1]}, Document()) == ("segments", ())
+    session.close()
+
+
+def _changed_only_in(before, after, inside):
+    changed = np.any(io.to_uint8(after) != io.to_uint8(before), axis=-1)
+    return changed[inside].mean() > 0.3 and not changed[~inside].any()
+
+
+def test_principal_direction_sliders_edit_the_chosen_segment(g, tmp_path, monkeypatch):
+    monkeypatch.setenv("CHUNKYGAN_CACHE", str(tmp_path / "cache"))  # the directions are cached there
+    session = EditorSession(make_result(g), g, workdir=tmp_path, pca=3)
+    assert [d["id"] for d in session.state()["directions"]] == ["pca:0", "pca:1", "pca:2"]
+    before = session.render()
+    state = session.commit({"kind": "direction", "direction": "pca:1", "strength": 3.0, "layers": [0, 4],
+                            "target": {"segments": [1]}})
+    assert state["document"]["edits"] == [{"kind": "direction", "strength": 3.0, "target": {"segments": [1]},
+                                           "direction": "pca:1", "layers": [0, 4]}]
+    assert _changed_only_in(before, session.render(), _labels(g.resolution) == 1)
+    session.close()
+
+
+def test_the_demo_generator_edits_in_z_space(demo_cache, tmp_path):
+    from chunkygan_jax import demo
+    dcgan = demo.load_demo_generator(cache_dir=demo_cache, fetch=False)
+    r = dcgan.resolution
+    z = np.random.RandomState(2).randn(3, dcgan.z_dim).astype(np.float32)
+    imgs = np.asarray(jax.jit(lambda gen, c: gen.synthesize(c, "z"))(dcgan, jnp.asarray(z)), np.float32)
+    masks = np.stack([(_labels(r) == i).astype(np.float32) for i in range(3)])
+    comp = np.einsum("nhw,nhwc->hwc", masks, imgs)
+    result = InversionResult(target=np.clip(comp, -1, 1), composite=comp, segment_images=imgs, masks=masks,
+                             latents={"codes": z}, loss_history=np.zeros(1, np.float32), final_losses={},
+                             settings=InversionSettings(segments=3, space="z", steps=1).to_dict())
+    (tmp_path / "dirs").mkdir()
+    np.save(tmp_path / "dirs" / "d.npy", np.random.RandomState(0).randn(dcgan.z_dim).astype(np.float32))
+    session = EditorSession(result, dcgan, workdir=tmp_path, directions=tmp_path / "dirs", pca=0)
+    state = session.state()
+    assert state["editable"] and state["num_ws"] is None and state["styles"] == []
+    before = session.render()
+    np.testing.assert_allclose(before, np.asarray(editing.render(dcgan, {"codes": z}, masks)), atol=1e-5)
+    edit = {"kind": "direction", "direction": "file:d.npy", "strength": 2.0, "target": {"segments": [2]}}
+    session.commit(edit)
+    assert _changed_only_in(before, session.render(), _labels(r) == 2)
+    with pytest.raises(ChunkyGANError, match="StyleSpace edits need a StyleGAN2"):
+        session.parse_edit({"kind": "style", "layer": 0, "channel": 0, "strength": 1, "target": "all"})
+    session.undo()
+    np.testing.assert_array_equal(session.render(), before)
+    session.close()
+
+
+def test_export_of_an_aligned_result_pastes_back_into_the_photo(g, tmp_path):
+    photo = (np.random.RandomState(3).rand(40, 48, 3) * 255).astype(np.uint8)
+    photo_path = tmp_path / "photo.png"
+    Image.fromarray(photo).save(photo_path)
+    quad = [[10.0, 6.0], [10.0, 30.0], [34.0, 30.0], [34.0, 6.0]]  # TL, BL, BR, TR
+    alignment = {"quad": quad, "landmarks": {}, "face": 0, "faces_found": 1, "photo_size": [48, 40]}
+    work = tmp_path / "work"
+    work.mkdir()
+    session = EditorSession(make_result(g, settings={"alignment": alignment, "image": str(photo_path)}), g,
+                            workdir=work)
+    out = session.export("face")
+    assert out["files"] == ["face.png", "face_result", "face_pasted.png"] and out["notes"] == []
+    pasted = np.asarray(Image.open(work / "face_pasted.png").convert("RGB"))
+    assert pasted.shape == photo.shape
+    np.testing.assert_array_equal(pasted[:, :8], photo[:, :8])  # outside the quad: the photo itself
+    assert np.any(pasted[10:26, 14:30] != photo[10:26, 14:30])
+    # the photo is gone: the PNG and the result are still written, and the page is told why
+    photo_path.unlink()
+    out = session.export("face")
+    assert out["files"] == ["face.png", "face_result"] and "is not there" in out["notes"][0]
+    session.close()
+
+
+# ------------------------------------------------------------------------------------------ bin/editor
+def test_bin_editor_serves_a_saved_result_and_refuses_bad_input(g, tiny_checkpoint, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    tool = [sys.executable, str(ROOT / "bin" / "editor")]
+    saved = make_result(g, settings={"generator": str(tiny_checkpoint)}).save(tmp_path / "result")
+    proc = subprocess.Popen(tool + [f"--latents={saved}", f"--workdir={tmp_path / 'work'}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        # while it starts: --help, and a command line without a result or a photo
+        help_ = subprocess.run(tool + ["--help"], capture_output=True, text=True, env=env, timeout=120)
+        assert help_.returncode == 0 and "--latents" in help_.stdout and "127.0.0.1" in help_.stdout
+        bad = subprocess.run(tool + [f"--workdir={tmp_path / 'w0'}"], capture_output=True, text=True, env=env,
+                             timeout=120)
+        assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
+        assert bad.stderr.startswith("error: give either --latents") and not (tmp_path / "w0").exists()
+        url = None
+        deadline = time.monotonic() + 120
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            m = re.match(r"editor: (http://127\.0\.0\.1:\d+/\?token=[\w-]+)$", line.strip())
+            url = m.group(1) if m else None
+        assert url, proc.stderr.read() if proc.poll() is not None else "no URL printed"
+        base, token = url.split("/?token=")
+        with urllib.request.urlopen(f"{base}/api/state?token={token}", timeout=30) as resp:
+            state = json.loads(resp.read())
+        assert state["segments"] == 3 and state["workdir"] == str((tmp_path / "work").resolve())
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{base}/api/state", timeout=30)
+        assert e.value.code == 403
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -1,0 +1,225 @@
+"""Real photos in, real photos out: bin/invert --align (the aligned projection, pasted.png at the photo's
+size, the quad in metrics.json), a photo without a face, an edit pasted back, the identity proxy, and
+bin/evaluate (table.json, table.md, scatter.png, resuming per photo x method).
+
+A small random DCGAN (32 px, z only) stands in for the generator where only the plumbing is tested: the
+evaluation then has two methods (global and ours in z), and bin/invert --align uses the same settings
+as the evaluation's "ours", so it reuses the programs compiled for it.
+"""
+
+import json
+import re
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from chunkygan_jax import align as A
+from chunkygan_jax import io
+from chunkygan_jax.checkpoints import save_generator
+from chunkygan_jax.errors import ConfigError, ImageError
+from chunkygan_jax.evaluate import evaluate
+from chunkygan_jax.generators.dcgan import DCGAN, DCGANConfig, random_params
+from chunkygan_jax.identity import IdentityModel
+from chunkygan_jax.inversion import invert
+
+from real_photos import astronaut, grace_hopper
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--steps=2", "--segments=2"]
+
+
+def run_tool(tool, *args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, str(ROOT / "bin" / tool), *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+def outside_quad(quad, h, w, margin):
+    """Pixels farther than `margin` px outside the (convex) quad."""
+    ys, xs = np.mgrid[0:h, 0:w].astype(float)
+    dist = np.full((h, w), -np.inf)
+    centre = quad.mean(0)
+    for a, b in zip(quad, np.roll(quad, -1, axis=0)):
+        n = np.array([b[1] - a[1], a[0] - b[0]]) / np.hypot(*(b - a))
+        n = -n if (centre - a) @ n > 0 else n
+        dist = np.maximum(dist, (xs - a[0]) * n[0] + (ys - a[1]) * n[1])
+    return dist > margin
+
+
+@pytest.fixture(scope="module")
+def dcgan(tmp_path_factory):
+    cfg = DCGANConfig(z_dim=8, channels=(16, 8, 8))
+    g = DCGAN(config=cfg, params=random_params(0, cfg))
+    path = tmp_path_factory.mktemp("dcgan") / "g"
+    save_generator(g, path)
+    return g, path
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    shutil.copy(astronaut(), folder / "astronaut.png")
+    shutil.copy(grace_hopper(), folder / "grace_hopper.jpg")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def evaluation(dcgan, photos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaluation") / "eval"
+    return evaluate(photos, dcgan[0], out, steps=2, segments=2, align=True), out
+
+
+# ---------------------------------------------------------------------------------------------------
+# bin/evaluate
+
+
+def test_evaluate_writes_table_and_scatter(evaluation):
+    table, out = evaluation
+    assert table["photos"] == 2 and not table["failed"]
+    assert [(r["key"], r["label"], r["segments"]) for r in table["rows"]] == [("global-z", "Z", 1),
+                                                                               ("ours-z", "Ours in Z", 2)]
+    assert json.loads((out / "table.json").read_text()) == table
+    for row in table["rows"]:
+        for measure in ("lpips", "identity", "l2"):
+            vals = [table["per_photo"][p][row["key"]][measure] for p in ("astronaut.png", "grace_hopper.jpg")]
+            assert row[measure]["mean"] == pytest.approx(np.mean(vals), abs=1e-12)
+            assert row[measure]["std"] == pytest.approx(np.std(vals), abs=1e-12)
+    for photo in ("astronaut.png", "grace_hopper.jpg"):
+        folder = out / "images" / photo
+        target = io.load_image(folder / "target.png")
+        for key in ("global-z", "ours-z"):
+            record = json.loads((folder / f"{key}.json").read_text())
+            # the measured LPIPS is the objective's own final LPIPS (both VGG at <= 256 px): the measure
+            # compares the projection with its own target
+            assert record["lpips"] == pytest.approx(record["objective"]["lpips"], abs=1e-4)
+            l2 = np.mean(np.square(io.load_image(folder / f"{key}.png") - target))
+            assert record["l2"] == pytest.approx(l2, abs=2e-3)  # the PNGs are rounded to 8 bits
+            assert 0.0 < record["identity"] < 1.0
+        # the target is the photo's aligned face, as align() makes it
+        al = A.Alignment.from_json(json.loads((folder / "alignment.json").read_text()))
+        assert al.faces_found == 1
+    md = (out / "table.md").read_text()
+    assert "| Z | 1 | 0 |" in md and "| Ours in Z | 2 | 0 |" in md and "dlib" in md and "ArcFace" in md
+    assert len(re.findall(r"\d\.\d{4} ± \d\.\d{4}", md)) == 6  # 2 rows x 3 measures
+    with Image.open(out / "scatter.png") as im:
+        assert im.size[0] > 300 and im.size[1] > 300
+        pixels = np.asarray(im.convert("RGB")).astype(int)
+    red = (pixels[..., 0] > 200) & (pixels[..., 1] < 60) & (pixels[..., 2] < 60)
+    assert red.sum() > 100  # the equal-loss line is drawn
+
+
+def test_evaluate_resumes_and_refuses_other_settings(evaluation, dcgan, photos):
+    _, out = evaluation
+    images = out / "images"
+    before = {p: p.stat().st_mtime_ns for p in images.rglob("*-z.json")}
+    (images / "grace_hopper.jpg" / "ours-z.json").unlink()  # as if the run had stopped there
+    proc = run_tool("evaluate", f"--photos={photos}", f"--generator={dcgan[1]}", f"--output_dir={out}", "--align",
+                    *TINY)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "4/4 runs" in proc.stderr and "astronaut.png: done before" in proc.stderr
+    after = {p: p.stat().st_mtime_ns for p in images.rglob("*-z.json")}
+    redone = sorted(p.relative_to(images).as_posix() for p in after if after[p] != before.get(p))
+    assert redone == ["grace_hopper.jpg/ours-z.json"]
+    assert json.loads((out / "table.json").read_text())["photos"] == 2
+    # other settings in the same folder: one line, exit 2, nothing changed
+    proc = run_tool("evaluate", f"--photos={photos}", f"--generator={dcgan[1]}", f"--output_dir={out}", "--align",
+                    "--steps=3", "--segments=2")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "other settings (steps)" in proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in images.rglob("*-z.json")} == after
+
+
+def test_identity_proxy_orders_faces():
+    astro, _ = A.align(astronaut(), 64)
+    grace, _ = A.align(grace_hopper(), 64)
+    blurred = np.asarray(Image.fromarray(astro).filter(ImageFilter.GaussianBlur(1)))
+    same, blur, other = IdentityModel().distances(astro, [astro, blurred, grace])
+    assert same < 1e-6
+    assert 0 < blur < 0.5 * other  # a blurred face is nearer to itself than another person is
+
+
+# ---------------------------------------------------------------------------------------------------
+# bin/invert --align
+
+
+def test_invert_align_end_to_end(dcgan, tmp_path, evaluation):
+    out = tmp_path / "out"
+    proc = run_tool("invert", f"--image={astronaut()}", "--align", f"--generator={dcgan[1]}",
+                    f"--output_dir={out}", *TINY)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"1 face found in {astronaut()}; aligning face 0" in proc.stderr
+    photo = A.load_photo(astronaut())
+    with Image.open(out / "projection.png") as im:
+        assert im.size == (32, 32)  # the aligned projection, at the generator's resolution
+    pasted = np.asarray(Image.open(out / "pasted.png").convert("RGB"))
+    assert pasted.shape == photo.shape == (512, 512, 3)
+    metrics = json.loads((out / "metrics.json").read_text())
+    record = metrics["alignment"]
+    assert record["face"] == 0 and record["faces_found"] == 1 and set(record["landmarks"]) == {
+        "eye_left", "eye_right", "mouth_left", "mouth_right"}
+    quad = np.array(record["quad"])
+    np.testing.assert_allclose(quad, A.find_alignment(photo).quad, atol=2e-3)
+    # FFHQ corner order: top-left, bottom-left, bottom-right, top-right
+    assert quad[0, 1] < quad[1, 1] and quad[1, 0] < quad[2, 0] and quad[3, 1] < quad[2, 1] and quad[0, 0] < quad[3, 0]
+    # pasted.png is the projection warped into the photo; outside the quad the photo is untouched
+    projection = np.asarray(Image.open(out / "projection.png").convert("RGB"))
+    np.testing.assert_array_equal(pasted, A.paste_back(photo, projection, A.Alignment.from_json(record)))
+    outside = outside_quad(quad, 512, 512, 1.0)
+    np.testing.assert_array_equal(pasted[outside], photo[outside])
+    assert np.abs(pasted[~outside].astype(int) - photo[~outside]).mean() > 5
+    saved = json.loads((out / "result" / "result.json").read_text())
+    assert saved["alignment"] == record and saved["photo"] == str(astronaut().resolve())
+
+
+def test_no_face_and_wrong_face_exit_2(tmp_path, dcgan):
+    yy, xx = np.mgrid[0:120, 0:160]
+    sky = np.stack([xx * 1.5, yy + 60, 200 + 0 * xx], -1).astype(np.uint8)
+    Image.fromarray(sky).save(tmp_path / "sky.png")
+    proc = run_tool("invert", f"--image={tmp_path / 'sky.png'}", "--align", f"--output_dir={tmp_path / 'o'}")
+    assert proc.returncode == 2 and proc.stderr == f"error: no face found in {tmp_path / 'sky.png'}\n"
+    proc = run_tool("invert", f"--image={astronaut()}", "--align", "--face=1", f"--output_dir={tmp_path / 'o'}")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "face=1 asked for, but 1 face was found" in proc.stderr
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ConfigError, match="align=True"):
+        invert(astronaut(), dcgan[0], face=0)
+    with pytest.raises(ImageError, match="no face found in"):
+        invert(tmp_path / "sky.png", dcgan[0], align=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# bin/edit on an aligned result
+
+
+def test_edit_of_an_aligned_result_is_pasted_back(dcgan, tmp_path):
+    from chunkygan_jax.editing import edit_saved_result
+    from chunkygan_jax.results import InversionResult, load_result
+
+    g, checkpoint = dcgan
+    target, al = A.align(astronaut(), g.resolution, output="float")
+    codes = np.asarray(g.initial_codes("z", 2))
+    images = np.asarray(g.synthesize(codes, "z"))
+    masks = np.zeros((2, 32, 32), np.float32)
+    masks[0, :, :16], masks[1, :, 16:] = 1, 1
+    result = InversionResult(target=target, composite=(images * masks[..., None]).sum(0), segment_images=images,
+                             masks=masks, latents={"codes": codes}, loss_history=np.zeros(1, np.float32),
+                             final_losses={}, settings={"space": "z", "generator": str(checkpoint)},
+                             alignment=al.to_json(), photo=str(astronaut()))
+    result.save(tmp_path / "result")
+    np.save(tmp_path / "d.npy", np.full(g.config.z_dim, 3.0, np.float32))
+    summary = edit_saved_result(tmp_path / "result", tmp_path / "edit.png", direction=tmp_path / "d.npy",
+                                output_latents=tmp_path / "edited")
+    assert str(tmp_path / "edit_pasted.png") in summary
+    edit = np.asarray(Image.open(tmp_path / "edit.png").convert("RGB"))
+    pasted = np.asarray(Image.open(tmp_path / "edit_pasted.png").convert("RGB"))
+    photo = A.load_photo(astronaut())
+    # the result keeps the alignment as JSON (the quad rounded to 1/1000 px)
+    np.testing.assert_array_equal(pasted, A.paste_back(photo, edit, A.Alignment.from_json(al.to_json())))
+    outside = outside_quad(al.quad, 512, 512, 1.0)
+    np.testing.assert_array_equal(pasted[outside], photo[outside])
+    assert np.abs(pasted[~outside].astype(int) - photo[~outside]).mean() > 5  # the generated face is in
+    assert load_result(tmp_path / "edited").alignment == al.to_json()  # a further edit pastes back too
