@@ -168,6 +168,8 @@ class DCGAN:
 
     # ------------------------------------------------------------------ the features protocol (G^S)
     segment_space = "z"  # X^S, the segment generator's code, is a z code like the image codes
+    # Stride-2 transposed convolutions leave a period-2 pattern in the activations (segmenter/features.py).
+    checkerboard_features = True
 
     @property
     def feature_layers(self) -> tuple:

@@ -11,7 +11,9 @@ A generator that offers its intermediate features (what the segment generator G^
   feature_layers                     the resolutions it offers features at,
   feature_channels(layer)            their channel counts,
   features(codes, layers, noise_mode=...)  {layer: [N, r, r, C]} for codes of segment_space,
-  sample_codes(num, seed)            random samples' codes of segment_space (numpy).
+  sample_codes(num, seed)            random samples' codes of segment_space (numpy),
+  checkerboard_features              whether features carry the period-2 pattern of transposed
+                                     convolutions (phi filters it out; see segmenter/features.py).
 StyleGAN2 adds mapping and W/W+/S conversions; the DCGAN works in z alone.
 """
 

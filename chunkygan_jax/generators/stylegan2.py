@@ -169,6 +169,7 @@ class StyleGAN2:
 
     # ------------------------------------------------------------------ the features protocol (G^S)
     segment_space = "w+"  # X^S, the segment generator's code, is a W+ code starting at w_avg
+    checkerboard_features = False  # FIR-filtered up-sampling: no period-2 pattern for phi to remove
 
     @property
     def feature_layers(self) -> tuple:

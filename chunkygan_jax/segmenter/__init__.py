@@ -5,8 +5,8 @@
 phi(X^S): the code X^S, a code of the generator's own segment space (StyleGAN2: W+ [num_ws, w_dim] from
 w_avg; the DCGAN: z [z_dim] from its fixed start), goes through the image generator's blocks at a few
 middle resolutions (`layers`, `generator.features`); only the blocks up to the largest one run, no
-output layer. Each block's activation is filtered with [1, 2, 1] / 4 along both axes (`smooth_2x`: it
-removes the period-2 "checkerboard" of transposed convolutions), bilinearly upsampled to the mask
+output layer. Each block's activation (filtered with [1, 2, 1] / 4 along both axes where the generator's
+transposed convolutions leave a period-2 "checkerboard": `smooth_2x`) is bilinearly upsampled to the mask
 resolution h = max(layers),
 normalised to unit L2 norm over its channels at every pixel (so every block weighs the same whatever its
 channel count or activation scale), and the blocks are concatenated per pixel and divided by

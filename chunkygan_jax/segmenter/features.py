@@ -20,7 +20,7 @@ from ..generators.protocol import offers_features
 DEFAULT_NOISE_MODE = "none"
 _EPS = 1e-8
 # The version of phi: part of the k-means cache key, so a head fitted on other features is never reused.
-FEATURES_VERSION = 2
+FEATURES_VERSION = 3
 
 
 def default_layers(generator) -> tuple[int, ...]:
@@ -55,8 +55,9 @@ def smooth_2x(f):
     output pixel's parity picks other kernel taps: the "checkerboard" of a DCGAN). On the demo DCGAN it
     dominates the per-pixel features: k-means then clusters pixel parities, not image parts, and its
     masks are a checkerboard of 400-1000 pieces per image. [1, 2, 1] is zero at the period-2 frequency,
-    so it removes that pattern exactly and barely blurs anything else (StyleGAN2's FIR-filtered
-    up-sampling has little of it to remove). No shift: the filter is symmetric."""
+    so it removes that pattern exactly; it is symmetric (no shift). phi applies it to the generators that
+    say their features carry the pattern (`checkerboard_features`: the DCGAN); StyleGAN2's up-sampling is
+    FIR-filtered and leaves none, so its features are used as they are."""
     if f.shape[1] < 3:
         return f
     p = jnp.pad(f, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
@@ -71,7 +72,9 @@ def pixel_features(generator, codes, layers, *, noise_mode=DEFAULT_NOISE_MODE):
     h = max(layers)
     parts = []
     for r in sorted(feats):
-        f = smooth_2x(feats[r].astype(jnp.float32))
+        f = feats[r].astype(jnp.float32)
+        if getattr(generator, "checkerboard_features", False):
+            f = smooth_2x(f)
         if r != h:
             f = jax.image.resize(f, (f.shape[0], h, h, f.shape[-1]), method="bilinear")
         f = f * jax.lax.rsqrt(jnp.sum(jnp.square(f), axis=-1, keepdims=True) + _EPS)
