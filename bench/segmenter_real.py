@@ -73,11 +73,11 @@ def main() -> None:
                   f"({c['pieces_per_segment']:.2f}/segment {c['pieces_by_segment']})  agreement "
                   f"{c['neighbour_agreement']:.3f}", flush=True)
         print(f"{method}: {seconds:.0f} s for {len(photos)} photos x {args.steps} steps", flush=True)
-
-    record = {"generator": args.generator or "demo", "steps": args.steps, "segments": args.segments,
-              "lpips_net": args.lpips_net, "command": "python3 " + " ".join(sys.argv), "rows": list(rows.values())}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(record, indent=2) + "\n")
+        record = {"generator": args.generator or "demo", "steps": args.steps, "segments": args.segments,
+                  "lpips_net": args.lpips_net, "command": "python3 " + " ".join(sys.argv),
+                  "rows": list(rows.values())}
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(record, indent=2) + "\n")  # after every method
     print(table(rows))
     if args.sheet:
         io.save_png(args.sheet, sheet(photos, results, [m for m in args.methods.split(",")], g.resolution))
