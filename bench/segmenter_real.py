@@ -80,7 +80,7 @@ def main() -> None:
         Path(args.output).write_text(json.dumps(record, indent=2) + "\n")  # after every method
     print(table(rows))
     if args.sheet:
-        io.save_png(args.sheet, sheet(photos, results, [m for m in args.methods.split(",")], g.resolution))
+        io.save_png(args.sheet, sheet(photos, results, args.methods.split(","), g.resolution), overwrite=True)
         print(f"wrote {args.sheet} and {args.output}")
 
 

@@ -87,8 +87,9 @@ def _segmenter(generator, n, segmenter, *, frozen):
         return kmeans_segmenter(generator, n, seed=KMEANS_SEED, frozen=frozen)
     seg = segmenter if isinstance(segmenter, Segmenter) else load_segmenter(segmenter, generator, frozen=frozen)
     if seg.segments != n:
-        raise ConfigError(f"the segmenter {segmenter if not isinstance(segmenter, Segmenter) else ''} makes "
-                          f"{seg.segments} segments, not {n}: pass segments={seg.segments} or another segmenter")
+        name = "the segmenter" + ("" if isinstance(segmenter, Segmenter) else f" {segmenter}")
+        raise ConfigError(f"{name} makes {seg.segments} segments, not {n}: pass segments={seg.segments} or "
+                          "another segmenter")
     if seg.frozen != frozen:
         seg = seg.freeze(frozen)
     return seg
