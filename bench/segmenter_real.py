@@ -12,7 +12,7 @@ masks' Gaussian blur, smoothing=0). Writes a JSON record and a sheet with one ro
 photo: photo | composite and masks for each method (enlarged with nearest-neighbour).
 
 Usage: python3 bench/segmenter_real.py [--generator CKPT] [--segments 8] [--steps 500]
-           [--output bench/results/segmenter_real.json] [--sheet docs/images/segmenter_real.png]
+           [--output bench/results/segmenter_real.json] [--sheet docs/images/segmenter_real.png] [--overwrite]
 """
 
 import argparse
@@ -51,7 +51,11 @@ def main() -> None:
     ap.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated subset of " + ", ".join(METHODS))
     ap.add_argument("--output", default="bench/results/segmenter_real.json")
     ap.add_argument("--sheet", default="docs/images/segmenter_real.png")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --sheet / --output")
     args = ap.parse_args()
+    for path in (args.output, args.sheet):  # before the long work, not after it
+        if path and Path(path).exists() and not args.overwrite:
+            ap.error(f"{path} exists; pass --overwrite to replace it")
 
     g = resolve_generator(args.generator)
     photos = {name: align(getattr(real_photos, name)(), g.resolution)[0] for name in PHOTOS}
@@ -80,7 +84,7 @@ def main() -> None:
         Path(args.output).write_text(json.dumps(record, indent=2) + "\n")  # after every method
     print(table(rows))
     if args.sheet:
-        io.save_png(args.sheet, sheet(photos, results, args.methods.split(","), g.resolution), overwrite=True)
+        io.save_png(args.sheet, sheet(photos, results, args.methods.split(","), g.resolution), overwrite=args.overwrite)
         print(f"wrote {args.sheet} and {args.output}")
 
 
