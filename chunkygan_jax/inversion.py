@@ -487,6 +487,7 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
     `static_masks` is a list (one per image, or None). `mesh` (sharding.data_mesh()) shards the
     images over its devices; the batch is padded to a multiple of this process's devices with copies
     of the last image, whose results are dropped."""
+    t0 = time.perf_counter()
     generator = resolve_generator(generator)
     space = space or generator.default_space
     if lambda_reg is None:  # the generator's calibrated value (1.0, the paper's, for StyleGAN2's W)
@@ -527,12 +528,10 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
             lambda x: padded(np.asarray(x)), initial_codes)
 
     record = mask_source_record(inverter.mask_source if inverter_given is not None and masks is None else masks,
-                                inverter.mask_source,
-                                generator, settings.segments, segmenter=segmenter)
+                                inverter.mask_source, generator, settings.segments, segmenter=segmenter)
     bar = Progress(steps, unit="steps") if progress else None
     if progress and not progress_every:
         progress_every = max(1, min(25, steps // 20))
-    t0 = time.perf_counter()
     batch = inverter.make_batch(targets, sxs)
     state = inverter.start(inverter.initial_latents(len(targets), initial_codes), len(targets))
     # The first call runs one step alone: its time is the compilation plus one step, and the steps after it
@@ -607,8 +606,9 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
     progress: print a progress line (progress.Progress: steps done, rate, ETA, loss) on stderr.
     snapshot_steps: steps at which the composite and masks are kept (for a progression sheet).
     noise_mode: 'const' (the generator's fixed noise) or 'none'.
-    The result's `compile_seconds` (the first step call beyond a steady step) and `step_ms` (the steady
-    time per step) are measured apart; `seconds` is the whole call.
+    The result's `compile_seconds` (the step program's compilation: the first step call beyond a steady
+    step) and `step_ms` (the steady time per step) are measured apart; `seconds` is the whole call,
+    one-off work such as loading LPIPS and the snapshots included.
     """
     alignment = None
     if align is not False and align is not None:

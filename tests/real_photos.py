@@ -12,6 +12,7 @@
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -35,3 +36,17 @@ def grace_hopper() -> Path:
 
 def camera() -> Path:
     return _package_file("skimage", "data", "camera.png")
+
+
+def outside_quad(quad, h, w, margin):
+    """Pixels farther than `margin` px outside an alignment quad (a convex polygon): where a paste-back
+    must leave the photo untouched."""
+    ys, xs = np.mgrid[0:h, 0:w].astype(float)
+    dist = np.full((h, w), -np.inf)
+    centre = quad.mean(0)
+    for a, b in zip(quad, np.roll(quad, -1, axis=0)):
+        n = np.array([b[1] - a[1], a[0] - b[0]]) / np.hypot(*(b - a))
+        if (centre - a) @ n > 0:
+            n = -n  # the outward normal
+        dist = np.maximum(dist, (xs - a[0]) * n[0] + (ys - a[1]) * n[1])
+    return dist > margin

@@ -11,7 +11,7 @@ from chunkygan_jax import align as A
 from chunkygan_jax import io as cio
 from chunkygan_jax.errors import ImageError
 
-from real_photos import astronaut, camera, grace_hopper
+from real_photos import astronaut, camera, grace_hopper, outside_quad
 
 # Reference landmarks from dlib's 68-point shape predictor (face-recognition-models 0.3.0, dlib 20.0)
 # run once on the same photos; dlib is not a dependency. FFHQ's recipe uses the mean of points 36-41
@@ -194,19 +194,6 @@ def test_alignment_record_is_json(astro):
 
 # ---------------------------------------------------------------------------------------------------
 # Paste-back
-
-
-def outside_quad(quad, h, w, margin):
-    """Pixels farther than `margin` px outside the quad (a convex polygon)."""
-    ys, xs = np.mgrid[0:h, 0:w].astype(float)
-    dist = np.full((h, w), -np.inf)
-    centre = quad.mean(0)
-    for a, b in zip(quad, np.roll(quad, -1, axis=0)):
-        n = np.array([b[1] - a[1], a[0] - b[0]]) / np.hypot(*(b - a))
-        if (centre - a) @ n > 0:
-            n = -n  # the outward normal
-        dist = np.maximum(dist, (xs - a[0]) * n[0] + (ys - a[1]) * n[1])
-    return dist > margin
 
 
 @pytest.mark.parametrize("blend", ["feather", "poisson"])

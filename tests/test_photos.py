@@ -28,7 +28,7 @@ from chunkygan_jax.generators.dcgan import DCGAN, DCGANConfig, random_params
 from chunkygan_jax.identity import IdentityModel
 from chunkygan_jax.inversion import invert
 
-from real_photos import astronaut, grace_hopper
+from real_photos import astronaut, grace_hopper, outside_quad
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--steps=2", "--segments=2"]
@@ -38,18 +38,6 @@ def run_tool(tool, *args):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, str(ROOT / "bin" / tool), *map(str, args)], capture_output=True,
                           text=True, env=env, timeout=600)
-
-
-def outside_quad(quad, h, w, margin):
-    """Pixels farther than `margin` px outside the (convex) quad."""
-    ys, xs = np.mgrid[0:h, 0:w].astype(float)
-    dist = np.full((h, w), -np.inf)
-    centre = quad.mean(0)
-    for a, b in zip(quad, np.roll(quad, -1, axis=0)):
-        n = np.array([b[1] - a[1], a[0] - b[0]]) / np.hypot(*(b - a))
-        n = -n if (centre - a) @ n > 0 else n
-        dist = np.maximum(dist, (xs - a[0]) * n[0] + (ys - a[1]) * n[1])
-    return dist > margin
 
 
 @pytest.fixture(scope="module")
