@@ -46,7 +46,7 @@ def child(args):
                   lpips_resolution="full", lambda_reg=0.0)
     mesh = sharding.data_mesh()
     settings = InversionSettings(space=generator.default_space, **common)
-    inverter = Inverter(generator, settings, make_mask_source(None, args.segments, generator.resolution), mesh=mesh)
+    inverter = Inverter(generator, settings, make_mask_source(None, args.segments, generator.resolution, generator=generator), mesh=mesh)
     r = generator.resolution
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

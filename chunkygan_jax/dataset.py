@@ -38,9 +38,9 @@ from .errors import ChunkyGANError, ConfigError
 from .files import atomic_path, check_folder
 from .generators.protocol import fingerprint as generator_fingerprint
 from .inversion import InversionSettings, Inverter, check_memory
-from .mask_sources import make_mask_source
-from .masks import color_code
+from .mask_sources import make_mask_source, mask_source_record
 from .progress import Progress
+from .report import masks_sheet
 from .results import InversionResult, save_result
 from .sharding import allgather_ints, barrier, data_mesh, local_rows
 
@@ -151,7 +151,7 @@ def save_image_result(result, directory, record: dict) -> Path:
     with atomic_path(directory, is_dir=True, overwrite=True, kind=IMAGE_RESULT_KIND) as tmp:
         save_result(result, tmp / "result")
         io.save_png(tmp / "projection.png", io.to_uint8(result.composite))
-        io.save_png(tmp / "masks.png", color_code(result.masks))
+        io.save_png(tmp / "masks.png", masks_sheet(result.masks))
         (tmp / "metrics.json").write_text(json.dumps(record, indent=2))
     return directory
 
@@ -238,7 +238,7 @@ def _failure_record(rel: str, reason: str) -> dict:
 
 def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None, steps=500, batch_size=None,
                    lr=0.1, lambda_reg=None, l2_weight=0.0, mean_latent_weight=0.0, lpips_net="vgg",
-                   lpips_resolution=256, masks=None, seed=0, noise_mode="const", dtype="float32",
+                   lpips_resolution=256, masks=None, segmenter=None, seed=0, noise_mode="const", dtype="float32",
                    crop="none", alpha="refuse", upscale=False, mesh: Mesh | None = None, inverter=None,
                    max_batches: int | None = None, progress: bool = True, log=None) -> DatasetSummary:
     """Invert every image of a folder (or glob) into `output_dir`, each process on its own devices.
@@ -247,9 +247,10 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
     arguments. generator: as in invert() (None: the demo generator); lambda_reg None takes the
     generator's default, as invert() does. batch_size: images per step on each process (default one per
     local device), a multiple of this process's device count. mesh: a data mesh over this process's
-    devices (default `data_mesh(jax.local_devices())`). masks: None/"logits" or "layout" (per-image masks
-    are not supported here) or a mask source. upscale: as in invert() (images under a quarter of the
-    resolution are recorded as failed without it). max_batches stops after that many batches (a time box; a
+    devices (default `data_mesh(jax.local_devices())`). masks, segmenter: as in invert() (None: the
+    generator's default, G^S with X^S learned per image) except per-image mask arrays, which are not
+    supported here. upscale: as in invert() (images under a quarter of the resolution are recorded as
+    failed without it). max_batches stops after that many batches (a time box; a
     rerun continues). `inverter` (built with the same settings and mesh) saves a compilation when
     calling this repeatedly."""
     t_start = time.perf_counter()
@@ -280,14 +281,18 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
                                  dtype=dtype).validate(generator)
     check_memory(generator, settings, batch_size // n_local)  # before any compilation
     if masks is not None and not isinstance(masks, str) and not (hasattr(masks, "init") and hasattr(masks, "masks")):
-        raise ConfigError("invert_dataset takes masks=None, 'logits', 'layout' or a mask source "
+        raise ConfigError("invert_dataset takes masks=None, 'segmenter', 'logits', 'layout' or a mask source "
                           "(per-image mask arrays are not supported)")
-    masks_name = (masks or "logits") if isinstance(masks, str) or masks is None else type(masks).__name__
+    given = inverter
     if inverter is None:
-        source = make_mask_source(masks, settings.segments, generator.resolution, seed=seed, generator=generator)
+        source = make_mask_source(masks, settings.segments, generator.resolution, seed=seed, generator=generator,
+                                  segmenter=segmenter)
         inverter = Inverter(generator, settings, source, mesh=mesh)
     elif inverter.settings != settings:
         raise ConfigError("the given inverter was built for other settings")
+    masks_record = mask_source_record(inverter.mask_source if given is not None and masks is None else masks,
+                                      inverter.mask_source,
+                                      generator, settings.segments, segmenter=segmenter)
 
     output_dir = Path(output_dir)
     root, files = list_images(images, exclude=[output_dir])
@@ -299,8 +304,9 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
                               "needs the same files (a shared file system)")
     if not files:
         raise ConfigError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found in {images}")
-    expect = {"settings": _json_safe(settings.to_dict()), "generator": generator_fingerprint(generator),
-              "masks": masks_name, "crop": crop, "alpha": alpha}
+    full_settings = {**settings.to_dict(), "masks": masks_record}  # what every result records
+    expect = {"settings": _json_safe(full_settings), "generator": generator_fingerprint(generator),
+              "masks": masks_record, "crop": crop, "alpha": alpha}
     mine = process_share(files)
     pending = [rel for rel in mine if not _result_complete(output_dir_for(output_dir, rel),
                                                           {**expect, "image": rel})]
@@ -341,7 +347,7 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
                 result = InversionResult(
                     target=targets[i], composite=out[i], segment_images=imgs[i], masks=seg_masks[i],
                     latents=jax.tree_util.tree_map(lambda x: x[i], latents), loss_history=state.history[i].copy(),
-                    final_losses=losses, settings=settings.to_dict(), seconds=seconds)
+                    final_losses=losses, settings=dict(full_settings), seconds=seconds)
                 record = {"version": RECORD_VERSION, "image": rel, "status": "done", **expect,
                           "lpips": losses["lpips"], "total": losses["total"], "seconds": seconds,
                           "batch_images": batch_size, "process": jax.process_index(), "time": time.time()}

@@ -40,7 +40,8 @@ from .demo import resolve_generator
 from .errors import ConfigError, ImageError, ResourceError
 from .generators.stylegan2 import sample_ws
 from .lpips import load_lpips, resize_for_lpips
-from .mask_sources import make_mask_source
+from .mask_sources import make_mask_source, mask_source_record
+from .progress import Progress
 from .results import InversionResult, Snapshot
 
 SPACE_ALIASES = {"wplus": "w+", "w_plus": "w+", "W": "w", "W+": "w+", "S": "s"}
@@ -370,7 +371,7 @@ class Inverter:
         self.settings = settings.validate(generator)
         s = self.settings
         self.mask_source = rep(mask_source if mask_source is not None else make_mask_source(
-            None, s.segments, generator.resolution, seed=s.seed))
+            None, s.segments, generator.resolution, seed=s.seed, generator=generator))
         self.lpips = rep(lpips if lpips is not None else load_lpips(s.lpips_net, compute_dtype=jnp.dtype(s.dtype)))
         self.w_std = w_std_of(generator) if s.mean_latent_weight > 0 else 1.0
         self._has_static = static_mask
@@ -478,8 +479,8 @@ def _prepare(generator, image, static_mask, crop, alpha, upscale=False):
 
 def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1, lambda_reg=None,
                  l2_weight=0.0, mean_latent_weight=0.0, lpips_net="vgg", lpips_resolution=256,
-                 masks=None, learn_masks=None, static_masks=None, seed=0, noise_mode="const",
-                 dtype="float32", callback: Callable | None = None, progress_every=25,
+                 masks=None, segmenter=None, learn_masks=None, static_masks=None, seed=0, noise_mode="const",
+                 dtype="float32", callback: Callable | None = None, progress_every=25, progress=False,
                  snapshot_steps=(), crop="none", alpha="refuse", upscale=False, inverter: Inverter | None = None,
                  initial_codes=None, mesh=None) -> list[InversionResult]:
     """Invert B images at once (one jitted step for all B x n segments). See `invert` for options;
@@ -508,9 +509,10 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
     has_static = any(p[1] is not None for p in prepared)
     sxs = np.stack([p[1] if p[1] is not None else np.zeros(targets.shape[1:3], np.float32)
                     for p in prepared]) if has_static else None
+    inverter_given = inverter
     if inverter is None:
         source = make_mask_source(masks, settings.segments, generator.resolution, seed=seed,
-                                            learn=learn_masks, generator=generator)
+                                  learn=learn_masks, generator=generator, segmenter=segmenter)
         inverter = Inverter(generator, settings, source, static_mask=has_static, mesh=mesh)
     elif inverter.settings != settings:
         raise ConfigError("the given inverter was built for other settings")
@@ -525,6 +527,11 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
         initial_codes = None if initial_codes is None else jax.tree_util.tree_map(
             lambda x: padded(np.asarray(x)), initial_codes)
 
+    record = mask_source_record(inverter.mask_source if inverter_given is not None and masks is None else masks,
+                                inverter.mask_source, generator, settings.segments, segmenter=segmenter)
+    bar = Progress(steps, unit="steps") if progress else None
+    if progress and not progress_every:
+        progress_every = max(1, min(25, steps // 20))
     batch = inverter.make_batch(targets, sxs)
     state = inverter.start(inverter.initial_latents(len(targets), initial_codes), len(targets))
     # The first call runs one step alone: its time is the compilation plus one step, and the steps after it
@@ -548,6 +555,8 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
                 snapshots[i].append(Snapshot(stop, out[i], seg_masks[i]))
         if callback is not None:
             callback(state.step, steps, state.history[:count, max(state.step - 1, 0)])
+        if bar is not None:
+            bar.update(state.step, f"loss {float(np.mean(state.history[:count, max(state.step - 1, 0)])):.4f}")
     imgs, seg_masks, out, parts = inverter.evaluate(state.latents, batch)
     seconds = time.perf_counter() - t0
     step_ms = 1000.0 * steady / (steps - 1) if steps > 1 else None
@@ -559,7 +568,7 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
         results.append(InversionResult(
             target=targets[i], composite=out[i], segment_images=imgs[i], masks=seg_masks[i],
             latents=_unbatch(state.latents, i), loss_history=state.history[i].copy(),
-            final_losses={k: float(v[i]) for k, v in parts.items()}, settings=settings.to_dict(),
+            final_losses={k: float(v[i]) for k, v in parts.items()}, settings={**settings.to_dict(), "masks": record},
             static_mask=None if sxs is None else sxs[i], snapshots=snapshots[i], seconds=seconds,
             compile_seconds=compile_seconds, step_ms=step_ms))
     return results
@@ -567,8 +576,8 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
 
 def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, lambda_reg=None,
            l2_weight=0.0, mean_latent_weight=0.0, lpips_net="vgg", lpips_resolution=256, masks=None,
-           learn_masks=None, static_mask=None, seed=0, noise_mode="const", dtype="float32",
-           callback=None, progress_every=25, snapshot_steps=(), crop="none", alpha="refuse",
+           segmenter=None, learn_masks=None, static_mask=None, seed=0, noise_mode="const", dtype="float32",
+           callback=None, progress_every=25, progress=False, snapshot_steps=(), crop="none", alpha="refuse",
            upscale=False, initial_codes=None, align=False, face=None) -> InversionResult:
     """Reconstruct one photo as `segments` latent codes blended by soft masks (ChunkyGAN).
 
@@ -582,13 +591,19 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
     generator: a generator object, a checkpoint path (ours, NVIDIA .pkl, rosinality .pt), or None for
         the demo face generator.
     space: 'w', 'w+' (default for StyleGAN2) or 's'; codes start at w_avg.
-    masks: None / 'logits' (learned low-resolution logits from a soft Voronoi layout), 'layout' (that
-        layout, fixed), an array [n, H, W] or label map [H, W] (user masks, fixed unless learn_masks),
-        or a mask source such as a segment generator.
+    masks: None / 'segmenter' (the paper's method and the default for generators that offer their
+        features, StyleGAN2 and the demo DCGAN: S = G^S(X^S), the segment code X^S learned with the
+        image codes; the k-means head cached per generator, or `segmenter`), 'logits' (learned
+        low-resolution logits from a soft Voronoi layout), 'layout' (that layout, fixed), an array
+        [n, H, W] or label map [H, W] (user masks, fixed unless learn_masks), or a mask source.
+        See mask_sources.make_mask_source; the result records the choice in settings["masks"].
+    segmenter: a trained segmenter's directory (bin/train_segmenter) or a `Segmenter`, for
+        masks='segmenter' (default: the unsupervised k-means head).
     static_mask: [H, W] in [0, 1] (or a mask file): where 1, the composite is the input image (eq. 3).
     lambda_reg: weight of the paper's dispersion term (see the module docstring for its units); None
         takes the generator's `default_lambda_reg` (StyleGAN2: 1.0 as in the paper; demo DCGAN: 0).
     callback(step, steps, losses): called every `progress_every` steps.
+    progress: print a progress line (progress.Progress: steps done, rate, ETA, loss) on stderr.
     snapshot_steps: steps at which the composite and masks are kept (for a progression sheet).
     noise_mode: 'const' (the generator's fixed noise) or 'none'.
     The result's `compile_seconds` (the step program's compilation: the first step call beyond a steady
@@ -605,9 +620,9 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
     result = invert_batch([image], generator, segments=segments, space=space, steps=steps, lr=lr,
                          lambda_reg=lambda_reg, l2_weight=l2_weight, mean_latent_weight=mean_latent_weight,
                          lpips_net=lpips_net, lpips_resolution=lpips_resolution, masks=masks,
-                         learn_masks=learn_masks, static_masks=[static_mask], seed=seed,
-                         noise_mode=noise_mode, dtype=dtype, callback=callback,
-                         progress_every=progress_every, snapshot_steps=snapshot_steps, crop=crop,
+                         segmenter=segmenter, learn_masks=learn_masks, static_masks=[static_mask], seed=seed,
+                         noise_mode=noise_mode, dtype=dtype, callback=callback, progress_every=progress_every,
+                         progress=progress, snapshot_steps=snapshot_steps, crop=crop,
                          alpha=alpha, upscale=upscale, initial_codes=init)[0]
     if alignment is not None:
         result.alignment, result.photo = alignment

@@ -1,6 +1,6 @@
 """The simple mask sources for the segment masks S (paper eq. 1): fixed user masks, free
 low-resolution logits and a default layout for any n; also how masks are shown (`color_code`) and
-judged (`neighbour_agreement`). The learned segment generator G^S is in segmenter/, and the `masks=`
+judged (`neighbour_agreement`, `connected_pieces`). The learned segment generator G^S is in segmenter/, and the `masks=`
 option of invert() is resolved in mask_sources.py.
 
 A mask source is a small object with
@@ -119,12 +119,15 @@ def logit_masks_from(masks, resolution: int, *, logit_resolution: int = 16, temp
     return LogitMasks(initial=jnp.asarray(logits - logits.mean(axis=0, keepdims=True)), resolution=resolution)
 
 
+def palette(n: int) -> np.ndarray:
+    """The colour of each segment in `color_code`: float [n, 3] in [0, 1] (golden-ratio hue steps)."""
+    hues = (np.arange(n) * GOLDEN) % 1.0
+    return np.stack([_hsv_to_rgb(h, 0.75, 0.95) for h in hues]).reshape(n, 3)
+
+
 def color_code(masks: np.ndarray) -> np.ndarray:
     """Soft masks [n, H, W] -> uint8 [H, W, 3] visualisation (mask-weighted palette colours)."""
-    n = masks.shape[0]
-    hues = (np.arange(n) * GOLDEN) % 1.0
-    palette = np.stack([_hsv_to_rgb(h, 0.75, 0.95) for h in hues])
-    rgb = np.einsum("nhw,nc->hwc", np.asarray(masks, np.float64), palette)
+    rgb = np.einsum("nhw,nc->hwc", np.asarray(masks, np.float64), palette(masks.shape[0]))
     return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -143,3 +146,51 @@ def neighbour_agreement(labels) -> float:
     same = np.concatenate([(labels[..., 1:, :] == labels[..., :-1, :]).reshape(-1),
                            (labels[..., :, 1:] == labels[..., :, :-1]).reshape(-1)])
     return float(same.mean())
+
+
+def connected_pieces(labels) -> np.ndarray:
+    """Number of 4-connected pieces of each label in a label map [H, W] -> int array [max label + 1]
+    (0 for a label that does not occur). A coherent segmentation has about one piece per segment;
+    scattered labels ("confetti") have many. Union-find over the map's 4-neighbour pairs, in numpy."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ImageError(f"connected_pieces takes one label map [H, W], got shape {labels.shape}")
+    h, w = labels.shape
+    parent = np.arange(h * w)
+    flat = labels.reshape(-1)
+    idx = parent.reshape(h, w)
+    pairs = [(idx[:, :-1], idx[:, 1:]), (idx[:-1, :], idx[1:, :])]
+    a = np.concatenate([p[0].reshape(-1) for p in pairs])
+    b = np.concatenate([p[1].reshape(-1) for p in pairs])
+    same = flat[a] == flat[b]
+    a, b = a[same], b[same]
+    while True:  # hook roots onto the smaller root, then compress paths, until no pair joins two trees
+        ra, rb = parent[a], parent[b]
+        while True:
+            ra2, rb2 = parent[ra], parent[rb]
+            if np.array_equal(ra2, ra) and np.array_equal(rb2, rb):
+                break
+            ra, rb = ra2, rb2
+        differ = ra != rb
+        if not differ.any():
+            break
+        lo, hi = np.minimum(ra[differ], rb[differ]), np.maximum(ra[differ], rb[differ])
+        np.minimum.at(parent, hi, lo)
+        while True:
+            nxt = parent[parent]
+            if np.array_equal(nxt, parent):
+                break
+            parent = nxt
+    roots = np.unique(parent)
+    return np.bincount(flat[roots], minlength=int(flat.max()) + 1 if flat.size else 0)
+
+
+def mask_coherence(masks) -> dict:
+    """How coherent soft masks [n, H, W] are, judged on their argmax: connected pieces in total and per
+    segment (n: one piece each; confetti: many), and neighbour agreement."""
+    masks = np.asarray(masks)
+    labels = masks.argmax(axis=0)
+    pieces = connected_pieces(labels)
+    return {"pieces": int(pieces.sum()), "pieces_per_segment": float(pieces.sum() / masks.shape[0]),
+            "pieces_by_segment": [int(p) for p in np.pad(pieces, (0, masks.shape[0] - len(pieces)))],
+            "neighbour_agreement": neighbour_agreement(labels)}

@@ -1,4 +1,9 @@
-"""The report `bin/invert` writes: what a user looks at after an inversion, in one folder."""
+"""The report `bin/invert` writes: what a user looks at after an inversion, in one folder.
+
+Sheets (side_by_side, masks, segments, progression) are enlarged by an integer factor with
+nearest-neighbour so that a small generator's pixels can be seen (64 px -> 256 px per tile); the
+projection itself stays at the generator's resolution. masks.png carries a legend (colour -> segment
+index and its share of the image) and progression.png the step number of each column."""
 
 from __future__ import annotations
 
@@ -6,28 +11,85 @@ import json
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from . import io
 from .align import Alignment, paste_back
 from .errors import ChunkyGANError
 from .files import atomic_path
-from .masks import color_code
+from .masks import color_code, mask_coherence, palette
 from .results import save_result
 
 PROGRESSION_STEPS = (1, 5, 9, 15, 23, 37)  # the iterations of the paper's Fig. 3
+SHEET_TILE = 256  # sheets enlarge small images to at least this many pixels per tile
+_INK, _PAPER = (0, 0, 0), (255, 255, 255)
+_LINE = 14  # pixel height of one line of PIL's default font, with a margin
 
 
 def progression_steps(steps: int) -> list[int]:
-    return sorted({s for s in PROGRESSION_STEPS if s < steps} | {steps})
+    """The paper's steps (1, 5, 9, 15, 23, 37) below `steps`, then doublings from 37 (74, 148, 296, ...)
+    while they stay below steps / 1.3 (most of the change comes after step 37), then the last step."""
+    extra, s = [], 2 * PROGRESSION_STEPS[-1]
+    while s * 1.3 < steps:
+        extra.append(s)
+        s *= 2
+    return sorted({s for s in PROGRESSION_STEPS + tuple(extra) if s < steps} | {steps})
+
+
+def sheet_scale(resolution: int) -> int:
+    """The nearest-neighbour enlargement of sheets for a generator resolution (64 -> 4, >= 256 -> 1)."""
+    return max(1, SHEET_TILE // int(resolution))
+
+
+def enlarge(image: np.ndarray, k: int) -> np.ndarray:
+    return image if k == 1 else np.repeat(np.repeat(image, k, axis=0), k, axis=1)
+
+
+def _text_strip(width: int, labels, *, height: int = _LINE + 4) -> np.ndarray:
+    """A white strip [height, width, 3] with each (x, text) written at x."""
+    strip = Image.new("RGB", (width, height), _PAPER)
+    draw = ImageDraw.Draw(strip)
+    for x, text in labels:
+        draw.text((x + 3, 2), text, fill=_INK)
+    return np.asarray(strip)
+
+
+def legend(masks: np.ndarray, width: int) -> np.ndarray:
+    """Rows of colour swatches with the segment index and its share of the pixels (argmax), as many
+    per row as fit in `width`."""
+    n = masks.shape[0]
+    share = np.bincount(np.asarray(masks).argmax(axis=0).reshape(-1), minlength=n) / masks[0].size
+    colours = (palette(n) * 255 + 0.5).astype(np.uint8)
+    cell = 78
+    per_row = max(1, width // cell)
+    rows = -(-n // per_row)
+    img = Image.new("RGB", (width, rows * (_LINE + 6) + 4), _PAPER)
+    draw = ImageDraw.Draw(img)
+    for i in range(n):
+        x, y = (i % per_row) * cell + 4, (i // per_row) * (_LINE + 6) + 4
+        draw.rectangle([x, y, x + _LINE - 2, y + _LINE - 2], fill=tuple(int(c) for c in colours[i]), outline=_INK)
+        draw.text((x + _LINE + 3, y), f"{i}: {100 * share[i]:.0f}%", fill=_INK)
+    return np.asarray(img)
+
+
+def masks_sheet(masks: np.ndarray) -> np.ndarray:
+    """uint8 colour-coded masks (enlarged for small generators) over a legend: colour -> segment index
+    (and the share of pixels where it is the strongest)."""
+    coded = enlarge(color_code(masks), sheet_scale(masks.shape[-1]))
+    return np.concatenate([coded, legend(masks, coded.shape[1])], axis=0)
 
 
 def progression_sheet(result) -> np.ndarray:
-    """uint8 sheet: composites (top row) and colour-coded masks (bottom row) at the snapshot steps."""
+    """uint8 sheet: the step number over each column, composites (top row) and colour-coded masks
+    (bottom row) at the snapshot steps, enlarged for small generators."""
     if not result.snapshots:
         raise ChunkyGANError("this result holds no snapshots (pass snapshot_steps to invert)")
-    top = np.concatenate([io.to_uint8(s.composite) for s in result.snapshots], axis=1)
-    bottom = np.concatenate([color_code(s.masks) for s in result.snapshots], axis=1)
-    return np.concatenate([top, bottom], axis=0)
+    k = sheet_scale(result.composite.shape[0])
+    tile = result.composite.shape[1] * k
+    top = np.concatenate([enlarge(io.to_uint8(s.composite), k) for s in result.snapshots], axis=1)
+    bottom = np.concatenate([enlarge(color_code(s.masks), k) for s in result.snapshots], axis=1)
+    labels = _text_strip(top.shape[1], [(i * tile, f"step {s.step}") for i, s in enumerate(result.snapshots)])
+    return np.concatenate([labels, top, bottom], axis=0)
 
 
 REPORT_KIND = "inversion report"
@@ -36,8 +98,9 @@ REPORT_KIND = "inversion report"
 def write_report(result, directory, *, extra_metrics=None, photo=None, blend="feather", overwrite: bool = False,
                  inputs=()) -> Path:
     """Everything a user looks at after an inversion, in one directory (written atomically):
-    projection.png, side_by_side.png (original | projection), masks.png, progression.png (if snapshots),
-    segments.png (each segment's full image), metrics.json, and the result itself under result/.
+    projection.png, side_by_side.png (original | projection), masks.png (with a legend),
+    progression.png (if snapshots), segments.png (each segment's full image), metrics.json, and the
+    result itself under result/. Sheets are enlarged for small generators (`sheet_scale`).
 
     For an aligned photo (result.alignment), also pasted.png: the projection warped back into the photo
     (`photo`, else the path the result records) at its full size, blended with `blend` ("feather" or
@@ -45,25 +108,27 @@ def write_report(result, directory, *, extra_metrics=None, photo=None, blend="fe
     overwrite=True (files.atomic_path's rules); `inputs` (the photo, masks...) may be neither the
     directory nor inside it."""
     directory = Path(directory)
+    k = sheet_scale(result.composite.shape[0])
     pasted = None
     if result.alignment is not None and (photo is not None or result.photo):
-        pasted = paste_back(photo if photo is not None else result.photo, io.to_uint8(result.composite),
+        pasted = paste_back(photo if photo is not None else result.photo, result.image_uint8(),
                             Alignment.from_json(result.alignment), blend=blend)
     with atomic_path(directory, is_dir=True, overwrite=overwrite, kind=REPORT_KIND, inputs=inputs) as tmp:
         if pasted is not None:
             io.save_png(tmp / "pasted.png", pasted)
-        io.save_png(tmp / "projection.png", io.to_uint8(result.composite))
+        io.save_png(tmp / "projection.png", result.image_uint8())
         io.save_png(tmp / "side_by_side.png",
-                    np.concatenate([io.to_uint8(result.target), io.to_uint8(result.composite)], axis=1))
-        io.save_png(tmp / "masks.png", color_code(result.masks))
-        io.save_png(tmp / "segments.png", np.concatenate([io.to_uint8(x) for x in result.segment_images], axis=1))
+                    enlarge(np.concatenate([io.to_uint8(result.target), result.image_uint8()], axis=1), k))
+        io.save_png(tmp / "masks.png", masks_sheet(result.masks))
+        io.save_png(tmp / "segments.png",
+                    enlarge(np.concatenate([io.to_uint8(x) for x in result.segment_images], axis=1), k))
         if result.snapshots:
             io.save_png(tmp / "progression.png", progression_sheet(result))
         save_result(result, tmp / "result")
         steps = len(result.loss_history)
         metrics = {"final_losses": result.final_losses, "steps": steps, "seconds": result.seconds,
                    "compile_seconds": result.compile_seconds, "ms_per_step": result.step_ms,
-                   "settings": result.settings,
+                   "settings": result.settings, "mask_coherence": mask_coherence(result.masks),
                    **({"alignment": result.alignment, "photo": result.photo} if result.alignment else {}),
                    **(extra_metrics or {})}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))

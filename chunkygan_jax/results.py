@@ -22,6 +22,7 @@ import numpy as np
 
 from .errors import ChunkyGANError
 from .files import atomic_path
+from .io import to_uint8
 from .trees import flatten_tree, unflatten_tree
 
 FORMAT_VERSION = 1
@@ -37,10 +38,16 @@ class Snapshot:
 
 @dataclasses.dataclass
 class InversionResult:
-    """What an inversion produced. `latents` is the pytree to continue from (codes and mask params)."""
+    """What an inversion produced. `latents` is the pytree to continue from (codes and mask params).
+
+    Images are float32 with -1 = black and 1 = white. `composite` is the blend exactly as the loss saw it,
+    NOT clipped: the masks are convex weights, so it stays within the range of the segment images, which
+    is [-1, 1] for the DCGAN (tanh) but may overshoot slightly for StyleGAN2 (its output is not bounded).
+    For saving or showing use `clipped` (float, [-1, 1]) or `image_uint8()` ([H, W, 3] uint8).
+    settings["masks"] records where the masks came from (see mask_sources.mask_source_record)."""
 
     target: np.ndarray  # [H, W, 3] in [-1, 1]
-    composite: np.ndarray  # [H, W, 3]
+    composite: np.ndarray  # [H, W, 3], about [-1, 1], not clipped (see above)
     segment_images: np.ndarray  # [n, H, W, 3]
     masks: np.ndarray  # [n, H, W]
     latents: dict
@@ -58,6 +65,15 @@ class InversionResult:
     @property
     def codes(self):
         return self.latents["codes"]
+
+    @property
+    def clipped(self) -> np.ndarray:
+        """The composite clipped to [-1, 1] (float32 [H, W, 3])."""
+        return np.clip(np.asarray(self.composite, np.float32), -1.0, 1.0)
+
+    def image_uint8(self) -> np.ndarray:
+        """The composite as an 8-bit RGB image [H, W, 3], ready to save (clipped, rounded)."""
+        return to_uint8(self.composite)
 
     def save(self, directory, *, overwrite: bool = False) -> Path:
         """Write latents, masks, settings and images so that editing can continue later."""

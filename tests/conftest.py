@@ -8,6 +8,9 @@ from pathlib import Path
 # tests start: a tool run in a subprocess then reuses the programs the test process already compiled.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="chunkygan-test-jax-cache-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# The project's cache (k-means segmenters fitted by the default mask source, converted checkpoints) goes to
+# a fresh folder: tests never read or fill the user's cache. Tests that need a cache of their own set it.
+os.environ["CHUNKYGAN_CACHE"] = tempfile.mkdtemp(prefix="chunkygan-test-cache-")
 
 import jax
 import numpy as np

@@ -47,22 +47,41 @@ def one_line(proc, status, message):
     assert proc.returncode == status and len(lines) == 1 and message in lines[0], (proc.returncode, proc.stderr)
 
 
-def test_end_to_end_writes_every_output(checkpoint, face, tmp_path):
-    out = tmp_path / "out"
-    big = tmp_path / "face64.png"  # twice the generator's resolution: resized, and the tool says so
+@pytest.fixture(scope="module")
+def inverted(checkpoint, face, tmp_path_factory):
+    """bin/invert with its defaults (masks: the segment generator G^S) on the tiny checkpoint, for a photo
+    twice the generator's resolution (resized, and the tool says so)."""
+    work = tmp_path_factory.mktemp("inverted")
+    out, big = work / "out", work / "face64.png"
     Image.open(face).resize((64, 64), Image.Resampling.BICUBIC).save(big)
     proc = run(f"--image={big}", f"--generator={checkpoint}", f"--output_dir={out}", *FAST)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return out, proc, big
+
+
+def test_end_to_end_writes_every_output(inverted, checkpoint, face):
+    out, proc, big = inverted
     assert "wrote" in proc.stdout and "6/6" in proc.stderr  # progress bar reached the end
     assert f"resized {big} from 64x64 to 32x32" in proc.stderr.splitlines()
     assert "s compiling, then" in proc.stdout and "ms/step" in proc.stdout
     for name in ("projection.png", "side_by_side.png", "masks.png", "segments.png", "progression.png",
                  "metrics.json", "result/latents.npz", "result/arrays.npz", "result/result.json"):
         assert (out / name).is_file(), name
-    assert Image.open(out / "side_by_side.png").size == (64, 32)
-    assert Image.open(out / "progression.png").size == (32 * 3, 64)  # snapshots after steps 1, 5 and 6
+    assert Image.open(out / "projection.png").size == (32, 32)  # the result itself: generator resolution
+    scale = 256 // 32  # sheets are enlarged with nearest-neighbour so that small images can be seen
+    side = np.asarray(Image.open(out / "side_by_side.png"))
+    assert side.shape == (32 * scale, 64 * scale, 3)
+    np.testing.assert_array_equal(side[::scale, ::scale][:, 32:], np.asarray(Image.open(out / "projection.png")))
+    masks = Image.open(out / "masks.png")
+    assert masks.size[0] == 32 * scale and masks.size[1] > 32 * scale  # with the legend below
+    # progression: a row of step labels over composites and masks after steps 1, 5 and 6
+    prog = Image.open(out / "progression.png")
+    assert prog.size[0] == 3 * 32 * scale and prog.size[1] > 2 * 32 * scale
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 6 and np.isfinite(metrics["final_losses"]["lpips"])
+    record = metrics["settings"]["masks"]
+    assert record["kind"] == "segmenter" and record["head"] == "kmeans" and record["learned"]
+    assert metrics["mask_coherence"]["pieces"] >= 1
     # compilation and steady steps apart: the first call's excess, then the later steps' mean
     assert metrics["compile_seconds"] >= 0 and metrics["ms_per_step"] > 0
     assert metrics["compile_seconds"] + 5 * metrics["ms_per_step"] / 1000 <= metrics["seconds"]
@@ -86,6 +105,36 @@ def _bomb(path, side=20000):
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
                      + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
     return path
+
+
+def test_edit_moves_the_segment_code_and_refuses_another_segmenter(inverted, tiny_generator, tmp_path):
+    """bin/edit on a G^S result: the direction moves X^S too and the masks are the recorded segmenter's
+    masks for the moved code; a segmenter that did not make the result is refused (exit 2, one line)."""
+    from chunkygan_jax import segmenter as seg_lib
+    from chunkygan_jax.results import load_result
+
+    out = inverted[0]
+    g = tiny_generator
+    direction = np.random.RandomState(2).randn(g.num_ws, g.w_dim).astype(np.float32)
+    np.save(tmp_path / "d.npy", direction)
+
+    def edit(*args):
+        return run(f"--latents={out / 'result'}", f"--direction={tmp_path / 'd.npy'}", "--strength=3", *args,
+                   tool="edit")
+
+    proc = edit(f"--output={tmp_path / 'e.png'}", f"--output_latents={tmp_path / 'e'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before, after = load_result(out / "result"), load_result(tmp_path / "e")
+    np.testing.assert_allclose(after.latents["segment_code"] - before.latents["segment_code"], 3 * direction,
+                               atol=1e-5)
+    seg = seg_lib.kmeans_segmenter(g, 2)  # the cached head the result records (same cache folder)
+    np.testing.assert_allclose(after.masks, seg.masks_for_code(after.latents["segment_code"]), atol=1e-5)
+    assert np.abs(after.masks - before.masks).max() > 1e-3  # the segments followed the edit
+
+    seg_lib.save_segmenter(seg_lib.fit_kmeans(g, 2, seed=1), tmp_path / "other")
+    bad = edit(f"--output={tmp_path / 'f.png'}", f"--segmenter={tmp_path / 'other'}")
+    one_line(bad, 2, "is not the segmenter that made this result")
+    assert not (tmp_path / "f.png").exists()
 
 
 def _bad_inputs(tmp_path, face):
@@ -112,6 +161,9 @@ def _bad_inputs(tmp_path, face):
         ([f"--image={face}", "--space=q"], "latent space"),
         ([f"--image={face}", "--lpips_resolution=big"], "lpips_resolution"),
         (["--bogus_flag=1"], "bogus_flag"),
+        ([f"--image={face}", f"--segmenter={tmp_path}"], "not a segmenter checkpoint"),
+        ([f"--image={face}", "--masks=logits", f"--segmenter={tmp_path}"], "applies to masks='segmenter'"),
+        ([f"--image={face}", "--masks=confetti"], "neither a mask kind"),
     ]
 
 
@@ -163,6 +215,27 @@ def test_documented_conversions(tmp_path):
     assert io.load_image(tmp_path / "wide.png", 32, crop="center").shape == (32, 32, 3)
     with pytest.raises(ImageError, match="not square"):
         io.load_image(tmp_path / "wide.png", 32)
+
+
+def test_report_pictures_are_readable():
+    """The progression's steps (the paper's and doublings after 37), and masks.png: the colour-coded
+    masks enlarged with nearest-neighbour over a legend with a swatch of every segment's colour."""
+    from chunkygan_jax import report
+    from chunkygan_jax.masks import color_code, palette
+
+    assert report.progression_steps(500) == [1, 5, 9, 15, 23, 37, 74, 148, 296, 500]
+    assert report.progression_steps(40) == [1, 5, 9, 15, 23, 37, 40]
+    assert report.progression_steps(6) == [1, 5, 6]
+    labels = np.zeros((64, 64), int)
+    labels[:, 32:] = 1
+    labels[40:, 32:] = 2
+    masks = (labels[None] == np.arange(3)[:, None, None]).astype(np.float32)
+    sheet = report.masks_sheet(masks)
+    assert sheet.shape[1] == 256 and sheet.shape[0] > 256
+    np.testing.assert_array_equal(sheet[:256:4, ::4], color_code(masks))
+    legend = sheet[256:]
+    for colour in (palette(3) * 255 + 0.5).astype(np.uint8):
+        assert np.any(np.all(legend == colour, axis=-1)), colour
 
 
 def test_resizes_are_reported_and_tiny_or_huge_images_refused(tmp_path, caplog):

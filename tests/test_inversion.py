@@ -86,9 +86,10 @@ def test_static_mask_keeps_the_input_exactly(tiny_generator):
 
 def test_same_seed_same_latents_and_seed_changes_layout(tiny_generator, two_halves):
     target = np.asarray(jax.image.resize(two_halves[0], (32, 32, 3), "linear"))
-    a = invert(target, tiny_generator, segments=2, steps=6, seed=7, **FAST)
-    b = invert(target, tiny_generator, segments=2, steps=6, seed=7, **FAST)
-    c = invert(target, tiny_generator, segments=2, steps=6, seed=8, **FAST)
+    common = dict(segments=2, steps=6, masks="logits", **FAST)
+    a = invert(target, tiny_generator, seed=7, **common)
+    b = invert(target, tiny_generator, seed=7, **common)
+    c = invert(target, tiny_generator, seed=8, **common)
     for k in a.latents:
         np.testing.assert_array_equal(a.latents[k], b.latents[k])
     assert np.abs(a.latents["mask_logits"] - c.latents["mask_logits"]).max() > 1e-3
@@ -140,6 +141,28 @@ def test_result_round_trip(tmp_path, tiny_generator):
     with pytest.raises(ConfigError, match="not written by chunkygan_jax"):
         res.save(photos, overwrite=True)
     assert os.listdir(photos) == ["holiday.jpg"] and (photos / "holiday.jpg").read_bytes() == b"a photo"
+
+
+def test_default_is_the_segment_generator_with_progress_and_a_clipped_image(tiny_generator, capsys):
+    """invert() with masks=None on a generator that offers features uses G^S (X^S learned) and records
+    it; progress=True prints the progress line; the composite is offered clipped for saving."""
+    from chunkygan_jax import io
+    from chunkygan_jax.generators.protocol import fingerprint
+
+    r = tiny_generator.resolution
+    target = np.random.RandomState(4).uniform(-1, 1, (r, r, 3)).astype(np.float32)
+    res = invert(target, tiny_generator, segments=2, steps=6, progress=True, **FAST)
+    assert "6/6 steps" in capsys.readouterr().err
+    record = res.settings["masks"]
+    assert record["kind"] == "segmenter" and record["head"] == "kmeans" and record["learned"]
+    assert record["generator"] == fingerprint(tiny_generator)
+    x_s = res.latents["segment_code"]
+    assert x_s.shape == (tiny_generator.num_ws, tiny_generator.w_dim)
+    assert np.abs(x_s - np.asarray(tiny_generator.w_avg)).max() > 1e-4  # X^S left w_avg: it was optimised
+    assert res.clipped.min() >= -1 and res.clipped.max() <= 1
+    np.testing.assert_array_equal(res.image_uint8(), io.to_uint8(res.clipped))
+    inside = np.abs(res.composite) <= 1
+    np.testing.assert_array_equal(res.clipped[inside], res.composite[inside])
 
 
 def test_no_recompilation_between_images_or_inverters(tiny_generator):

@@ -1,5 +1,6 @@
-"""The segment generator G^S: masks from the generator's own features for a learnable W+ code X^S,
-through the unsupervised k-means head or a trained per-pixel MLP ensemble."""
+"""The segment generator G^S: masks from the generator's own features for a learnable code X^S in the
+generator's own space (W+ for StyleGAN2, z for the DCGAN), through the unsupervised k-means head or a
+trained per-pixel MLP ensemble; the mask source the `masks=` option makes, and its record."""
 
 import subprocess
 import sys
@@ -86,7 +87,9 @@ def test_jointly_optimised_segment_code_beats_the_frozen_one(tiny_generator, gol
     left = np.zeros((r, r, 1), np.float32)
     left[:, : r // 2] = 1.0
     targets = np.stack([np.clip(left * imgs[a] + (1 - left) * imgs[(a + 1) % 4], -1, 1) for a in range(4)])
-    seg = seg_lib.kmeans_segmenter(tiny_generator, 2, cache_dir=cache)
+    # Unsmoothed masks: the sharp seam of this target is what a learned X^S can place and a frozen one
+    # cannot (with the default blur the seam is soft either way: docs/segmenter.md gives both).
+    seg = seg_lib.kmeans_segmenter(tiny_generator, 2, cache_dir=cache, smoothing=0.0)
     settings = InversionSettings(segments=2, steps=100, lambda_reg=0.0, lpips_net="alex", lpips_resolution="full")
     final = {}
     for name, source in (("learned", seg), ("frozen", seg.freeze())):
@@ -116,7 +119,7 @@ def test_make_mask_source_kmeans(tiny_generator, kmeans3, cache, monkeypatch):
     np.testing.assert_array_equal(learned.head.centroids, kmeans3.head.centroids)
     with pytest.raises(ConfigError, match="needs the generator"):
         make_mask_source("kmeans", 3, 32)
-    with pytest.raises(ConfigError, match="needs a StyleGAN generator"):
+    with pytest.raises(ConfigError, match="offers its features"):
         make_mask_source("kmeans", 3, 32, generator=object())
 
 
@@ -229,3 +232,135 @@ def test_bin_train_segmenter(tiny_generator, samples, sample_labels, tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert "--annotations" in bad.stderr and not (tmp_path / "out2").exists()
+
+
+# ------------------------------------------------------------------------------------ any generator
+@pytest.fixture(scope="module")
+def dcgan():
+    """A 32 px DCGAN with random weights: a z-space generator (no mapping, no W). The conv weights get He
+    scaling (DCGAN's N(0, 0.02) start leaves every pixel's features almost the same vector)."""
+    import math
+
+    from chunkygan_jax.generators.dcgan import DCGAN, DCGANConfig, random_params
+
+    config = DCGANConfig(z_dim=16, channels=(32, 16, 8))
+    params = random_params(3, config)
+    for layer in params["main"].values():
+        if layer["weight"].ndim == 4:
+            layer["weight"] = layer["weight"] / 0.02 * math.sqrt(2.0 / (4 * layer["weight"].shape[0]))
+    return DCGAN(config=config, params=params)
+
+
+def test_dcgan_features_are_its_own_forward_pass(dcgan):
+    from chunkygan_jax.generators.dcgan import conv_transpose2d
+
+    z = dcgan.sample_codes(2, 0)
+    assert dcgan.feature_layers == (4, 8, 16) and dcgan.segment_space == "z"
+    feats = dcgan.features(z, dcgan.feature_layers)
+    assert {r: f.shape for r, f in feats.items()} == {4: (2, 4, 4, 32), 8: (2, 8, 8, 16), 16: (2, 16, 16, 8)}
+    assert [dcgan.feature_channels(r) for r in dcgan.feature_layers] == [32, 16, 8]
+    # the last block's activations through the output layer are the image: they are the forward pass's
+    img = jnp.tanh(conv_transpose2d(feats[16], dcgan.params["main"]["9"]["weight"], 2, 1))
+    np.testing.assert_allclose(img, dcgan.synthesize(z, "z"), atol=1e-5)
+    np.testing.assert_allclose(dcgan.features(z, [8])[8], feats[8], atol=1e-6)  # stops early, same values
+    assert np.all(np.asarray(feats[8]) >= 0)  # after batch norm and ReLU
+    with pytest.raises(ConfigError, match="no DCGAN block at"):
+        dcgan.features(z, [32])
+
+
+def test_segment_generator_on_a_z_space_generator(dcgan, cache):
+    """G^S works on any generator that offers features: X^S is a z code, both heads fit."""
+    seg = seg_lib.kmeans_segmenter(dcgan, 3, cache_dir=cache)
+    assert seg.layers == (8, 16) and seg.code_shape == (16,)
+    params = seg.init(3)
+    np.testing.assert_array_equal(params["segment_code"], dcgan.initial_codes("z", 1)[0])
+    m = np.asarray(seg.masks(params))
+    assert m.shape == (3, 32, 32)
+    np.testing.assert_allclose(m.sum(axis=0), 1.0, atol=1e-5)
+    grad = jax.jit(jax.grad(lambda p: jnp.sum(seg.masks(p)[0, :, :16])))(params)["segment_code"]
+    assert np.abs(np.asarray(grad)).max() > 1e-5
+    codes = dcgan.sample_codes(8, 5)
+    assert seg.masks_for_code(codes).shape == (8, 3, 32, 32)
+    with pytest.raises(ConfigError, match=r"segment code must be \[16\]"):
+        seg.masks_for_code(np.zeros((2, 3, 16), np.float32))
+    labels = seg_lib.label_maps(seg, codes)
+    mlp = seg_lib.train_mlp(dcgan, codes, labels, 3, settings=seg_lib.MLPSettings(members=1, steps=60))
+    accuracy = float(np.mean(seg_lib.label_maps(mlp, codes) == labels))
+    print(f"MLP head on the DCGAN's features, pixel accuracy on its training labels: {accuracy:.3f}")
+    assert accuracy >= 0.8
+
+
+def test_smoothing_removes_the_period_two_pattern_of_transposed_convolutions():
+    """A transposed convolution of stride 2 leaves a pattern of period 2 in its activations; phi filters
+    each block with [1, 2, 1] / 4, which is zero at that frequency and keeps linear ramps."""
+    from chunkygan_jax.segmenter.features import smooth_2x
+
+    y, x = np.mgrid[0:12, 0:12].astype(np.float32)
+    ramp = 0.3 * x - 0.2 * y
+    pattern = np.stack([(-1.0) ** (x + y), (-1.0) ** x, (-1.0) ** y], axis=-1)
+    f = jnp.asarray((ramp[..., None] + pattern)[None])
+    out = np.asarray(smooth_2x(f))[0]
+    np.testing.assert_allclose(out[1:-1, 1:-1], np.repeat(ramp[1:-1, 1:-1, None], 3, axis=-1), atol=1e-5)
+
+
+def test_connected_pieces_counts_4_connected_pieces_per_label():
+    from scipy import ndimage
+
+    from chunkygan_jax.masks import connected_pieces, mask_coherence
+
+    checker = (np.indices((4, 4)).sum(axis=0) % 2)  # diagonal neighbours do not connect
+    np.testing.assert_array_equal(connected_pieces(checker), [8, 8])
+    comb = np.zeros((7, 7), int)
+    comb[[1, 1, 1, 1, 1, 2, 3, 4, 5, 5, 5, 5, 3, 3, 3], [1, 2, 3, 4, 5, 5, 5, 5, 5, 4, 3, 2, 2, 3, 4]] = 2
+    np.testing.assert_array_equal(connected_pieces(comb), [1, 0, 1])  # one comb-shaped piece; label 1 absent
+    rng = np.random.RandomState(0)
+    for _ in range(20):  # against scipy's labelling
+        labels = np.kron(rng.randint(0, 4, (6, 5)), np.ones((3, 2), int))
+        labels[rng.rand(*labels.shape) < 0.1] = rng.randint(0, 4)
+        want = [ndimage.label(labels == k)[1] for k in range(labels.max() + 1)]
+        np.testing.assert_array_equal(connected_pieces(labels), want)
+    c = mask_coherence(np.stack([checker, 1 - checker]).astype(np.float32))
+    assert c["pieces"] == 16 and c["pieces_per_segment"] == 8.0 and c["neighbour_agreement"] == 0.0
+
+
+# ------------------------------------------------------------------------------------ the masks= option
+def test_default_mask_source_is_the_segment_generator_and_is_recorded(tiny_generator, small_generator, tmp_path):
+    from chunkygan_jax.generators.protocol import fingerprint
+    from chunkygan_jax.masks import LogitMasks
+    from chunkygan_jax.mask_sources import mask_source_record, segmenter_for_result
+
+    default = make_mask_source(None, 3, 32, generator=tiny_generator)
+    assert isinstance(default, seg_lib.Segmenter) and not default.frozen and default.head.kind == "kmeans"
+    alias = make_mask_source("kmeans", 3, 32, generator=tiny_generator)
+    np.testing.assert_array_equal(alias.head.centroids, default.head.centroids)
+    assert isinstance(make_mask_source(None, 3, 32), LogitMasks)  # no generator: free logits
+    assert isinstance(make_mask_source(None, 3, 32, generator=object()), LogitMasks)
+
+    record = mask_source_record(None, default, tiny_generator, 3)
+    assert record == {"kind": "segmenter", "head": "kmeans", "segmenter": seg_lib.segmenter_identity(default),
+                      "from": "kmeans cache", "segments": 3, "layers": [8, 16], "smoothing": 1 / 16, "learned": True,
+                      "generator": fingerprint(tiny_generator), "seed": 0}
+    assert mask_source_record("logits", make_mask_source("logits", 3, 32), tiny_generator, 3) == \
+        {"kind": "logits", "learned": True}
+    again = segmenter_for_result(record, tiny_generator, 3)
+    np.testing.assert_array_equal(again.head.centroids, default.head.centroids)
+
+    # a trained head by directory: loaded, recorded by path, and only for the masks it makes
+    other = seg_lib.fit_kmeans(tiny_generator, 3, seed=1)
+    seg_lib.save_segmenter(other, tmp_path / "other")
+    given = make_mask_source("segmenter", 3, 32, generator=tiny_generator, segmenter=tmp_path / "other")
+    np.testing.assert_array_equal(given.head.centroids, other.head.centroids)
+    assert mask_source_record("segmenter", given, tiny_generator, 3,
+                              segmenter=tmp_path / "other")["from"] == str(tmp_path / "other")
+    with pytest.raises(ConfigError, match="makes 3 segments, not 4"):
+        make_mask_source("segmenter", 4, 32, generator=tiny_generator, segmenter=tmp_path / "other")
+    with pytest.raises(ConfigError, match="applies to masks='segmenter'"):
+        make_mask_source("logits", 3, 32, generator=tiny_generator, segmenter=tmp_path / "other")
+
+    # recomputing a result's masks: the recorded segmenter only, on the recorded generator only
+    with pytest.raises(ConfigError, match="is not the segmenter that made this result"):
+        segmenter_for_result(record, tiny_generator, 3, segmenter=tmp_path / "other")
+    with pytest.raises(ConfigError, match="another generator"):
+        segmenter_for_result(record, small_generator, 3)
+    with pytest.raises(ConfigError, match="came from logits"):
+        segmenter_for_result({"kind": "logits", "learned": True}, tiny_generator, 3)

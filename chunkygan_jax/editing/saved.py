@@ -16,7 +16,9 @@ from ..demo import resolve_generator
 from ..errors import ConfigError
 from ..files import check_writable
 from ..lpips import parse_resolution
+from ..mask_sources import segmenter_for_result
 from ..results import RESULT_KIND, load_result
+from ..segmenter import load_segmenter
 from .directions import is_pca_spec, resolve_direction
 from .edits import DirectionEdit, parse_s_edit
 from .region import local_edit, reedit
@@ -78,7 +80,7 @@ def check_outputs(output, output_latents, latents_dir, inputs, *, compare=None, 
 
 def edit_saved_result(latents_dir, output, *, generator=None, direction=None, strength=1.0, layers=None,
                       segments="all", s_edits=(), region=None, blend="mask", steps=100, space=None,
-                      lpips_net=None, lpips_resolution=None, segment_code=False, segmenter=None,
+                      lpips_net=None, lpips_resolution=None, segment_code=None, segmenter=None,
                       output_latents=None, sweep=None, pca_samples=None, overwrite=False) -> str:
     """Edit the result saved in `latents_dir` and write the image to `output` (and the edited result to
     `output_latents`). Without `region` the result's own codes are edited and recomposited with its
@@ -88,7 +90,13 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
     `output` becomes a strip of the edit at those strengths instead. An edit limited to some segments
     or to a region also writes the side-by-side NAME_compare.png (before | edit | changed pixels)
     next to `output`. Existing outputs are replaced only with `overwrite` (files.py's rules). Returns a
-    one-line summary."""
+    one-line summary.
+
+    segment_code: move the segment code X^S with the direction so that the masks follow (paper sec. 4);
+    None: whenever the result has one (its masks came from a segment generator) and the edit is a global
+    direction. The masks are then recomputed by the segmenter that made them: `segmenter` (a directory)
+    if given, else the one the result records (its directory, or the k-means cache); one that is not the
+    recorded segmenter, or belongs to another generator, is refused."""
     result = load_result(latents_dir)
     gen_path = generator or result.settings.get("generator")
     if not gen_path:
@@ -111,9 +119,13 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
         raise ConfigError("--sweep varies the strength of a --direction; give one")
     if strengths is not None and output_latents:
         raise ConfigError("--output_latents saves one edit; it does not go with --sweep")
-    if segment_code and not (direction is not None and segmenter):
-        raise ConfigError("--segment_code moves the segment code along a --direction and needs the segment "
-                          "generator (--segmenter=DIR)")
+    if segment_code is None:
+        segment_code = bool("segment_code" in result.latents and direction is not None and not region)
+    if segment_code and direction is None:
+        raise ConfigError("--segment_code moves the segment code along a --direction; give one")
+    if segmenter and not segment_code:
+        raise ConfigError("--segmenter recomputes the masks of a moved segment code; it applies to a global "
+                          "--direction edit of a result whose masks came from a segment generator")
     if segment_code and region:
         raise ConfigError("--segment_code applies to global edits; a local edit has one segment and no "
                           "segment code")
@@ -137,8 +149,11 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
     images, edited, step = [], None, None
     mask_source = None
     if segment_code:
-        from ..segmenter import load_segmenter
-        mask_source = load_segmenter(segmenter, gen)
+        record = settings.get("masks")
+        if record is None and segmenter:  # a result saved before the mask source was recorded
+            mask_source = load_segmenter(segmenter, gen)
+        else:
+            mask_source = segmenter_for_result(record, gen, count_segments(codes), segmenter=segmenter)
     for value in strengths or [strength]:
         if region and step is None:  # project the region once; every strength edits that projection
             step = local_edit(

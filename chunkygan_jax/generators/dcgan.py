@@ -13,7 +13,8 @@ dict that mirrors the torch state-dict names and layouts (`params["main"]["3"]["
 original numbers; `num_batches_tracked` is not stored (eval mode never reads it).
 
 The generator is a pytree (`DCGAN`): params are leaves, the config is static. It has one latent space,
-'z'; StyleGAN's W, W+ and S spaces do not exist here.
+'z'; StyleGAN's W, W+ and S spaces do not exist here. For the segment generator G^S it offers the
+activations of its batch-normed blocks for a z code (`features`), so X^S is a z code too.
 """
 
 from __future__ import annotations
@@ -165,16 +166,35 @@ class DCGAN:
             raise ConfigError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         return self(codes, dtype=dtype)
 
+    # ------------------------------------------------------------------ the features protocol (G^S)
+    segment_space = "z"  # X^S, the segment generator's code, is a z code like the image codes
+    # Stride-2 transposed convolutions leave a period-2 pattern in the activations (segmenter/features.py).
+    checkerboard_features = True
+
+    @property
+    def feature_layers(self) -> tuple:
+        """Resolutions whose activations `features` offers: the batch-normed blocks' (4, 8, 16, 32 at 64 px)."""
+        return tuple(4 * 2 ** i for i in range(len(self.config.channels)))
+
+    def feature_channels(self, layer: int) -> int:
+        return self.config.channels[self.feature_layers.index(int(layer))]
+
+    def sample_codes(self, num: int, seed: int) -> np.ndarray:
+        """z codes [num, z_dim] of random samples, z ~ N(0, I) from numpy RandomState(seed)."""
+        return np.random.RandomState(seed).standard_normal((num, self.z_dim)).astype(np.float32)
+
     # ------------------------------------------------------------------ the network
     def __call__(self, z, *, dtype=jnp.float32):
         img, _ = self._run(z, dtype=dtype, feature_resolutions=(), stop_at=None)
         return img
 
-    def features(self, z, resolutions, *, dtype=jnp.float32) -> dict:
-        """Block outputs (after batch norm and ReLU) {res: [N, res, res, C]} for the requested
-        resolutions (4, 8, ..., resolution / 2). Blocks above the largest one are not computed."""
+    def features(self, z, resolutions, *, noise_mode="none", key=None, dtype=jnp.float32) -> dict:
+        """Block outputs (after batch norm and ReLU) {res: [N, res, res, C]} for z codes [N, z_dim] at the
+        requested resolutions (`feature_layers`: 4, 8, ..., resolution / 2). Blocks above the largest one
+        and the output layer are not computed. `noise_mode` and `key` are accepted for the protocol's
+        sake (a DCGAN has no noise inputs)."""
         resolutions = tuple(sorted(set(int(r) for r in resolutions)))
-        blocks = [4 * 2 ** i for i in range(len(self.config.channels))]
+        blocks = list(self.feature_layers)
         bad = [r for r in resolutions if r not in blocks]
         if bad or not resolutions:
             raise ConfigError(f"no DCGAN block at resolution(s) {bad or '()'}; blocks are {blocks}")

@@ -5,7 +5,16 @@ A generator is a pytree (a flax struct: static `config`, array `params`) with
   initial_codes(space, n)            the starting codes of n segments,
   synthesize(codes, space, ...)      images [N, H, W, 3] in about [-1, 1],
   check_space(space) (optional)      a specific error for a space it lacks.
-StyleGAN2 adds mapping, W/W+/S conversions and block `features`; the DCGAN works in z alone.
+A generator that offers its intermediate features (what the segment generator G^S is built from) adds
+  segment_space                      the space of the segment code X^S ('w+' StyleGAN2, 'z' DCGAN);
+                                     X^S starts at initial_codes(segment_space, 1)[0],
+  feature_layers                     the resolutions it offers features at,
+  feature_channels(layer)            their channel counts,
+  features(codes, layers, noise_mode=...)  {layer: [N, r, r, C]} for codes of segment_space,
+  sample_codes(num, seed)            random samples' codes of segment_space (numpy),
+  checkerboard_features              whether features carry the period-2 pattern of transposed
+                                     convolutions (phi filters it out; see segmenter/features.py).
+StyleGAN2 adds mapping and W/W+/S conversions; the DCGAN works in z alone.
 """
 
 from __future__ import annotations
@@ -16,6 +25,13 @@ import json
 import numpy as np
 
 from ..trees import flatten_tree
+
+FEATURES_PROTOCOL = ("segment_space", "feature_layers", "feature_channels", "features", "sample_codes")
+
+
+def offers_features(generator) -> bool:
+    """Whether the generator offers what the segment generator G^S needs (FEATURES_PROTOCOL)."""
+    return all(hasattr(generator, name) for name in FEATURES_PROTOCOL)
 
 
 def fingerprint(generator) -> str:

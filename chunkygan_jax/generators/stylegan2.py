@@ -167,6 +167,22 @@ class StyleGAN2:
         ws = jnp.broadcast_to(w, (n, rows, self.w_dim)).astype(jnp.float32)
         return self.styles_from_ws(jnp.broadcast_to(w, (n, self.num_ws, self.w_dim))) if space == "s" else ws
 
+    # ------------------------------------------------------------------ the features protocol (G^S)
+    segment_space = "w+"  # X^S, the segment generator's code, is a W+ code starting at w_avg
+    checkerboard_features = False  # FIR-filtered up-sampling: no period-2 pattern for phi to remove
+
+    @property
+    def feature_layers(self) -> tuple:
+        """Resolutions whose activations `features` offers: every synthesis block's."""
+        return tuple(self.config.block_resolutions)
+
+    def feature_channels(self, layer: int) -> int:
+        return self.config.channels_at(layer)
+
+    def sample_codes(self, num: int, seed: int) -> np.ndarray:
+        """Codes of `segment_space` [num, num_ws, w_dim] of random samples (see `sample_ws`)."""
+        return sample_ws(self, num, seed)
+
     def to_ws(self, codes, space: str):
         """W or W+ codes -> [N, num_ws, w_dim]."""
         if space == "w":

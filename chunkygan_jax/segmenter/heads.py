@@ -12,7 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import ConfigError
-from .features import DEFAULT_NOISE_MODE, feature_dim, pixel_features, resolve_layers
+from .features import DEFAULT_NOISE_MODE, feature_dim, initial_code, pixel_features, resolve_layers
+
+# The masks' Gaussian blur at the head's resolution, as a fraction of the image side (see finish_masks).
+MASK_SMOOTHING = 1.0 / 16
 
 # ---------------------------------------------------------------------------------------- heads
 @flax.struct.dataclass
@@ -106,16 +109,17 @@ def init_mlp(seed: int, feature_dim: int, segments: int, *, members=3, hidden=(6
 class Segmenter:
     """G^S: masks from the generator's features for the segment code X^S, through a per-pixel head.
 
-    Mask-source protocol: init(n) -> {"segment_code": X^S [num_ws, w_dim]} ({} when frozen; the fixed
+    Mask-source protocol: init(n) -> {"segment_code": X^S} ({} when frozen; the fixed
     `code` is then used), masks(params) -> [n, R, R] summing to 1 per pixel. A frozen segmenter made by
     `freeze()` / `with_code()` keeps its masks, so an inversion does not recompute constant masks per step."""
 
     generator: Any
     head: Any  # KMeansHead | MLPHead
-    code: jax.Array  # initial (or, when frozen, fixed) X^S [num_ws, w_dim]
+    code: jax.Array  # initial (or, when frozen, fixed) X^S: [num_ws, w_dim] (StyleGAN2), [z_dim] (DCGAN)
     layers: tuple = flax.struct.field(pytree_node=False)
     frozen: bool = flax.struct.field(pytree_node=False, default=False)
     noise_mode: str = flax.struct.field(pytree_node=False, default=DEFAULT_NOISE_MODE)
+    smoothing: float = flax.struct.field(pytree_node=False, default=MASK_SMOOTHING)
     fixed_masks: Any = None  # [n, R, R] for `code`, kept when frozen (None: computed on demand)
 
     @property
@@ -147,54 +151,88 @@ class Segmenter:
 
     def with_code(self, code) -> "Segmenter":
         """The same segmenter starting at (or, when frozen, fixed at) another X^S."""
-        return self.replace(code=self._as_ws(code)[0], fixed_masks=None).freeze(self.frozen)
+        return self.replace(code=self._as_codes(code)[0], fixed_masks=None).freeze(self.frozen)
 
-    def _as_ws(self, code):
-        """[w_dim], [1, w_dim], [num_ws, w_dim] or [B, num_ws, w_dim] -> [B, num_ws, w_dim]."""
-        g = self.generator
+    @property
+    def code_shape(self) -> tuple[int, ...]:
+        return tuple(self.code.shape)
+
+    def _as_codes(self, code):
+        """One code or a batch [B, *code_shape] -> [B, *code_shape]. A single code may be given in any
+        shape that broadcasts to code_shape (StyleGAN2: [w_dim] or [1, w_dim] for a W code)."""
+        shape = self.code_shape
         code = jnp.asarray(code, jnp.float32)
-        if code.ndim == 1:
-            code = code[None]
-        if code.ndim == 2:
-            code = code[None]
-        if code.ndim != 3 or code.shape[-1] != g.w_dim or code.shape[1] not in (1, g.num_ws):
-            raise ConfigError(f"segment code must be [num_ws={g.num_ws}, w_dim={g.w_dim}] (or [w_dim], or "
-                              f"batched), got {tuple(code.shape)}")
-        return jnp.broadcast_to(code, (code.shape[0], g.num_ws, g.w_dim))
+        batched = code.ndim == len(shape) + 1
+        try:
+            return (jnp.broadcast_to(code, code.shape[:1] + shape) if batched
+                    else jnp.broadcast_to(code, shape)[None])
+        except ValueError:
+            raise ConfigError(f"segment code must be {list(shape)} (or a batch [B, {', '.join(map(str, shape))}]) "
+                              f"for this generator, got {list(code.shape)}") from None
 
     def masks_for_code(self, code, resolution: int | None = None):
-        """Masks for any segment code (e.g. X^S moved by an edit direction): [num_ws, w_dim] ->
-        [n, R, R]; a batch [B, num_ws, w_dim] -> [B, n, R, R]. `resolution` defaults to the generator's;
-        `feature_resolution` gives the head's own per-pixel decisions without upsampling."""
-        batched = jnp.ndim(code) == 3
+        """Masks for any segment code (e.g. X^S moved by an edit direction): one code -> [n, R, R]; a batch
+        [B, *code_shape] -> [B, n, R, R]. `resolution` defaults to the generator's; `feature_resolution`
+        gives the head's own per-pixel decisions without upsampling."""
+        batched = jnp.ndim(code) == len(self.code_shape) + 1
         r = self.resolution if resolution is None else int(resolution)
-        m = head_masks(self.generator, self.head, self._as_ws(code), layers=self.layers,
-                       noise_mode=self.noise_mode, resolution=r)
+        m = head_masks(self.generator, self.head, self._as_codes(code), layers=self.layers,
+                       noise_mode=self.noise_mode, smoothing=self.smoothing, resolution=r)
         return m if batched else m[0]
 
 
 # jitted so that eager calls (editing, label maps) do not run op by op; inside an outer jit (the inversion
 # step) it is simply inlined.
-@functools.partial(jax.jit, static_argnames=("layers", "noise_mode", "resolution"))
-def head_masks(generator, head, ws, *, layers, noise_mode, resolution):
-    """ws [B, num_ws, w_dim] -> masks [B, n, resolution, resolution] (features -> head -> upsampling)."""
-    probs = head.probabilities(pixel_features(generator, ws, layers, noise_mode=noise_mode))  # [B, h, h, n]
-    if resolution != probs.shape[1]:
-        probs = jax.image.resize(probs, (probs.shape[0], resolution, resolution, probs.shape[-1]),
+@functools.partial(jax.jit, static_argnames=("layers", "noise_mode", "smoothing", "resolution"))
+def head_masks(generator, head, codes, *, layers, noise_mode, smoothing, resolution):
+    """codes [B, *code_shape] -> masks [B, n, resolution, resolution] (features -> head -> smoothing ->
+    upsampling)."""
+    probs = head.probabilities(pixel_features(generator, codes, layers, noise_mode=noise_mode))  # [B, h, h, n]
+    return jnp.moveaxis(finish_masks(probs, smoothing, resolution), -1, 1)
+
+
+def smoothing_matrix(size: int, sigma: float) -> np.ndarray:
+    """[size, size] rows of Gaussian weights (std `sigma` pixels) over the pixels of one axis, each row
+    normalised to sum 1 (near a border the weights fold onto the pixels that exist)."""
+    x = np.arange(size, dtype=np.float64)
+    k = np.exp(-0.5 * np.square((x[:, None] - x[None, :]) / sigma))
+    return (k / k.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def finish_masks(probs, smoothing: float, resolution: int):
+    """Per-pixel probabilities [..., h, h, n] -> masks [..., R, R, n]: a Gaussian blur of std
+    `smoothing * h` pixels (a convex combination of neighbours, so each pixel still sums to 1), then
+    bilinear upsampling to R (convex weights too).
+
+    Why the blur: the head decides each pixel on its own, and the inversion moves X^S wherever LPIPS
+    gains, so nothing keeps a segment in one piece: a few pixels whose features lean to another cluster
+    become islands, and with X^S learned they multiply (docs/segmenter.md measures it). Averaging
+    the probabilities over a neighbourhood of about 1/16 of the image makes a pixel's segment the
+    neighbourhood's majority: islands smaller than that vanish, segment borders become soft seams."""
+    h = probs.shape[-2]
+    if smoothing > 0:
+        k = jnp.asarray(smoothing_matrix(h, smoothing * h))
+        probs = jnp.einsum("ij,...jwn->...iwn", k, probs)
+        probs = jnp.einsum("ij,...hjn->...hin", k, probs)
+    if resolution != h:
+        probs = jax.image.resize(probs, probs.shape[:-3] + (resolution, resolution, probs.shape[-1]),
                                  method="bilinear")
-    return jnp.moveaxis(probs, -1, 1)
+    return probs
 
 
 def make_segmenter(generator, head, *, layers=None, code=None, frozen=False,
-                   noise_mode=DEFAULT_NOISE_MODE) -> Segmenter:
+                   noise_mode=DEFAULT_NOISE_MODE, smoothing=MASK_SMOOTHING) -> Segmenter:
     layers = resolve_layers(generator, layers)
     if noise_mode not in ("none", "const"):
         raise ConfigError(f"segmenter noise_mode must be 'none' or 'const', got {noise_mode!r}")
+    if not (isinstance(smoothing, (int, float)) and 0 <= smoothing <= 1):
+        raise ConfigError(f"segmenter smoothing must be a number in [0, 1] (a fraction of the image side), "
+                          f"got {smoothing!r}")
     d = feature_dim(generator, layers)
     if head.input_dim != d:
         raise ConfigError(f"head expects {head.input_dim} features per pixel, layers {list(layers)} give {d}")
-    if code is None:
-        code = jnp.broadcast_to(generator.w_avg, (generator.num_ws, generator.w_dim))
-    seg = Segmenter(generator=generator, head=head, code=jnp.zeros((generator.num_ws, generator.w_dim)),
-                    layers=layers, frozen=frozen, noise_mode=noise_mode)
+    start = initial_code(generator)
+    seg = Segmenter(generator=generator, head=head, code=jnp.zeros(start.shape, jnp.float32), layers=layers,
+                    frozen=frozen, noise_mode=noise_mode, smoothing=float(smoothing))
+    code = start if code is None else code
     return seg.with_code(code)

@@ -18,9 +18,8 @@ import numpy as np
 from ..errors import CheckpointError, ConfigError
 from ..files import cache_root
 from ..generators.protocol import fingerprint as generator_fingerprint
-from ..generators.stylegan2 import sample_ws
-from .features import _EPS, DEFAULT_NOISE_MODE, pixel_features, resolve_layers
-from .heads import KMeansHead, Segmenter, make_segmenter
+from .features import _EPS, DEFAULT_NOISE_MODE, FEATURES_VERSION, pixel_features, resolve_layers
+from .heads import MASK_SMOOTHING, KMeansHead, Segmenter, make_segmenter
 from .store import RECORD_NAME, load_segmenter, save_segmenter
 
 # T is set so that, at the median sampled pixel, the nearest centroid gets this many times the weight of
@@ -41,8 +40,8 @@ class KMeansSettings:
 
 
 @functools.partial(jax.jit, static_argnames=("layers", "noise_mode"))
-def _sampled_features(generator, ws, index, layers, noise_mode):
-    f = pixel_features(generator, ws, layers, noise_mode=noise_mode)
+def _sampled_features(generator, codes, index, layers, noise_mode):
+    f = pixel_features(generator, codes, layers, noise_mode=noise_mode)
     f = f.reshape(f.shape[0], -1, f.shape[-1])
     return jnp.take_along_axis(f, index[..., None], axis=1)
 
@@ -52,12 +51,12 @@ def collect_features(generator, layers, settings: KMeansSettings, seed: int, noi
     layers = resolve_layers(generator, layers)
     h = max(layers)
     rng = np.random.RandomState(seed)
-    ws = sample_ws(generator, settings.samples, seed)
+    codes = generator.sample_codes(settings.samples, seed)
     per = min(settings.pixels_per_sample, h * h)
     index = np.stack([rng.choice(h * h, per, replace=False) for _ in range(settings.samples)]).astype(np.int32)
     out = []
     for i in range(0, settings.samples, settings.batch_size):
-        out.append(np.asarray(_sampled_features(generator, jnp.asarray(ws[i:i + settings.batch_size]),
+        out.append(np.asarray(_sampled_features(generator, jnp.asarray(codes[i:i + settings.batch_size]),
                                                 jnp.asarray(index[i:i + settings.batch_size]), layers,
                                                 noise_mode)))
     x = np.concatenate(out).reshape(-1, out[0].shape[-1])
@@ -125,7 +124,7 @@ def kmeans_temperature(x: np.ndarray, centroids: np.ndarray, odds: float = KMEAN
 
 
 def fit_kmeans(generator, segments: int, *, layers=None, seed: int = 0, settings: KMeansSettings | None = None,
-               noise_mode: str = DEFAULT_NOISE_MODE, frozen=False) -> Segmenter:
+               noise_mode: str = DEFAULT_NOISE_MODE, smoothing: float = MASK_SMOOTHING, frozen=False) -> Segmenter:
     """Fit the unsupervised head (deterministic for a seed); see `kmeans_segmenter` for the cached form."""
     if not isinstance(segments, (int, np.integer)) or segments < 1:
         raise ConfigError(f"segments must be an integer >= 1, got {segments!r}")
@@ -136,7 +135,7 @@ def fit_kmeans(generator, segments: int, *, layers=None, seed: int = 0, settings
                                     seed=seed)
     head = KMeansHead(centroids=jnp.asarray(centroids, jnp.float32),
                       temperature=jnp.float32(kmeans_temperature(x, centroids)))
-    return make_segmenter(generator, head, layers=layers, frozen=frozen, noise_mode=noise_mode)
+    return make_segmenter(generator, head, layers=layers, frozen=frozen, noise_mode=noise_mode, smoothing=smoothing)
 
 
 def segmenter_cache_dir(cache_dir=None) -> Path:
@@ -146,13 +145,14 @@ def segmenter_cache_dir(cache_dir=None) -> Path:
 
 def kmeans_segmenter(generator, segments: int, *, layers=None, seed: int = 0,
                      settings: KMeansSettings | None = None, noise_mode: str = DEFAULT_NOISE_MODE,
-                     cache_dir=None, frozen=False) -> Segmenter:
+                     smoothing: float = MASK_SMOOTHING, cache_dir=None, frozen=False) -> Segmenter:
     """The k-means segmenter for this generator and n: loaded from the cache, or fitted once and cached.
     The entry's name holds the generator fingerprint, n, layers, seed and a hash of the fit settings."""
     settings = settings or KMeansSettings()
     layers = resolve_layers(generator, layers)
     fingerprint = generator_fingerprint(generator)
-    fit = json.dumps({**settings.to_dict(), "noise_mode": noise_mode}, sort_keys=True)
+    fit = json.dumps({**settings.to_dict(), "noise_mode": noise_mode, "smoothing": smoothing,
+                      "features": FEATURES_VERSION}, sort_keys=True)
     name = (f"{fingerprint[:16]}-kmeans-n{segments}-l{'_'.join(map(str, layers))}-seed{seed}-"
             f"{hashlib.sha256(fit.encode()).hexdigest()[:8]}")
     entry = segmenter_cache_dir(cache_dir) / name
@@ -162,7 +162,7 @@ def kmeans_segmenter(generator, segments: int, *, layers=None, seed: int = 0,
         except CheckpointError as e:
             warnings.warn(f"refitting: the cached k-means segmenter is unusable ({e})", stacklevel=2)
     seg = fit_kmeans(generator, segments, layers=layers, seed=seed, settings=settings, noise_mode=noise_mode,
-                     frozen=frozen)
+                     smoothing=smoothing, frozen=frozen)
     try:
         save_segmenter(seg, entry, fingerprint=fingerprint, info={"seed": seed, "fit": settings.to_dict()},
                        overwrite=True)

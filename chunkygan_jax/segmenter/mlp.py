@@ -14,9 +14,8 @@ import optax
 from .. import io
 from ..errors import CheckpointError, ConfigError, ImageError
 from ..files import check_writable
-from ..generators.stylegan2 import sample_ws
-from .features import DEFAULT_NOISE_MODE, feature_dim, pixel_features, resolve_layers
-from .heads import MLPHead, Segmenter, init_mlp, make_segmenter
+from .features import DEFAULT_NOISE_MODE, code_shape, feature_dim, pixel_features, resolve_layers
+from .heads import MASK_SMOOTHING, MLPHead, Segmenter, finish_masks, init_mlp, make_segmenter
 from .kmeans import kmeans_segmenter
 from .store import SEGMENTER_KIND, save_segmenter
 
@@ -38,20 +37,18 @@ class MLPSettings:
         return d
 
 
-def _mlp_train_fns(generator, layers, noise_mode, optimizer):
-    def loss_fn(params, ws, labels):
-        feats = jax.lax.stop_gradient(pixel_features(generator, ws, layers, noise_mode=noise_mode))  # [B, h, h, D]
+def _mlp_train_fns(generator, layers, noise_mode, smoothing, optimizer):
+    def loss_fn(params, codes, labels):
+        feats = jax.lax.stop_gradient(pixel_features(generator, codes, layers, noise_mode=noise_mode))  # [B, h, h, D]
         head = MLPHead(params=params, temperature=jnp.float32(1.0))
         probs = jax.nn.softmax(head.member_logits(feats), axis=-1)  # [E, B, h, h, n]
-        r = labels.shape[-1]
-        if probs.shape[2] != r:
-            probs = jax.image.resize(probs, probs.shape[:2] + (r, r, probs.shape[-1]), method="bilinear")
+        probs = finish_masks(probs, smoothing, labels.shape[-1])  # as the segmenter outputs them
         picked = jnp.take_along_axis(probs, labels[None, ..., None], axis=-1)[..., 0]
         return -jnp.mean(jnp.log(picked + 1e-6)) * probs.shape[0]  # members train independently
 
     @jax.jit
-    def step(params, opt_state, ws, labels):
-        loss, grads = jax.value_and_grad(loss_fn)(params, ws, labels)
+    def step(params, opt_state, codes, labels):
+        loss, grads = jax.value_and_grad(loss_fn)(params, codes, labels)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -59,17 +56,20 @@ def _mlp_train_fns(generator, layers, noise_mode, optimizer):
 
 
 def train_mlp(generator, ws, labels, segments: int, *, layers=None, settings: MLPSettings | None = None,
-              noise_mode: str = DEFAULT_NOISE_MODE, callback=None) -> Segmenter:
-    """Train the DatasetGAN-style head on generated samples: ws [N, num_ws, w_dim], labels [N, R, R]
+              noise_mode: str = DEFAULT_NOISE_MODE, smoothing: float = MASK_SMOOTHING, callback=None) -> Segmenter:
+    """Train the DatasetGAN-style head on generated samples: codes of the generator's segment space
+    ws [N, *code_shape] (StyleGAN2 W+ [N, num_ws, w_dim], DCGAN z [N, z_dim]), labels [N, R, R]
     (indices 0..n-1 at the generator resolution). Cross-entropy is taken on the masks as the segmenter
-    outputs them (upsampled to R), so the trained head reproduces the label maps at full resolution."""
+    outputs them (smoothed, upsampled to R), so the trained head reproduces the label maps at full
+    resolution."""
     settings = settings or MLPSettings()
     layers = resolve_layers(generator, layers)
     ws = np.asarray(ws, np.float32)
     labels = np.asarray(labels).astype(np.int32)
     r = generator.resolution
-    if ws.ndim != 3 or ws.shape[1:] != (generator.num_ws, generator.w_dim):
-        raise ConfigError(f"ws must be [N, {generator.num_ws}, {generator.w_dim}], got {ws.shape}")
+    shape = code_shape(generator)
+    if ws.shape[1:] != shape:
+        raise ConfigError(f"codes must be [N, {', '.join(map(str, shape))}], got {list(ws.shape)}")
     if labels.shape != (len(ws), r, r):
         raise ImageError(f"labels must be [{len(ws)}, {r}, {r}], got {labels.shape}")
     if labels.min() < 0 or labels.max() >= segments:
@@ -81,7 +81,7 @@ def train_mlp(generator, ws, labels, segments: int, *, layers=None, settings: ML
                       hidden=settings.hidden)
     optimizer = optax.adam(optax.cosine_decay_schedule(settings.lr, settings.steps, alpha=0.05))
     opt_state = jax.jit(optimizer.init)(params)  # one compilation instead of one per leaf
-    step = _mlp_train_fns(generator, layers, noise_mode, optimizer)
+    step = _mlp_train_fns(generator, layers, noise_mode, smoothing, optimizer)
     rng = np.random.RandomState(settings.seed)
     b = min(settings.batch_size, len(ws))
     order = np.array([], np.int64)
@@ -93,11 +93,11 @@ def train_mlp(generator, ws, labels, segments: int, *, layers=None, settings: ML
         if callback is not None and ((i + 1) % 50 == 0 or i + 1 == settings.steps):
             callback(i + 1, settings.steps, float(loss) / settings.members)
     return make_segmenter(generator, MLPHead(params=params, temperature=jnp.float32(1.0)), layers=layers,
-                          noise_mode=noise_mode)
+                          noise_mode=noise_mode, smoothing=smoothing)
 
 
 def label_maps(segmenter: Segmenter, ws, batch_size: int = 8) -> np.ndarray:
-    """argmax labels [N, R, R] of the segmenter's masks for codes ws [N, num_ws, w_dim]."""
+    """argmax labels [N, R, R] of the segmenter's masks for codes ws [N, *code_shape]."""
     ws = np.asarray(ws, np.float32)
     return np.concatenate([np.argmax(np.asarray(segmenter.masks_for_code(ws[i:i + batch_size])), axis=1)
                            for i in range(0, len(ws), batch_size)]).astype(np.int32)
@@ -105,11 +105,14 @@ def label_maps(segmenter: Segmenter, ws, batch_size: int = 8) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------- annotations
 def read_latent(path, generator, latent: str = "auto") -> np.ndarray:
-    """A `.npy` latent -> W+ code [num_ws, w_dim]. Shapes: z [z_dim], w [w_dim] (or [1, w_dim]),
-    ws [num_ws, w_dim]. When z_dim == w_dim a 1-D file is ambiguous: pass latent='z' or 'w'."""
+    """A `.npy` latent -> a code of the generator's segment space. StyleGAN2 (-> W+ [num_ws, w_dim]):
+    z [z_dim], w [w_dim] (or [1, w_dim]), ws [num_ws, w_dim]; when z_dim == w_dim a 1-D file is
+    ambiguous: pass latent='z' or 'w'. A generator without a mapping (the DCGAN): its code, z [z_dim]."""
     if latent not in LATENT_KINDS:
         raise ConfigError(f"latent must be one of {LATENT_KINDS}, got {latent!r}")
     g = generator
+    if not hasattr(g, "mapping"):
+        return _read_code(path, g, latent)
     try:
         a = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
@@ -141,8 +144,27 @@ def read_latent(path, generator, latent: str = "auto") -> np.ndarray:
     return a
 
 
+def _read_code(path, generator, latent):
+    shape = code_shape(generator)
+    if latent not in ("auto", generator.segment_space):
+        raise ConfigError(f"this generator's latents are {generator.segment_space} codes; --latent={latent} "
+                          "does not apply")
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ImageError(f"{path}: not a readable .npy latent ({e})") from None
+    if not np.issubdtype(a.dtype, np.floating) or not np.all(np.isfinite(a)):
+        raise ImageError(f"{path}: latent must hold finite floats, got dtype {a.dtype}")
+    a = a.astype(np.float32)
+    if a.shape != shape and a.shape[1:] == shape and a.shape[0] == 1:
+        a = a[0]
+    if a.shape != shape:
+        raise ImageError(f"{path}: latent has shape {a.shape}; expected a {generator.segment_space} code {shape}")
+    return a
+
+
 def load_annotations(directory, generator, *, latent="auto", need_labels=True):
-    """Pairs `<name>.npy` (latent) + `<name>.png` (label map) -> (names, ws [N, num_ws, w_dim],
+    """Pairs `<name>.npy` (latent) + `<name>.png` (label map) -> (names, codes [N, *code_shape],
     labels [N, R, R] int32 or None when need_labels is False)."""
     directory = Path(directory)
     if not directory.is_dir():
@@ -179,7 +201,7 @@ def train_segmenter(generator, output, segments: int, *, annotations=None, from_
     elif from_kmeans:
         if not isinstance(samples, (int, np.integer)) or samples < 1:
             raise ConfigError(f"samples must be an integer >= 1, got {samples!r}")
-        ws, labels = sample_ws(generator, samples, seed + 1), None
+        ws, labels = generator.sample_codes(samples, seed + 1), None
         names = [f"sample{i}" for i in range(samples)]
     else:
         raise ConfigError("give an annotations directory, or from_kmeans to label random samples")

@@ -3,6 +3,7 @@ layers, temperature, fit or training settings, and the identity of the generator
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -38,8 +39,9 @@ def save_segmenter(segmenter: Segmenter, directory, *, fingerprint: str | None =
         "feature_resolution": segmenter.feature_resolution,
         "temperature": float(head.temperature),
         "noise_mode": segmenter.noise_mode,
+        "smoothing": segmenter.smoothing,
         "generator": {"sha256": fingerprint or generator_fingerprint(g), "resolution": g.resolution,
-                      "num_ws": g.num_ws, "w_dim": g.w_dim},
+                      "segment_space": g.segment_space, "code_shape": list(segmenter.code_shape)},
         **(info or {}),
     }
     directory = Path(directory)
@@ -50,6 +52,19 @@ def save_segmenter(segmenter: Segmenter, directory, *, fingerprint: str | None =
                      code=np.asarray(segmenter.code, np.float32))
         (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def segmenter_identity(segmenter: Segmenter) -> str:
+    """The segmenter's identity: sha256 of its head kind, layers, noise mode, smoothing and head arrays (not of X^S,
+    which each inversion moves). Results record it; an edit that recomputes masks checks it."""
+    h = hashlib.sha256(json.dumps({"head": segmenter.head.kind, "layers": list(segmenter.layers),
+                                   "noise_mode": segmenter.noise_mode, "smoothing": segmenter.smoothing},
+                                  sort_keys=True).encode())
+    for name, value in sorted(flatten_tree(segmenter.head.arrays()).items()):
+        a = np.ascontiguousarray(np.asarray(value, np.float32))
+        h.update(f"{name}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def read_segmenter_record(directory) -> dict:
@@ -82,7 +97,7 @@ def load_segmenter(directory, generator, *, frozen=False, fingerprint: str | Non
         code = flat.pop("code")
         head = _HEADS[record["head"]].from_arrays(unflatten_tree(flat))
         seg = make_segmenter(generator, head, layers=record["layers"], code=code, frozen=frozen,
-                             noise_mode=record["noise_mode"])
+                             noise_mode=record["noise_mode"], smoothing=record.get("smoothing", 0.0))
     except (OSError, ValueError, KeyError, ConfigError) as e:
         raise CheckpointError(f"{directory}: unreadable segmenter head ({type(e).__name__}: {e})") from None
     if seg.segments != record["segments"]:
