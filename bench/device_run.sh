@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One accelerator session: golden parity in fp32, then the step-time table and the bf16 check.
+# One accelerator session: golden parity in fp32, then the step-time table (bf16, tf32, fp32) and the
+# accuracy of bf16 and tf32 against fp32.
 # Usage: bash bench/device_run.sh GOLDEN_DIR OUT_DIR
 set -u
 golden=${1:-../shared/golden}

@@ -51,7 +51,7 @@ def main():
         est = step_memory_bytes(g, s, 1)
         plan = None
         if not args.estimate_only:
-            inv = Inverter(g, s, lpips=random_lpips("vgg", compute_dtype=jnp.dtype(dtype)))
+            inv = Inverter(g, s, lpips=random_lpips("vgg", compute_dtype=dtype))
             batch = inv.make_batch(np.zeros((1, res, res, 3), np.float32))
             st = inv.start(inv.initial_latents(1), 1)
             m = inv._run.lower(inv.nets, st.latents, st.opt_state, jnp.int32(0), jnp.asarray(st.history), batch,

@@ -11,9 +11,9 @@ memory is per configuration.
 
   python3 bench/step.py --configs=64:1:1:float32,64:8:1:float32            # CPU
   python3 bench/step.py --preset=gpu --out=bench/results/gpu.json           # the performance table
-  python3 bench/step.py --check_bf16 --check_resolution=256                 # bf16 vs fp32 accuracy
+  python3 bench/step.py --check_bf16 --check_resolution=256                 # bf16 and tf32 vs fp32 accuracy
 
-A config is RES:N:PHOTOS:DTYPE[:remat][:logits|:layout] (default masks: G^S, X^S learned; the k-means
+A config is RES:N:PHOTOS:DTYPE[:remat][:logits|:layout] (DTYPE: float32, tf32 or bfloat16) (default masks: G^S, X^S learned; the k-means
 head is fitted once per generator before timing and cached). Reported: compile seconds (time to the first step), median
 ms/step over --steps single steps after warm-up, ms/step inside one jitted multi-step loop, peak device
 memory (GPU/TPU; CPU reports the process's max RSS).
@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PRESETS = {
-    "gpu": ["1024:1:1:bfloat16", "1024:8:1:bfloat16", "1024:8:1:float32", "1024:8:4:bfloat16",
+    "gpu": ["1024:1:1:bfloat16", "1024:8:1:bfloat16", "1024:8:1:float32", "1024:8:1:tf32", "1024:8:4:bfloat16",
             "1024:8:1:bfloat16:remat", "1024:8:1:bfloat16:logits"],
     "cpu": ["64:1:1:float32", "64:8:1:float32", "64:8:1:bfloat16", "64:8:4:float32", "64:8:1:float32:logits"],
 }
@@ -63,9 +63,9 @@ def build(cfg, lpips_mode, extra_steps):
         try:
             if lpips_mode == "random":
                 raise FileNotFoundError
-            lp = load_lpips("vgg", compute_dtype=jnp.dtype(cfg["dtype"]))
+            lp = load_lpips("vgg", compute_dtype=cfg["dtype"])
         except Exception:
-            lp, used = random_lpips("vgg", compute_dtype=jnp.dtype(cfg["dtype"])), "random"
+            lp, used = random_lpips("vgg", compute_dtype=cfg["dtype"]), "random"
     settings = InversionSettings(segments=cfg["segments"], steps=extra_steps, dtype=cfg["dtype"],
                                  lpips_resolution=256, remat=cfg["remat"])
     masks = make_mask_source(cfg["masks"], cfg["segments"], cfg["resolution"], generator=generator)
@@ -114,7 +114,8 @@ def run_one(cfg, steps, loop_steps, lpips_mode):
 
 
 def check_bf16(resolution, steps, lpips_mode):
-    """Max |bf16 - fp32| of generated images, and the final inversion loss of both after `steps`."""
+    """Max |bf16 - fp32| and |tf32 - fp32| of generated images, and the final inversion loss of each after
+    `steps` (on a CPU tf32 computes what fp32 does)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -131,22 +132,24 @@ def check_bf16(resolution, steps, lpips_mode):
     z = jnp.asarray(np.random.RandomState(1).randn(4, gcfg.z_dim), jnp.float32)
     ws = g.mapping(z, truncation_psi=0.7)
     f32 = jax.jit(lambda g, w: g.synthesis(w))(g, ws)
-    b16 = jax.jit(lambda g, w: g.synthesis(w, dtype=jnp.bfloat16))(g, ws)
-    out = {"resolution": resolution, "image_range": [float(f32.min()), float(f32.max())],
-           "max_abs_diff_bf16_vs_fp32": float(jnp.abs(f32 - b16).max()),
-           "mean_abs_diff_bf16_vs_fp32": float(jnp.abs(f32 - b16).mean())}
+    out = {"resolution": resolution, "image_range": [float(f32.min()), float(f32.max())]}
+    for dtype, tag in (("bfloat16", "bf16"), ("tf32", "tf32")):
+        low = jax.jit(lambda g, w, d=dtype: g.synthesis(w, dtype=d))(g, ws)
+        out[f"max_abs_diff_{tag}_vs_fp32"] = float(jnp.abs(f32 - low).max())
+        out[f"mean_abs_diff_{tag}_vs_fp32"] = float(jnp.abs(f32 - low).mean())
     target = np.clip(np.asarray(f32[0]), -1, 1)[None]
-    for dtype in ("float32", "bfloat16"):
+    for dtype in ("float32", "tf32", "bfloat16"):
         try:
-            lp = random_lpips("vgg", compute_dtype=jnp.dtype(dtype)) if lpips_mode == "random" else \
-                load_lpips("vgg", compute_dtype=jnp.dtype(dtype))
+            lp = random_lpips("vgg", compute_dtype=dtype) if lpips_mode == "random" else \
+                load_lpips("vgg", compute_dtype=dtype)
         except Exception:
-            lp = random_lpips("vgg", compute_dtype=jnp.dtype(dtype))
+            lp = random_lpips("vgg", compute_dtype=dtype)
         inv = Inverter(g, InversionSettings(segments=4, steps=steps, dtype=dtype, lambda_reg=0.0), lpips=lp)
         batch = inv.make_batch(target)
         state = inv.advance(inv.start(inv.initial_latents(1), 1), batch, steps)
         out[f"final_loss_{dtype}"] = float(state.history[0, -1])
     out["loss_ratio_bf16_over_fp32"] = out["final_loss_bfloat16"] / out["final_loss_float32"]
+    out["loss_ratio_tf32_over_fp32"] = out["final_loss_tf32"] / out["final_loss_float32"]
     return out
 
 
@@ -174,7 +177,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20, help="single steps timed (median reported)")
     ap.add_argument("--loop_steps", type=int, default=20, help="steps in the one-call jitted loop")
     ap.add_argument("--lpips", choices=["auto", "real", "random"], default="auto")
-    ap.add_argument("--check_bf16", action="store_true", help="also compare bf16 with fp32")
+    ap.add_argument("--check_bf16", action="store_true", help="also compare bf16 and tf32 with fp32")
     ap.add_argument("--check_resolution", type=int, default=256)
     ap.add_argument("--check_steps", type=int, default=100)
     ap.add_argument("--out", default=None, help="write all results as JSON here")

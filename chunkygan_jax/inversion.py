@@ -36,6 +36,7 @@ import optax
 from . import io, sharding
 from .align import Alignment, align_image, load_photo
 from .align import align as align_photo
+from .compute import COMPUTE_DTYPES
 from .demo import resolve_generator
 from .errors import ConfigError, ImageError, ResourceError
 from .generators.stylegan2 import sample_ws
@@ -96,8 +97,8 @@ class InversionSettings:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.dtype not in COMPUTE_DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(map(repr, COMPUTE_DTYPES))}, got {self.dtype!r}")
         if self.noise_mode not in NOISE_MODES:
             # 'random' would draw new noise at every render: the saved codes would not reproduce the
             # projection, and every later edit would move pixels the edit never asked to move.
@@ -149,7 +150,7 @@ def make_loss_fn(settings: InversionSettings):
     compiled program serves every checkpoint of the same architecture and parameters are never baked
     into the program as constants. `latents` = {"codes": [B, n, ...], + the mask source's params with a
     leading B}; `batch` = target, target features, static mask, w_std."""
-    dtype = jnp.dtype(settings.dtype)
+    dtype = settings.dtype  # a name of compute.COMPUTE_DTYPES, resolved by the generator
     space = settings.space
 
     def render(nets, latents):
@@ -260,12 +261,16 @@ def _programs(settings: InversionSettings, mesh):
         out = composite(imgs, seg_masks, batch["target"], batch.get("static_mask"))
         return imgs, seg_masks, out, parts
 
+    def snapshot(nets, latents, batch):  # what a progression sheet shows, and nothing more
+        imgs, seg_masks = render(nets, latents)
+        return composite(imgs, seg_masks, batch["target"], batch.get("static_mask")), seg_masks
+
     def init(latents):  # a copy of the latents too: the caller's arrays are never donated
         copy = jax.tree_util.tree_map(lambda x: x + jnp.zeros((), x.dtype), latents)
         return constrain((copy, optimizer.init(latents)), _batch_of(latents))
 
-    dtype = jnp.dtype(settings.dtype)
-    return dict(optimizer=optimizer, init=jax.jit(init), evaluate=jax.jit(evaluate),
+    dtype = settings.dtype
+    return dict(optimizer=optimizer, init=jax.jit(init), evaluate=jax.jit(evaluate), snapshot=jax.jit(snapshot),
                 run=jax.jit(run, donate_argnums=(1, 2, 4)),
                 steps=jax.jit(steps, static_argnums=(4,), donate_argnums=(1, 2)),
                 # weight-only preprocessing, once per Inverter (the weights are fixed during an inversion)
@@ -303,7 +308,7 @@ def step_memory_bytes(generator, settings: InversionSettings, images: int) -> in
     if key not in _SEGMENT_BYTES:
         def traced(k):
             synth = lambda g, c: g.synthesize(c, settings.space, noise_mode=settings.noise_mode,
-                                              dtype=jnp.dtype(settings.dtype))
+                                              dtype=settings.dtype)
             return _linear_output_bytes(jax.make_jaxpr(synth)(generator, generator.initial_codes(settings.space,
                                                                                                  k)).jaxpr)
 
@@ -372,7 +377,7 @@ class Inverter:
         s = self.settings
         self.mask_source = rep(mask_source if mask_source is not None else make_mask_source(
             None, s.segments, generator.resolution, seed=s.seed, generator=generator))
-        self.lpips = rep(lpips if lpips is not None else load_lpips(s.lpips_net, compute_dtype=jnp.dtype(s.dtype)))
+        self.lpips = rep(lpips if lpips is not None else load_lpips(s.lpips_net, compute_dtype=s.dtype))
         self.w_std = w_std_of(generator) if s.mean_latent_weight > 0 else 1.0
         self._has_static = static_mask
         self._programs = _programs(dataclasses.replace(s, seed=0), mesh)  # the seed only moves the layout
@@ -449,7 +454,13 @@ class Inverter:
         return InversionState(latents, opt_state, state.step + count, history)
 
     def evaluate(self, latents, batch):
+        """(segment images [B, n, H, W, 3], masks [B, n, H, W], composite [B, H, W, 3], loss parts), on the host."""
         return self._to_host(self._programs["evaluate"](self.nets, latents, batch))
+
+    def snapshot(self, latents, batch):
+        """(composite [B, H, W, 3], masks [B, n, H, W]) on the host: the only arrays a snapshot copies
+        from the device (no segment images, no losses)."""
+        return self._to_host(self._programs["snapshot"](self.nets, latents, batch))
 
 
 # ---------------------------------------------------------------------------------------- entry points
@@ -550,7 +561,7 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
         else:
             steady += time.perf_counter() - t
         if stop in snap_set:
-            _, seg_masks, out, _ = inverter.evaluate(state.latents, batch)
+            out, seg_masks = inverter.snapshot(state.latents, batch)
             for i in range(count):
                 snapshots[i].append(Snapshot(stop, out[i], seg_masks[i]))
         if callback is not None:

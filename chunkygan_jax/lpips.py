@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from . import safe_pickle
+from . import compute, safe_pickle
 from .errors import CheckpointError, ConfigError, ImageError
 
 __all__ = [
@@ -154,6 +154,20 @@ def _weights_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "weights"
 
 
+def _compute_dtype(compute_dtype):
+    """The static field's value: "tf32", or float32 / bfloat16 as a numpy dtype."""
+    if isinstance(compute_dtype, str) and compute_dtype == compute.TF32:
+        return compute.TF32
+    try:
+        dt = np.dtype(compute_dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.dtype(np.float32), np.dtype(jnp.bfloat16)):
+        raise ConfigError(f"LPIPS compute_dtype must be one of {', '.join(compute.COMPUTE_DTYPES)}, "
+                          f"got {compute_dtype!r}")
+    return dt
+
+
 def _canonical_net(net: str) -> str:
     key = _NET_ALIASES.get(str(net).lower()) if isinstance(net, str) else None
     if key is None:
@@ -248,8 +262,9 @@ class LPIPS:
     Attributes:
       params: nested dict of arrays: ``conv{i}`` -> {kernel (HWIO), bias}, ``lin{j}`` -> [C_j].
       net: "vgg" or "alex" (static).
-      compute_dtype: dtype of the backbone convs (static). float32 runs at precision HIGHEST;
-        bfloat16 is a speed path: convs in bf16, normalisation and distances in float32.
+      compute_dtype: of the backbone convs (static; see compute.py). float32 runs at precision
+        HIGHEST; "tf32" keeps fp32 arrays at TF32 precision on GPUs; bfloat16 is a speed path: convs in
+        bf16, normalisation and distances in float32.
     """
 
     params: dict
@@ -263,10 +278,8 @@ class LPIPS:
         with ``distance_from_features``.
         """
         _check_images(x, self.net)
-        cdt = self.compute_dtype
-        # HIGHEST keeps fp32 convs from silently running in TF32 on GPUs; it is meaningless for
-        # bf16 inputs, where the default precision is what we want.
-        precision = lax.Precision.HIGHEST if cdt == np.float32 else lax.Precision.DEFAULT
+        # float32: HIGHEST keeps the convs from silently running in TF32 on GPUs.
+        cdt, precision = compute.resolve(self.compute_dtype)
         h = ((x.astype(jnp.float32) - _SHIFT) / _SCALE).astype(cdt)
         feats = []
         i = 0
@@ -351,9 +364,7 @@ def load_lpips(net: str = "vgg", compute_dtype: Any = jnp.float32) -> LPIPS:
     Weights are read once per process and shared between calls.
     """
     key = _canonical_net(net)
-    dt = np.dtype(compute_dtype)
-    if dt not in (np.dtype(np.float32), np.dtype(jnp.bfloat16)):
-        raise ConfigError(f"LPIPS compute_dtype must be float32 or bfloat16, got {dt}")
+    dt = _compute_dtype(compute_dtype)
     # Fresh containers around the cached (immutable) arrays, so no caller can edit the cache.
     params = jax.tree_util.tree_map(lambda a: a, _load_params(key))
     return LPIPS(params=params, net=key, compute_dtype=dt)
@@ -441,4 +452,4 @@ def random_lpips(net: str = "vgg", seed: int = 0, compute_dtype: Any = jnp.float
     for j, c in enumerate(taps):
         params[f"lin{j}"] = rng.uniform(0, 1, c).astype(np.float32)
     return LPIPS(params=jax.tree_util.tree_map(jnp.asarray, params), net=key,
-                 compute_dtype=np.dtype(compute_dtype))
+                 compute_dtype=_compute_dtype(compute_dtype))

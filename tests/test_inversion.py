@@ -265,3 +265,86 @@ def test_user_masks_normalised_and_label_maps():
     layout = masks_lib.default_layout(5, 16)
     np.testing.assert_allclose(layout.sum(0), 1.0, atol=1e-6)
     assert len(np.unique(layout.argmax(0))) == 5  # every segment owns some pixels
+
+
+def _linear_precisions(jaxpr) -> set:
+    """(primitive, precision, operand dtype) of every convolution and matrix product, nested ones too."""
+    found = set()
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+            found.add((eqn.primitive.name, str(eqn.params["precision"]), str(eqn.invars[0].aval.dtype)))
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else (param,):
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    found |= _linear_precisions(sub)
+    return found
+
+
+def test_tf32_is_fp32_storage_at_tf32_precision_and_equals_float32_on_cpu(tiny_generator, two_halves):
+    """dtype='tf32': the same fp32 arrays as float32, with the generator's and LPIPS's convolutions at
+    Precision.HIGH (JAX's "tensorfloat32"), checked exactly in the traced programs; on a CPU both
+    precisions compute fp32, so the inversion agrees with float32's. Other dtypes are refused."""
+    from chunkygan_jax.editing.render import render_segments
+    from chunkygan_jax.lpips import load_lpips, random_lpips
+
+    codes = jnp.asarray(tiny_generator.initial_codes("w+", 2))
+    for dtype, want in (("tf32", "HIGH"), ("float32", "HIGHEST")):
+        convs = {p for p in _linear_precisions(jax.make_jaxpr(
+            lambda g, c: g.synthesize(c, "w+", dtype=dtype))(tiny_generator, codes).jaxpr)
+            if p[0] == "conv_general_dilated"}
+        assert convs == {("conv_general_dilated", f"(Precision.{want}, Precision.{want})", "float32")}, convs
+        lp = random_lpips("alex", compute_dtype=dtype)
+        convs = _linear_precisions(jax.make_jaxpr(lp.features)(jnp.zeros((1, 32, 32, 3))).jaxpr)
+        assert convs == {("conv_general_dilated", f"(Precision.{want}, Precision.{want})", "float32")}, convs
+
+    target = np.asarray(jax.image.resize(two_halves[0], (32, 32, 3), "linear"))
+    common = dict(segments=2, steps=6, lambda_reg=0.0, masks="logits", **FAST)
+    ref = invert(target, tiny_generator, dtype="float32", **common)
+    res = invert(target, tiny_generator, dtype="tf32", **common)
+    assert res.settings["dtype"] == "tf32" and res.composite.dtype == np.float32
+    # Same arithmetic, separately compiled programs: agreement to float32 rounding (images about |1|).
+    np.testing.assert_allclose(res.loss_history, ref.loss_history, rtol=1e-4)
+    np.testing.assert_allclose(res.composite, ref.composite, atol=1e-3)
+    # A saved tf32 result renders again (the editing path reads settings["dtype"]).
+    again = np.asarray(render_segments(tiny_generator, res.latents, dtype=res.settings["dtype"]))
+    np.testing.assert_allclose(again, res.segment_images, atol=1e-4)
+
+    for bad in ("float16", "tf16", "int8"):
+        with pytest.raises(ConfigError, match="dtype must be one of 'float32', 'tf32', 'bfloat16'"):
+            invert(target, tiny_generator, dtype=bad, steps=1, **FAST)
+    with pytest.raises(ConfigError, match="compute_dtype must be one of"):
+        load_lpips("alex", compute_dtype="tf16")
+
+
+def test_snapshots_copy_composite_and_masks_only_and_match_a_separate_run(tiny_generator, two_halves,
+                                                                         monkeypatch):
+    """A snapshot runs the small program (composite and masks, no segment images, no losses) and shows
+    what a separate run stopped at that step shows."""
+    target = np.asarray(jax.image.resize(two_halves[0], (32, 32, 3), "linear"))
+    settings = InversionSettings(segments=2, steps=6, lambda_reg=0.0, lpips_net="alex", lpips_resolution="full")
+    calls = {"evaluate": 0}
+    original = Inverter.evaluate
+
+    def counted(self, latents, batch):
+        calls["evaluate"] += 1
+        return original(self, latents, batch)
+
+    monkeypatch.setattr(Inverter, "evaluate", counted)
+    res = invert(target, tiny_generator, segments=2, steps=6, lambda_reg=0.0, snapshot_steps=(2, 4),
+                 lpips_net="alex", lpips_resolution="full", progress_every=0)
+    assert calls["evaluate"] == 1  # the final result only; snapshots never copy segment images
+    assert [s.step for s in res.snapshots] == [2, 4]
+
+    inv = Inverter(tiny_generator, settings)
+    batch = inv.make_batch(target[None])
+    state = inv.start(inv.initial_latents(1), 1)
+    shown = inv.snapshot(state.latents, batch)
+    assert len(shown) == 2 and shown[0].shape == (1, 32, 32, 3) and shown[1].shape == (1, 2, 32, 32)
+    for snap in res.snapshots:
+        state = inv.advance(state, batch, snap.step - state.step)
+        _, masks, composite, _ = original(inv, state.latents, batch)
+        # the same latents (same step program); two programs render them: rounding only
+        np.testing.assert_allclose(snap.composite, composite[0], atol=1e-4)
+        np.testing.assert_allclose(snap.masks, masks[0], atol=1e-5)
+        assert not np.allclose(snap.composite, res.composite, atol=1e-3)  # a real intermediate image

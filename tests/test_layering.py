@@ -11,7 +11,7 @@ PACKAGE = "chunkygan_jax"
 
 # Lowest first. A module may import modules of its own layer or lower ones, never higher ones.
 LAYERS = [
-    ["errors", "trees", "files", "progress", "safe_pickle", "compilation_cache"],
+    ["errors", "trees", "files", "progress", "safe_pickle", "compilation_cache", "compute"],
     ["io", "lpips", "blending", "sharding", "generators", "identity"],
     ["converters", "masks", "align"],
     ["checkpoints", "results"],

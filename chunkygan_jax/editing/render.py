@@ -31,7 +31,7 @@ def _synthesize(generator, codes, space, noise_mode, dtype):
     key = (space, noise_mode, str(dtype))
     if key not in _SYNTH_CACHE:  # one jitted function per setting; jax caches its compilations by shape
         _SYNTH_CACHE[key] = jax.jit(lambda g, c: g.synthesize(c, space, noise_mode=noise_mode,
-                                                                dtype=jnp.dtype(dtype)))
+                                                                dtype=dtype))
     return _SYNTH_CACHE[key](generator, codes)
 
 

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import compute
 from ..errors import CheckpointError, ConfigError
 from . import ops
 
@@ -208,7 +209,7 @@ class DCGAN:
             z = z[:, 0, 0, :]
         if z.ndim != 2 or z.shape[1] != cfg.z_dim:
             raise ConfigError(f"z must have shape [N, {cfg.z_dim}], got {tuple(z.shape)}")
-        precision = ops.precision_for(dtype)
+        dtype, precision = compute.resolve(dtype)
         main = self.params["main"]
         x = z.astype(dtype)[:, None, None, :]
         feats = {}

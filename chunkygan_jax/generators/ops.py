@@ -24,11 +24,6 @@ LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)
 
 
-def precision_for(dtype) -> jax.lax.Precision:
-    """fp32 runs at full precision (TF32 would break parity on GPUs); low precision uses the default."""
-    return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else jax.lax.Precision.DEFAULT
-
-
 def dense(x, weight, bias, *, weight_gain, bias_gain=1.0, precision=None):
     """NVIDIA's FullyConnectedLayer without activation: x @ (W * gain).T + b * bias_gain.
 

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import compute
 from ..errors import ConfigError
 from . import ops
 
@@ -205,7 +206,8 @@ class StyleGAN2:
         for name in self.config.layer_names():
             up = 2 if name.endswith(".conv0") else 1
             prepared[name] = ops.prepare_conv(self._layer(name)["weight"], up=up,
-                                              demodulate=not name.endswith(".torgb"), dtype=dtype)
+                                              demodulate=not name.endswith(".torgb"),
+                                              dtype=compute.storage_dtype(dtype))
         return PreparedStyleGAN2(self.config, self.params, prepared)
 
     # ------------------------------------------------------------------ mapping
@@ -252,7 +254,8 @@ class StyleGAN2:
     def synthesis(self, ws, *, noise_mode="const", key=None, dtype=jnp.float32, remat=False):
         """W+ codes [N, num_ws, w_dim] -> images [N, H, W, C] float32 (about [-1, 1] for trained nets).
 
-        dtype: compute dtype of the convolutions (bfloat16 for speed; the image stays float32).
+        dtype: compute dtype (compute.COMPUTE_DTYPES: 'float32', 'tf32', 'bfloat16' for speed, or a dtype;
+            the image stays float32).
         remat: recompute each block's activations in the backward pass instead of storing them
         (jax.checkpoint per block), bounding memory at high resolution for some extra compute."""
         return self.synthesis_from_styles(self.styles_from_ws(ws), noise_mode=noise_mode, key=key,
@@ -297,7 +300,7 @@ class StyleGAN2:
         if missing:
             raise ConfigError(f"styles are missing layers {missing[:4]}{'...' if len(missing) > 4 else ''}")
         n = styles["b4.conv1"].shape[0]
-        precision = ops.precision_for(dtype)
+        dtype, precision = compute.resolve(dtype)  # e.g. 'tf32': fp32 arrays, TF32 convolutions
         keys = iter(jax.random.split(key, 2 * cfg.num_ws)) if noise_mode == "random" else None
         prepared = getattr(self, "prepared", None) or {}
 
