@@ -8,9 +8,12 @@ not a speed-up. On a machine with D real accelerators, run with --devices=1,D.
 
   python3 bench/dataset_throughput.py                                  # CPU: 1 and 4 simulated devices
   python3 bench/dataset_throughput.py --devices=1 --real               # the real devices (GPU/TPU)
+  python3 bench/dataset_throughput.py --write_only=1024 --segments=8   # seconds to write one result
 
 Each device count runs in its own process: one warm-up batch (compilation), then --images images are
-timed end to end. Generator: random weights of a small StyleGAN2 (64 px, w_dim 128), or --generator.
+timed end to end (writing included: results are written on a background thread while the next batch
+computes; --store chooses how they keep their segment images). Generator: random weights of a small
+StyleGAN2 (64 px, w_dim 128), or --generator.
 """
 
 import argparse
@@ -55,7 +58,7 @@ def child(args):
             for i in range(count):
                 img = np.random.RandomState(i).uniform(0, 255, (8, 8, 3)).astype(np.uint8)
                 Image.fromarray(img).resize((r, r), Image.Resampling.BICUBIC).save(tmp / folder / f"{i:05d}.png")
-        kw = dict(batch_size=args.batch_size, inverter=inverter, progress=False, **common)
+        kw = dict(batch_size=args.batch_size, inverter=inverter, progress=False, store=args.store, **common)
         t0 = time.perf_counter()
         dataset.invert_dataset(tmp / "warm", tmp / "out_warm", generator, **kw)
         compile_s = time.perf_counter() - t0
@@ -65,8 +68,37 @@ def child(args):
     print(json.dumps({"devices": jax.device_count(), "platform": jax.devices()[0].platform,
                       "device_kind": jax.devices()[0].device_kind, "images": summary.local_done,
                       "batch_size": args.batch_size, "segments": args.segments, "steps": args.steps,
+                      "store": args.store,
                       "resolution": r, "seconds": seconds, "images_per_s": summary.local_done / seconds,
                       "warmup_s": compile_s}))
+
+
+def write_only(args):
+    """Seconds to write one image's outputs (dataset.save_image_result) at --write_only px with
+    --segments segment images, per store: what the background writer hides behind the next batch."""
+    import numpy as np
+
+    from chunkygan_jax import dataset
+    from chunkygan_jax.results import SEGMENT_STORES, InversionResult
+
+    r, n = args.write_only, args.segments
+    rng = np.random.RandomState(0)
+    smooth = lambda *shape: np.clip(rng.standard_normal(shape).astype(np.float32).cumsum(-2) / 30, -1, 1)
+    masks = rng.dirichlet(np.ones(n), (r, r)).transpose(2, 0, 1).astype(np.float32)
+    result = InversionResult(target=smooth(r, r, 3), composite=smooth(r, r, 3), segment_images=smooth(n, r, r, 3),
+                             masks=masks, latents={"codes": np.zeros((n, 18, 512), np.float32)},
+                             loss_history=np.zeros(500, np.float32), final_losses={"lpips": 0.1}, settings={})
+    print(f"{'store':>8} {'write s':>8} {'MiB':>7}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for store in SEGMENT_STORES:
+            times = []
+            for i in range(args.rounds):
+                out = Path(tmp) / f"{store}-{i}"
+                t0 = time.perf_counter()
+                dataset.save_image_result(result, out, {"image": "x"}, store=store)
+                times.append(time.perf_counter() - t0)
+            mib = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
+            print(f"{store:>8} {sorted(times)[len(times) // 2]:>8.2f} {mib:>7.1f}")
 
 
 def main():
@@ -78,12 +110,17 @@ def main():
     p.add_argument("--segments", type=int, default=4)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--lpips_net", default="alex")
+    p.add_argument("--store", default="float32", help="how results keep their segment images: float32, float16, none")
     p.add_argument("--generator", default=None, help="a generator checkpoint instead of random weights")
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
+    p.add_argument("--write_only", type=int, default=0, help="only time writing one result at this resolution")
+    p.add_argument("--rounds", type=int, default=3, help="with --write_only: writes per store (median)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)
+    if args.write_only:
+        return write_only(args)
     rows = []
     for d in [int(x) for x in args.devices.split(",")]:
         env = dict(os.environ)
@@ -91,7 +128,8 @@ def main():
             env["JAX_PLATFORMS"] = "cpu"
             env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={d}".strip()
         cmd = [sys.executable, __file__, "--child", f"--images={args.images}", f"--batch_size={args.batch_size}",
-               f"--segments={args.segments}", f"--steps={args.steps}", f"--lpips_net={args.lpips_net}"]
+               f"--segments={args.segments}", f"--steps={args.steps}", f"--lpips_net={args.lpips_net}",
+               f"--store={args.store}"]
         if args.generator:
             cmd.append(f"--generator={args.generator}")
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -8,7 +8,11 @@
     and dropped);
   - the result of `<root>/<rel>` goes to `<output_dir>/results/<rel>/` (the relative path keeps its
     extension, so `a.png` and `a.jpg` never collide), written atomically by the process that owns it:
-    projection.png, masks.png, metrics.json and result/ (`results.save_result`: latents, masks, ...);
+    projection.png, masks.png, metrics.json and result/ (`results.save_result`: latents, masks, ...; the
+    segment images as `store` says: float32, float16 or none);
+  - a batch's outputs are written on a background thread while the next batch is computed (one writer,
+    at most one batch waiting for it, so memory stays bounded); the job waits for it before the merged
+    manifest and before returning, also when it stops on an error;
   - a restart skips images whose result directory is complete and was made with the same settings,
     generator and source file; a crash loses at most the batch in flight;
   - `<output_dir>/manifest/process-XXXXX.jsonl` gets one JSON line per image and attempt (status "done"
@@ -26,6 +30,7 @@ import math
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -41,7 +46,7 @@ from .inversion import InversionSettings, Inverter, check_memory
 from .mask_sources import make_mask_source, mask_source_record
 from .progress import Progress
 from .report import masks_sheet
-from .results import InversionResult, save_result
+from .results import InversionResult, check_store, save_result
 from .sharding import allgather_ints, barrier, data_mesh, local_rows
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
@@ -143,13 +148,14 @@ def _remove_stale_temporaries(output_dir: Path, rels) -> None:
                 shutil.rmtree(entry.path, ignore_errors=True) if entry.is_dir() else os.unlink(entry.path)
 
 
-def save_image_result(result, directory, record: dict) -> Path:
+def save_image_result(result, directory, record: dict, *, store: str = "float32") -> Path:
     """One image's outputs, all or nothing: projection.png, masks.png, metrics.json (`record`) and
-    result/ (latents, masks, settings: `results.load_result` reads it)."""
+    result/ (latents, masks, settings, the segment images as `store` says: `results.load_result` reads
+    it)."""
     directory = Path(directory)
     # The job owns its results: a stale one is replaced, but never a folder someone else wrote there.
     with atomic_path(directory, is_dir=True, overwrite=True, kind=IMAGE_RESULT_KIND) as tmp:
-        save_result(result, tmp / "result")
+        save_result(result, tmp / "result", store=store)
         io.save_png(tmp / "projection.png", io.to_uint8(result.composite))
         io.save_png(tmp / "masks.png", masks_sheet(result.masks))
         (tmp / "metrics.json").write_text(json.dumps(record, indent=2))
@@ -236,11 +242,32 @@ def _failure_record(rel: str, reason: str) -> dict:
             "process": jax.process_index(), "time": time.time()}
 
 
+def _write_batch(output_dir: Path, manifest: Manifest, expect: dict, store: str, results, failures) -> list:
+    """One batch's outputs (on the writer thread): each image's folder, then the batch's manifest lines,
+    one per image: "done", or "failed" with the reason (its file, its inversion or its folder). Returns
+    the lines."""
+    failures = dict(failures)
+    records = []
+    for rel, result, record in results:
+        directory = output_dir_for(output_dir, rel)
+        try:
+            save_image_result(result, directory, record, store=store)
+        except ChunkyGANError as e:  # e.g. a folder of someone else's files in the way
+            failures[rel] = str(e)
+            continue
+        records.append({k: v for k, v in record.items() if k not in expect}
+                       | {"output": directory.relative_to(output_dir).as_posix()})
+    records += [_failure_record(rel, reason) for rel, reason in failures.items()]
+    manifest.append(records)
+    return records
+
+
 def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None, steps=500, batch_size=None,
                    lr=0.1, lambda_reg=None, l2_weight=0.0, mean_latent_weight=0.0, lpips_net="vgg",
                    lpips_resolution=256, masks=None, segmenter=None, seed=0, noise_mode="const", dtype="float32",
                    crop="none", alpha="refuse", upscale=False, mesh: Mesh | None = None, inverter=None,
-                   max_batches: int | None = None, progress: bool = True, log=None) -> DatasetSummary:
+                   max_batches: int | None = None, progress: bool = True, log=None,
+                   store: str = "float32") -> DatasetSummary:
     """Invert every image of a folder (or glob) into `output_dir`, each process on its own devices.
 
     Call `initialize()` first in a multi-process job; every process calls this with the same
@@ -252,9 +279,12 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
     supported here. upscale: as in invert() (images under a quarter of the resolution are recorded as
     failed without it). max_batches stops after that many batches (a time box; a
     rerun continues). `inverter` (built with the same settings and mesh) saves a compilation when
-    calling this repeatedly."""
+    calling this repeatedly. store: how each result keeps its segment images, "float32", "float16" (half
+    the size) or "none" (composite, masks and latents only; results.save_result); metrics.json and the
+    manifest record it. A rerun with another store leaves the images already done as they are."""
     t_start = time.perf_counter()
     output_dir = check_folder(output_dir)  # before any compilation
+    store = check_store(store)
     generator = resolve_generator(generator)
     if inverter is not None:  # its mesh decides (None: one device)
         if mesh is not None and inverter.mesh is not mesh:
@@ -324,47 +354,56 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
               f"{batch_size} on {n_local} device(s)", file=bar.stream)
 
     done = failed = 0
-    for k in range(batches_now):
-        rows = pending[k * batch_size:(k + 1) * batch_size]
-        loaded, failures = _load_rows(rows, root, generator.resolution, crop, alpha, upscale)
-        t0 = time.perf_counter()
-        names = list(loaded)
-        records = []
-        if names:
-            filler = loaded[names[-1]]
-            targets = np.stack([loaded[n] for n in names] + [filler] * (batch_size - len(names)))
-            batch = inverter.make_batch(targets)
-            state = inverter.start(inverter.initial_latents(batch_size), batch_size)
-            state = inverter.advance(state, batch, settings.steps)
-            imgs, seg_masks, out, parts = inverter.evaluate(state.latents, batch)
-            latents = local_rows(state.latents)
-            seconds = time.perf_counter() - t0
-            for i, rel in enumerate(names):
-                losses = {key: float(v[i]) for key, v in parts.items()}
-                if not all(math.isfinite(v) for v in losses.values()):
-                    failures[rel] = "the inversion diverged (non-finite loss); lower lr or the loss weights"
-                    continue
-                result = InversionResult(
-                    target=targets[i], composite=out[i], segment_images=imgs[i], masks=seg_masks[i],
-                    latents=jax.tree_util.tree_map(lambda x: x[i], latents), loss_history=state.history[i].copy(),
-                    final_losses=losses, settings=dict(full_settings), seconds=seconds)
-                record = {"version": RECORD_VERSION, "image": rel, "status": "done", **expect,
-                          "lpips": losses["lpips"], "total": losses["total"], "seconds": seconds,
-                          "batch_images": batch_size, "process": jax.process_index(), "time": time.time()}
-                try:
-                    save_image_result(result, output_dir_for(output_dir, rel), record)
-                except ChunkyGANError as e:  # e.g. a folder of someone else's files in the way
-                    failures[rel] = str(e)
-                    continue
-                records.append({k_: v for k_, v in record.items() if k_ not in expect}
-                               | {"output": output_dir_for(output_dir, rel).relative_to(output_dir).as_posix()})
-                done += 1
-        records += [_failure_record(rel, reason) for rel, reason in failures.items()]
-        manifest.append(records)
-        failed += len(failures)
-        lp = [r["lpips"] for r in records if r["status"] == "done"]
+    in_flight = None  # the writer's work on the previous batch: (future, batch index)
+
+    def collect():  # wait for the previous batch's outputs; count them and report progress
+        nonlocal done, failed, in_flight
+        future, k = in_flight
+        in_flight = None
+        records = future.result()  # an error that stopped the writer stops the job here
+        finished = [r for r in records if r["status"] == "done"]
+        done, failed = done + len(finished), failed + len(records) - len(finished)
+        lp = [r["lpips"] for r in finished]
         bar.update(min((k + 1) * batch_size, len(pending)), f"lpips {np.mean(lp):.4f}" if lp else "",
                    prefix=f"[batch {k + 1}/{batches_now}] ")
+
+    # Leaving the block waits for the batch in flight, also when the loop stops on an error.
+    with ThreadPoolExecutor(1, thread_name_prefix="chunkygan-dataset-writer") as writer:
+        for k in range(batches_now):
+            rows = pending[k * batch_size:(k + 1) * batch_size]
+            loaded, failures = _load_rows(rows, root, generator.resolution, crop, alpha, upscale)
+            t0 = time.perf_counter()
+            names = list(loaded)
+            results = []
+            if names:
+                filler = loaded[names[-1]]
+                targets = np.stack([loaded[n] for n in names] + [filler] * (batch_size - len(names)))
+                batch = inverter.make_batch(targets)
+                state = inverter.start(inverter.initial_latents(batch_size), batch_size)
+                state = inverter.advance(state, batch, settings.steps)
+                imgs, seg_masks, out, parts = inverter.evaluate(state.latents, batch)  # host arrays
+                latents = local_rows(state.latents)
+                seconds = time.perf_counter() - t0
+                for i, rel in enumerate(names):
+                    losses = {key: float(v[i]) for key, v in parts.items()}
+                    if not all(math.isfinite(v) for v in losses.values()):
+                        failures[rel] = "the inversion diverged (non-finite loss); lower lr or the loss weights"
+                        continue
+                    result = InversionResult(
+                        target=targets[i], composite=out[i], segment_images=imgs[i], masks=seg_masks[i],
+                        latents=jax.tree_util.tree_map(lambda x: x[i], latents),
+                        loss_history=state.history[i].copy(), final_losses=losses, settings=dict(full_settings),
+                        seconds=seconds)
+                    record = {"version": RECORD_VERSION, "image": rel, "status": "done", **expect,
+                              "lpips": losses["lpips"], "total": losses["total"], "seconds": seconds,
+                              "batch_images": batch_size, "store": store, "process": jax.process_index(),
+                              "time": time.time()}
+                    results.append((rel, result, record))
+            if in_flight is not None:
+                collect()  # at most one batch waits for the writer
+            in_flight = (writer.submit(_write_batch, output_dir, manifest, expect, store, results, failures), k)
+        if in_flight is not None:
+            collect()
     barrier("chunkygan_invert_dataset_end")
     totals = allgather_ints([done, failed, int(batches_now == batches)])
     if jax.process_index() == 0:

@@ -113,6 +113,7 @@ def write_report(result, directory, *, extra_metrics=None, photo=None, blend="fe
     if result.alignment is not None and (photo is not None or result.photo):
         pasted = paste_back(photo if photo is not None else result.photo, result.image_uint8(),
                             Alignment.from_json(result.alignment), blend=blend)
+    segments = result.require_segment_images("the report's segments.png")
     with atomic_path(directory, is_dir=True, overwrite=overwrite, kind=REPORT_KIND, inputs=inputs) as tmp:
         if pasted is not None:
             io.save_png(tmp / "pasted.png", pasted)
@@ -120,8 +121,7 @@ def write_report(result, directory, *, extra_metrics=None, photo=None, blend="fe
         io.save_png(tmp / "side_by_side.png",
                     enlarge(np.concatenate([io.to_uint8(result.target), result.image_uint8()], axis=1), k))
         io.save_png(tmp / "masks.png", masks_sheet(result.masks))
-        io.save_png(tmp / "segments.png",
-                    enlarge(np.concatenate([io.to_uint8(x) for x in result.segment_images], axis=1), k))
+        io.save_png(tmp / "segments.png", enlarge(np.concatenate([io.to_uint8(x) for x in segments], axis=1), k))
         if result.snapshots:
             io.save_png(tmp / "progression.png", progression_sheet(result))
         save_result(result, tmp / "result")

@@ -3,8 +3,13 @@ in a later session.
 
 A result directory holds
   latents.npz     the latent pytree, flattened to '/'-joined keys ("codes", "codes/b4.conv1", "mask_logits")
-  arrays.npz      target, composite, segment images, masks, loss history (and static mask), float32
-  result.json     settings, final losses, timing, format version; for a photo that was aligned first,
+  arrays.npz      target, composite, masks, loss history (and static mask), float32; the segment images
+                  as `store` says: float32 (the default), float16 (half the size; values about [-1, 1]
+                  keep 11 significant bits, far finer than an 8-bit image) or none (not kept: a loaded
+                  result then has segment_images None, and what needs them fails with one clear error;
+                  they are a function of the latents, editing.render_segments renders them again)
+  result.json     settings, final losses, timing, format version, how the segment images were stored
+                  ("segment_images": float32, float16 or none); for a photo that was aligned first,
                   the alignment (its quad in the photo) and the photo's path, so that an edit can be
                   pasted back
 It is written to a temporary sibling and renamed (files.atomic_path), so a crash never leaves a
@@ -20,13 +25,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ChunkyGANError
+from .errors import ChunkyGANError, ConfigError
 from .files import atomic_path
 from .io import to_uint8
 from .trees import flatten_tree, unflatten_tree
 
 FORMAT_VERSION = 1
 RESULT_KIND = "saved inversion result"
+SEGMENT_STORES = ("float32", "float16", "none")  # how save_result keeps the segment images
+
+
+def check_store(store: str) -> str:
+    if store not in SEGMENT_STORES:
+        raise ConfigError(f"store must be one of {', '.join(SEGMENT_STORES)} (how the segment images are "
+                          f"kept), got {store!r}")
+    return store
 
 
 @dataclasses.dataclass
@@ -48,7 +61,7 @@ class InversionResult:
 
     target: np.ndarray  # [H, W, 3] in [-1, 1]
     composite: np.ndarray  # [H, W, 3], about [-1, 1], not clipped (see above)
-    segment_images: np.ndarray  # [n, H, W, 3]
+    segment_images: np.ndarray | None  # [n, H, W, 3]; None when loaded from a result saved without them
     masks: np.ndarray  # [n, H, W]
     latents: dict
     loss_history: np.ndarray  # [steps]
@@ -75,9 +88,17 @@ class InversionResult:
         """The composite as an 8-bit RGB image [H, W, 3], ready to save (clipped, rounded)."""
         return to_uint8(self.composite)
 
-    def save(self, directory, *, overwrite: bool = False) -> Path:
+    def require_segment_images(self, purpose: str) -> np.ndarray:
+        """The segment images [n, H, W, 3], or one clear error when this result was saved without them."""
+        if self.segment_images is None:
+            raise ChunkyGANError(f"{purpose} needs the segment images, and this result was saved without them "
+                                 "(store 'none'); render them again from its latents with "
+                                 "editing.render_segments(generator, result.latents)")
+        return self.segment_images
+
+    def save(self, directory, *, overwrite: bool = False, store: str | None = None) -> Path:
         """Write latents, masks, settings and images so that editing can continue later."""
-        return save_result(self, directory, overwrite=overwrite)
+        return save_result(self, directory, overwrite=overwrite, store=store)
 
 
 def save_latents(path, latents, *, overwrite: bool = False) -> None:
@@ -94,20 +115,22 @@ def load_latents(path) -> dict:
         raise ChunkyGANError(f"{path}: not a latents file ({e})") from None
 
 
-def save_result(result, directory, *, overwrite: bool = False, inputs=()) -> Path:
-    """Write `result` to `directory` (see the module docstring); `inputs` may not be replaced."""
+def save_result(result, directory, *, overwrite: bool = False, inputs=(), store: str | None = None) -> Path:
+    """Write `result` to `directory` (see the module docstring); `inputs` may not be replaced. store: how
+    the segment images are kept (SEGMENT_STORES; None: float32, or none for a result without them)."""
     directory = Path(directory)
+    store = check_store(store or ("none" if result.segment_images is None else "float32"))
+    arrays = {k: np.asarray(v, np.float32) for k, v in
+              dict(target=result.target, composite=result.composite, masks=result.masks,
+                   loss_history=result.loss_history, static_mask=result.static_mask).items() if v is not None}
+    if store != "none":
+        arrays["segment_images"] = np.asarray(result.require_segment_images(f"store={store!r}"), store)
     with atomic_path(directory, is_dir=True, overwrite=overwrite, kind=RESULT_KIND, inputs=inputs) as tmp:
         with open(tmp / "latents.npz", "wb") as f:
             np.savez(f, **flatten_tree(result.latents))
-        arrays = dict(target=result.target, composite=result.composite,
-                      segment_images=result.segment_images, masks=result.masks,
-                      loss_history=result.loss_history)
-        if result.static_mask is not None:
-            arrays["static_mask"] = result.static_mask
         with open(tmp / "arrays.npz", "wb") as f:
-            np.savez(f, **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
-        record = {"format_version": FORMAT_VERSION, "settings": result.settings,
+            np.savez(f, **arrays)
+        record = {"format_version": FORMAT_VERSION, "segment_images": store, "settings": result.settings,
                   "final_losses": result.final_losses, "seconds": result.seconds,
                   "compile_seconds": result.compile_seconds, "step_ms": result.step_ms}
         if result.alignment is not None:
@@ -126,8 +149,13 @@ def load_result(directory) -> InversionResult:
         raise ChunkyGANError(f"{directory}: not a saved inversion result ({e})") from None
     if record.get("format_version") != FORMAT_VERSION:
         raise ChunkyGANError(f"{directory}: result format {record.get('format_version')} is not supported")
+    store = record.get("segment_images", "float32")  # results saved before the choice existed: float32
+    if store not in SEGMENT_STORES or (store != "none") != ("segment_images" in arrays):
+        raise ChunkyGANError(f"{directory}: not a saved inversion result (segment images stored as {store!r}, "
+                             f"{'present' if 'segment_images' in arrays else 'absent'} in arrays.npz)")
+    segment_images = arrays["segment_images"].astype(np.float32) if store != "none" else None
     return InversionResult(
-        target=arrays["target"], composite=arrays["composite"], segment_images=arrays["segment_images"],
+        target=arrays["target"], composite=arrays["composite"], segment_images=segment_images,
         masks=arrays["masks"], latents=load_latents(directory / "latents.npz"),
         loss_history=arrays["loss_history"], final_losses=record["final_losses"],
         settings=record["settings"], static_mask=arrays.get("static_mask"), seconds=record.get("seconds", 0.0),

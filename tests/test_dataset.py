@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -256,6 +257,109 @@ def test_corrupt_image_is_recorded_as_failed_and_the_rest_succeed(full_run):
     assert not dataset.output_dir_for(full, BAD).exists()
     lines = (full / "manifest.jsonl").read_text().splitlines()
     assert [json.loads(x)["image"] for x in lines] == sorted(GOOD + [BAD])
+
+
+# ------------------------------------------------------------------------------------------ storage, writer
+def test_segment_images_stored_as_float16_or_not_at_all(images_dir, tiny_generator, inverter, full_run,
+                                                        tmp_path):
+    """store= changes only how the segment images are kept: float16 is float32's values rounded to half
+    precision, none drops them (loading still works; what needs them fails with one clear error); the
+    choice is in result.json, metrics.json and the manifest."""
+    from chunkygan_jax.errors import ChunkyGANError, ConfigError
+    from chunkygan_jax.report import write_report
+
+    full, _ = full_run
+    ref = _load_all(full)
+    sizes = {"float32": (dataset.output_dir_for(full, "a.png") / "result" / "arrays.npz").stat().st_size}
+    for store in ("float16", "none"):
+        out = tmp_path / store
+        summary = _run(images_dir, out, tiny_generator, inverter, store=store, max_batches=2)
+        assert summary.inverted == 2
+        for rel in ("a.png", "b.jpg"):
+            d = dataset.output_dir_for(out, rel)
+            got = load_result(d / "result")
+            np.testing.assert_array_equal(got.composite, ref[rel].composite)  # the same inversion
+            np.testing.assert_array_equal(got.masks, ref[rel].masks)
+            for k in ref[rel].latents:
+                np.testing.assert_array_equal(got.latents[k], ref[rel].latents[k])
+            assert json.loads((d / "result" / "result.json").read_text())["segment_images"] == store
+            assert json.loads((d / "metrics.json").read_text())["store"] == store
+            assert dataset.read_manifest(out)[rel]["store"] == store
+            if store == "float16":
+                assert got.segment_images.dtype == np.float32
+                np.testing.assert_array_equal(got.segment_images,
+                                              ref[rel].segment_images.astype(np.float16).astype(np.float32))
+            else:
+                assert got.segment_images is None
+                with pytest.raises(ChunkyGANError, match="saved without them"):
+                    got.require_segment_images("a sheet")
+                with pytest.raises(ChunkyGANError, match="segments.png needs the segment images"):
+                    write_report(got, tmp_path / "report")
+                assert not (tmp_path / "report").exists()
+                got.save(tmp_path / f"again-{rel}")  # a result without them saves as one without them
+                assert load_result(tmp_path / f"again-{rel}").segment_images is None
+        sizes[store] = (dataset.output_dir_for(out, "a.png") / "result" / "arrays.npz").stat().st_size
+    assert sizes["none"] < sizes["float16"] < sizes["float32"]
+    with pytest.raises(ConfigError, match="store must be one of float32, float16, none"):
+        _run(images_dir, tmp_path / "bad", tiny_generator, inverter, store="bfloat16")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_saving_overlaps_the_next_batch_and_is_waited_for(images_dir, tiny_generator, inverter, tmp_path,
+                                                          monkeypatch):
+    """Batch k is written on the writer thread while batch k+1 computes; a write that fails is one
+    failed image in the manifest; the summary and merged manifest count every write; when the job
+    stops on an error, the batch being written is still finished."""
+    from chunkygan_jax.errors import ChunkyGANError
+
+    save, advance = dataset.save_image_result, inverter.advance
+    calls, seen = [], {}
+    next_batch_started = threading.Event()
+
+    def spying_advance(*args):
+        calls.append(threading.current_thread().name)
+        if len(calls) == 2:
+            next_batch_started.set()
+        return advance(*args)
+
+    def spying_save(result, directory, record, **kw):
+        rel = record["image"]
+        seen[rel] = threading.current_thread().name
+        if rel == "a.png":  # batch 0's write waits for batch 1's compute: only possible if they overlap
+            seen["overlapped"] = next_batch_started.wait(timeout=120)
+        if rel == "b.jpg":
+            raise ChunkyGANError("the disk says no")
+        return save(result, directory, record, **kw)
+
+    monkeypatch.setattr(inverter, "advance", spying_advance)
+    monkeypatch.setattr(dataset, "save_image_result", spying_save)
+    out = tmp_path / "out"
+    summary = _run(images_dir, out, tiny_generator, inverter, max_batches=3)
+    assert seen["overlapped"] and seen["a.png"] != "MainThread" and set(calls) == {"MainThread"}
+    assert (summary.inverted, summary.failed, summary.batches) == (2, 1, 3)
+    merged = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [(r["image"], r["status"]) for r in merged] == [("a.png", "done"), ("b.jpg", "failed"),
+                                                            ("b.png", "done")]
+    assert merged[1]["error"] == "the disk says no" and not dataset.output_dir_for(out, "b.jpg").exists()
+    assert load_result(dataset.output_dir_for(out, "b.png") / "result").loss_history.shape == (6,)
+
+    # The second batch's compute fails while the first is being written: the write still completes.
+    calls.clear()
+    next_batch_started.clear()
+
+    def failing_advance(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            next_batch_started.set()
+            raise RuntimeError("the device fell over")
+        return advance(*args)
+
+    monkeypatch.setattr(inverter, "advance", failing_advance)
+    out = tmp_path / "out2"
+    with pytest.raises(RuntimeError, match="fell over"):
+        _run(images_dir, out, tiny_generator, inverter)
+    assert load_result(dataset.output_dir_for(out, "a.png") / "result").loss_history.shape == (6,)
+    assert dataset.read_manifest(out)["a.png"]["status"] == "done"
 
 
 # ------------------------------------------------------------------------------------------ processes

@@ -284,8 +284,12 @@ class EditorSession:
         self.n = int(self.masks.shape[0])
         self.labels = np.argmax(self.masks, axis=0).astype(np.uint8 if self.n < 256 else np.uint16)
         self.target = np.asarray(result.target, np.float32)
-        self.segment_images = np.asarray(result.segment_images, np.float32)
         codes = result.latents["codes"]
+        # A result saved without its segment images (store 'none') gets them rendered from its codes.
+        self.segment_images = np.asarray(result.segment_images if result.segment_images is not None else
+                                         editing.render_segments(generator, {"codes": codes},
+                                                                 noise_mode=self.noise_mode, dtype=self.dtype),
+                                         np.float32)
         self._base_codes = [jax.tree_util.tree_map(lambda x, i=i: np.asarray(x, np.float32)[i:i + 1], codes)
                             for i in range(self.n)]
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="editor-jax")
