@@ -395,7 +395,7 @@ def test_two_processes_split_the_files_without_overlap_or_gap(images_dir, genera
                                         f"--process_id={i}"),
                               env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
-    procs.append(subprocess.Popen(_cli_args(images_dir, alone, generator_dir, "--batch_size=1"),
+    procs.append(subprocess.Popen(_cli_args(images_dir, alone, generator_dir, "--batch_size=1", "--store=none"),
                                   env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = _communicate(procs)
     for p, (o, e) in zip(procs, outputs):
@@ -415,6 +415,7 @@ def test_two_processes_split_the_files_without_overlap_or_gap(images_dir, genera
     ref, got = _load_all(alone), _load_all(out)
     for rel in GOOD:
         assert merged[rel]["status"] == "done"
+        assert ref[rel].segment_images is None and got[rel].segment_images is not None  # --store=none
         for k in ref[rel].latents:
             np.testing.assert_array_equal(got[rel].latents[k], ref[rel].latents[k], err_msg=rel)
         np.testing.assert_array_equal(got[rel].composite, ref[rel].composite, err_msg=rel)

@@ -411,6 +411,18 @@ def test_document_edits_replace_by_key_and_strength_zero_removes(g, tmp_path):
     session.close()
 
 
+def test_a_result_saved_without_segment_images_opens_with_them_rendered(g, tmp_path):
+    """store='none' drops the segment images from a saved result; the editor renders them from the codes."""
+    from chunkygan_jax.results import load_result
+
+    result = make_result(g)
+    loaded = load_result(result.save(tmp_path / "result", store="none"))
+    assert loaded.segment_images is None
+    session = EditorSession(loaded, g, workdir=tmp_path)
+    np.testing.assert_allclose(session.segment_images, result.segment_images, atol=1e-4)
+    session.close()
+
+
 def _changed_only_in(before, after, inside):
     changed = np.any(io.to_uint8(after) != io.to_uint8(before), axis=-1)
     return changed[inside].mean() > 0.3 and not changed[~inside].any()
