@@ -14,7 +14,8 @@
     at most one batch waiting for it, so memory stays bounded); the job waits for it before the merged
     manifest and before returning, also when it stops on an error;
   - a restart skips images whose result directory is complete and was made with the same settings,
-    generator and source file; a crash loses at most the batch in flight;
+    generator and source file; a crash loses at most the two batches in flight (one being computed,
+    one being written);
   - `<output_dir>/manifest/process-XXXXX.jsonl` gets one JSON line per image and attempt (status "done"
     with lpips/total/seconds, or "failed" with the reason); `read_manifest` merges them (latest record
     per image wins) and process 0 writes the merged view to `<output_dir>/manifest.jsonl` at the end.
