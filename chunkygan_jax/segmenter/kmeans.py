@@ -24,6 +24,7 @@ from .store import RECORD_NAME, load_segmenter, save_segmenter
 
 # T is set so that, at the median sampled pixel, the nearest centroid gets this many times the weight of
 # the second nearest (0.9 vs 0.1 with two segments): soft enough for gradients to move the borders.
+# Sharper heads fit real photos a little better but stop X^S from learning (docs/segmenter.md).
 KMEANS_MEDIAN_ODDS = 9.0
 
 
@@ -34,6 +35,7 @@ class KMeansSettings:
     iterations: int = 50
     restarts: int = 3
     batch_size: int = 8
+    median_odds: float = KMEANS_MEDIAN_ODDS  # sets the temperature (above)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -134,7 +136,7 @@ def fit_kmeans(generator, segments: int, *, layers=None, seed: int = 0, settings
     centroids, _ = spherical_kmeans(x, segments, iterations=settings.iterations, restarts=settings.restarts,
                                     seed=seed)
     head = KMeansHead(centroids=jnp.asarray(centroids, jnp.float32),
-                      temperature=jnp.float32(kmeans_temperature(x, centroids)))
+                      temperature=jnp.float32(kmeans_temperature(x, centroids, settings.median_odds)))
     return make_segmenter(generator, head, layers=layers, frozen=frozen, noise_mode=noise_mode, smoothing=smoothing)
 
 
