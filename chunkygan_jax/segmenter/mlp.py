@@ -113,13 +113,7 @@ def read_latent(path, generator, latent: str = "auto") -> np.ndarray:
     g = generator
     if not hasattr(g, "mapping"):
         return _read_code(path, g, latent)
-    try:
-        a = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise ImageError(f"{path}: not a readable .npy latent ({e})") from None
-    if not np.issubdtype(a.dtype, np.floating) or not np.all(np.isfinite(a)):
-        raise ImageError(f"{path}: latent must hold finite floats, got dtype {a.dtype}")
-    a = a.astype(np.float32)
+    a = _load_latent_file(path)
     if a.ndim == 2 and a.shape[0] == 1:
         a = a[0]
     kind = latent
@@ -149,18 +143,23 @@ def _read_code(path, generator, latent):
     if latent not in ("auto", generator.segment_space):
         raise ConfigError(f"this generator's latents are {generator.segment_space} codes; --latent={latent} "
                           "does not apply")
+    a = _load_latent_file(path)
+    if a.shape != shape and a.shape[1:] == shape and a.shape[0] == 1:
+        a = a[0]
+    if a.shape != shape:
+        raise ImageError(f"{path}: latent has shape {a.shape}; expected a {generator.segment_space} code {shape}")
+    return a
+
+
+def _load_latent_file(path) -> np.ndarray:
+    """A `.npy` of finite floats -> float32 (no pickles); anything else is one ImageError naming the file."""
     try:
         a = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise ImageError(f"{path}: not a readable .npy latent ({e})") from None
     if not np.issubdtype(a.dtype, np.floating) or not np.all(np.isfinite(a)):
         raise ImageError(f"{path}: latent must hold finite floats, got dtype {a.dtype}")
-    a = a.astype(np.float32)
-    if a.shape != shape and a.shape[1:] == shape and a.shape[0] == 1:
-        a = a[0]
-    if a.shape != shape:
-        raise ImageError(f"{path}: latent has shape {a.shape}; expected a {generator.segment_space} code {shape}")
-    return a
+    return a.astype(np.float32)
 
 
 def load_annotations(directory, generator, *, latent="auto", need_labels=True):
