@@ -42,6 +42,7 @@ from .errors import ConfigError, ImageError, ResourceError
 from .generators.stylegan2 import sample_ws
 from .lpips import load_lpips, resize_for_lpips
 from .mask_sources import make_mask_source, mask_source_record
+from .masks import source_masks
 from .progress import Progress
 from .results import InversionResult, Snapshot
 
@@ -153,7 +154,7 @@ def make_loss_fn(settings: InversionSettings):
     dtype = settings.dtype  # a name of compute.COMPUTE_DTYPES, resolved by the generator
     space = settings.space
 
-    def render(nets, latents):
+    def render(nets, latents, progress):
         generator, _, mask_source = nets
         codes = latents["codes"]
         b, n = jax.tree_util.tree_leaves(codes)[0].shape[:2]
@@ -163,15 +164,15 @@ def make_loss_fn(settings: InversionSettings):
         imgs = imgs.reshape((b, n) + imgs.shape[1:])
         mask_params = {k: v for k, v in latents.items() if k != "codes"}
         if mask_params:
-            seg_masks = jax.vmap(mask_source.masks)(mask_params)
+            seg_masks = jax.vmap(lambda p: source_masks(mask_source, p, progress))(mask_params)
         else:
-            fixed = mask_source.masks({})
+            fixed = source_masks(mask_source, {}, progress)
             seg_masks = jnp.broadcast_to(fixed, (b,) + fixed.shape)
         return imgs, seg_masks
 
-    def loss_fn(nets, latents, batch):
+    def loss_fn(nets, latents, batch, progress):
         generator, lpips, _ = nets
-        imgs, seg_masks = render(nets, latents)
+        imgs, seg_masks = render(nets, latents, progress)
         out = composite(imgs, seg_masks, batch["target"], batch.get("static_mask"))
         feats = lpips.features(resize_for_lpips(out, settings.lpips_resolution))
         lp = lpips.distance_from_features(feats, batch["target_features"])
@@ -232,37 +233,38 @@ def _programs(settings: InversionSettings, mesh):
     constrain = (lambda tree, b: tree) if mesh is None else \
         (lambda tree, b: sharding.constrain_batch(tree, mesh, b))
 
-    def one_step(nets, latents, opt_state, batch):
-        (_, parts), grads = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)(nets, latents, batch)
+    def one_step(nets, latents, opt_state, batch, step):
+        progress = step.astype(jnp.float32) / settings.steps  # what annealing mask sources follow
+        (_, parts), grads = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)(nets, latents, batch, progress)
         updates, opt_state = optimizer.update(grads, opt_state, latents)
         return optax.apply_updates(latents, updates), opt_state, parts["total"]
 
     def run(nets, latents, opt_state, step, history, batch, count):
         def body(_, carry):
             latents, opt_state, step, history = carry
-            latents, opt_state, total = one_step(nets, latents, opt_state, batch)
+            latents, opt_state, total = one_step(nets, latents, opt_state, batch, step)
             history = jax.lax.dynamic_update_slice(history, total[:, None], (0, step))
             return latents, opt_state, step + 1, history
 
         carry = jax.lax.fori_loop(0, count, body, (latents, opt_state, step, history))
         return constrain(carry, history.shape[0])
 
-    def steps(nets, latents, opt_state, batch, count):  # count is static: the steps are unrolled
+    def steps(nets, latents, opt_state, batch, start, count):  # count is static: the steps are unrolled
         totals = []
-        for _ in range(count):
-            latents, opt_state, total = one_step(nets, latents, opt_state, batch)
+        for i in range(count):
+            latents, opt_state, total = one_step(nets, latents, opt_state, batch, start + i)
             totals.append(total)
         out = (latents, opt_state, jnp.stack(totals, axis=1))
         return constrain(out, _batch_of(latents))
 
-    def evaluate(nets, latents, batch):
-        imgs, seg_masks = render(nets, latents)
-        _, parts = loss_fn(nets, latents, batch)
+    def evaluate(nets, latents, batch, progress):
+        imgs, seg_masks = render(nets, latents, progress)
+        _, parts = loss_fn(nets, latents, batch, progress)
         out = composite(imgs, seg_masks, batch["target"], batch.get("static_mask"))
         return imgs, seg_masks, out, parts
 
-    def snapshot(nets, latents, batch):  # what a progression sheet shows, and nothing more
-        imgs, seg_masks = render(nets, latents)
+    def snapshot(nets, latents, batch, progress):  # what a progression sheet shows, and nothing more
+        imgs, seg_masks = render(nets, latents, progress)
         return composite(imgs, seg_masks, batch["target"], batch.get("static_mask")), seg_masks
 
     def init(latents):  # a copy of the latents too: the caller's arrays are never donated
@@ -272,7 +274,7 @@ def _programs(settings: InversionSettings, mesh):
     dtype = settings.dtype
     return dict(optimizer=optimizer, init=jax.jit(init), evaluate=jax.jit(evaluate), snapshot=jax.jit(snapshot),
                 run=jax.jit(run, donate_argnums=(1, 2, 4)),
-                steps=jax.jit(steps, static_argnums=(4,), donate_argnums=(1, 2)),
+                steps=jax.jit(steps, static_argnums=(5,), donate_argnums=(1, 2)),
                 # weight-only preprocessing, once per Inverter (the weights are fixed during an inversion)
                 prepare=jax.jit(lambda g: g.prepare(dtype) if hasattr(g, "prepare") else g),
                 features=jax.jit(lambda lp, x: lp.features(resize_for_lpips(x, settings.lpips_resolution))))
@@ -435,8 +437,8 @@ class Inverter:
         count = int(min(count, self.settings.steps - state.step))
         if count <= 0:
             return state
+        scalar = jnp.int32 if self.mesh is None else np.int32
         if self.loop == "loop":
-            scalar = jnp.int32 if self.mesh is None else np.int32
             latents, opt_state, step, history = self._run(
                 self.nets, state.latents, state.opt_state, scalar(state.step),
                 self._to_device(state.history), batch, scalar(count))
@@ -446,21 +448,26 @@ class Inverter:
         done = 0
         while done < count:
             k = chunk if count - done >= chunk else 1  # the remainder one step at a time: two programs
-            latents, opt_state, total = self._run(self.nets, latents, opt_state, batch, k)
+            latents, opt_state, total = self._run(self.nets, latents, opt_state, batch, scalar(state.step + done), k)
             totals.append(total)
             done += k
         history = state.history.copy()
         history[:, state.step:state.step + count] = np.concatenate(self._to_host(totals), axis=1)
         return InversionState(latents, opt_state, state.step + count, history)
 
-    def evaluate(self, latents, batch):
-        """(segment images [B, n, H, W, 3], masks [B, n, H, W], composite [B, H, W, 3], loss parts), on the host."""
-        return self._to_host(self._programs["evaluate"](self.nets, latents, batch))
+    def evaluate(self, latents, batch, step: int | None = None):
+        """(segment images [B, n, H, W, 3], masks [B, n, H, W], composite [B, H, W, 3], loss parts), on the
+        host, as after `step` steps (None: all, the masks a result keeps)."""
+        return self._to_host(self._programs["evaluate"](self.nets, latents, batch, self._progress(step)))
 
-    def snapshot(self, latents, batch):
-        """(composite [B, H, W, 3], masks [B, n, H, W]) on the host: the only arrays a snapshot copies
-        from the device (no segment images, no losses)."""
-        return self._to_host(self._programs["snapshot"](self.nets, latents, batch))
+    def snapshot(self, latents, batch, step: int | None = None):
+        """(composite [B, H, W, 3], masks [B, n, H, W]) on the host, as after `step` steps: the only
+        arrays a snapshot copies from the device (no segment images, no losses)."""
+        return self._to_host(self._programs["snapshot"](self.nets, latents, batch, self._progress(step)))
+
+    def _progress(self, step):
+        done = 1.0 if step is None else min(int(step), self.settings.steps) / self.settings.steps
+        return np.float32(done) if self.mesh is not None else jnp.float32(done)
 
 
 # ---------------------------------------------------------------------------------------- entry points
@@ -561,7 +568,7 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
         else:
             steady += time.perf_counter() - t
         if stop in snap_set:
-            out, seg_masks = inverter.snapshot(state.latents, batch)
+            out, seg_masks = inverter.snapshot(state.latents, batch, stop)
             for i in range(count):
                 snapshots[i].append(Snapshot(stop, out[i], seg_masks[i]))
         if callback is not None:

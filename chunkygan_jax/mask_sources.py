@@ -110,7 +110,8 @@ def mask_source_record(masks, source, generator, n: int, *, segmenter=None) -> d
             origin = "kmeans cache" if segmenter is None else str(Path(segmenter).resolve())
         record = {"kind": "segmenter", "head": source.head.kind, "segmenter": segmenter_identity(source),
                   "from": origin, "segments": source.segments, "layers": list(source.layers),
-                  "smoothing": source.smoothing, "learned": learned,
+                  "smoothing": source.smoothing, "hardening": source.hardening,
+                  "harden_until": source.harden_until, "learned": learned,
                   "generator": generator_fingerprint(generator)}
         if origin == "kmeans cache":
             record["seed"] = KMEANS_SEED
@@ -147,7 +148,8 @@ def segmenter_for_result(record, generator, segments: int, *, segmenter=None, fr
         where = f"{segmenter}" if segmenter is not None else "the k-means head in the cache"
         raise ConfigError(f"{where} is not the segmenter that made this result (head sha256 "
                           f"{segmenter_identity(seg)[:12]}..., the result records {str(record.get('segmenter'))[:12]}...)")
-    return seg
+    # the annealing the result's masks ended with (results from before annealing record none: 1, none)
+    return seg.with_hardening(record.get("hardening", 1.0), record.get("harden_until", 1.0))
 
 
 def parse_mask_spec(spec, segments: int, resolution: int):

@@ -5,9 +5,11 @@ option of invert() is resolved in mask_sources.py.
 
 A mask source is a small object with
   init(n)            -> the pytree of its optimisable parameters (may be empty),
-  masks(params)      -> float32 [n, H, W], each pixel summing to 1 over the n segments.
+  masks(params)      -> float32 [n, H, W], each pixel summing to 1 over the n segments;
+a source whose masks change over an inversion (`anneals = True`: the segment generator) takes
+  masks(params, progress), progress = the fraction of the steps done (1 for a finished result).
 The inversion optimises the parameters together with the latent codes, so a source whose params are
-empty is a fixed mask.
+empty is a fixed mask. `source_masks` calls either kind.
 """
 
 from __future__ import annotations
@@ -73,6 +75,12 @@ def masks_from_labels(labels: np.ndarray, n: int | None = None) -> np.ndarray:
         raise ImageError(f"label map holds labels {sorted(set(np.unique(labels).tolist()))[:8]}, "
                          f"expected indices 0..{n - 1}")
     return (labels[None] == np.arange(n)[:, None, None]).astype(np.float32)
+
+
+def source_masks(source, params: dict, progress=1.0) -> jax.Array:
+    """A mask source's masks [n, H, W] for its `params` when `progress` of the inversion is done (the
+    module docstring gives the protocol)."""
+    return source.masks(params, progress) if getattr(source, "anneals", False) else source.masks(params)
 
 
 @flax.struct.dataclass

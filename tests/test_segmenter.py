@@ -78,6 +78,28 @@ def test_frozen_segmenter_has_no_parameters_and_uses_its_code(kmeans3, samples):
         kmeans3.masks_for_code(np.zeros((5, 7), np.float32))
 
 
+def test_annealing_sharpens_the_masks_from_the_heads_own_to_the_final_ones(kmeans3, samples):
+    """hardness: 1 at the start, `hardening` from `harden_until` of the steps on; the masks at progress 0
+    are the head's unannealed ones, softer than the final masks a result keeps (and a frozen one uses)."""
+    seg = kmeans3
+    assert (seg.hardening, seg.harden_until) == (seg_lib.HARDENING, seg_lib.HARDEN_UNTIL) == (10 / 3, 0.5)
+    np.testing.assert_allclose([float(seg.hardness(p)) for p in (0.0, 0.25, 0.5, 0.9, 1.0)],
+                               [1.0, (10 / 3) ** 0.5, 10 / 3, 10 / 3, 10 / 3], rtol=1e-6)
+    params = {"segment_code": jnp.asarray(samples[0])}
+    start, final = np.asarray(seg.masks(params, 0.0)), np.asarray(seg.masks(params))
+    np.testing.assert_allclose(start, seg.with_hardening(1.0).masks(params), atol=1e-6)
+    np.testing.assert_allclose(final, seg.masks(params, 1.0), atol=1e-6)
+    np.testing.assert_allclose(seg.freeze().with_code(samples[0]).masks({}), final, atol=1e-6)
+    np.testing.assert_allclose(final.sum(axis=0), 1.0, atol=1e-5)
+    entropy = lambda m: float(np.mean(-np.sum(m * np.log(np.clip(m, 1e-12, None)), axis=0)))
+    assert entropy(final) < 0.8 * entropy(start), (entropy(final), entropy(start))
+    for bad in (0.5, float("nan"), "3"):
+        with pytest.raises(ConfigError, match="hardening"):
+            seg.with_hardening(bad)
+    with pytest.raises(ConfigError, match="harden_until"):
+        seg.with_hardening(2.0, 0.0)
+
+
 def test_jointly_optimised_segment_code_beats_the_frozen_one(tiny_generator, golden_p1, cache):
     """Two-halves targets (left half from one W+ code, right half from another; four pairs of the golden
     codes, inverted as one batch): with the same segmenter and the same 100 steps, letting the inversion
@@ -338,12 +360,18 @@ def test_default_mask_source_is_the_segment_generator_and_is_recorded(tiny_gener
 
     record = mask_source_record(None, default, tiny_generator, 3)
     assert record == {"kind": "segmenter", "head": "kmeans", "segmenter": seg_lib.segmenter_identity(default),
-                      "from": "kmeans cache", "segments": 3, "layers": [8, 16], "smoothing": 1 / 16, "learned": True,
+                      "from": "kmeans cache", "segments": 3, "layers": [8, 16], "smoothing": 1 / 16,
+                      "hardening": 10 / 3, "harden_until": 0.5, "learned": True,
                       "generator": fingerprint(tiny_generator), "seed": 0}
     assert mask_source_record("logits", make_mask_source("logits", 3, 32), tiny_generator, 3) == \
         {"kind": "logits", "learned": True}
     again = segmenter_for_result(record, tiny_generator, 3)
     np.testing.assert_array_equal(again.head.centroids, default.head.centroids)
+    assert (again.hardening, again.harden_until) == (10 / 3, 0.5)
+    older = {k: v for k, v in record.items() if k not in ("hardening", "harden_until")}  # made before annealing
+    assert segmenter_for_result(older, tiny_generator, 3).hardening == 1.0
+    with pytest.raises(ConfigError, match="hardening"):
+        segmenter_for_result({**record, "hardening": "lots"}, tiny_generator, 3)
 
     # a trained head by directory: loaded, recorded by path, and only for the masks it makes
     other = seg_lib.fit_kmeans(tiny_generator, 3, seed=1)

@@ -151,7 +151,7 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
     if segment_code:
         record = settings.get("masks")
         if record is None and segmenter:  # a result saved before the mask source was recorded
-            mask_source = load_segmenter(segmenter, gen)
+            mask_source = load_segmenter(segmenter, gen).with_hardening(1.0)  # made before annealing
         else:
             mask_source = segmenter_for_result(record, gen, count_segments(codes), segmenter=segmenter)
     for value in strengths or [strength]:

@@ -1,6 +1,6 @@
 """The segment generator G^S (paper sec. 3): soft masks from the image generator's own features.
 
-    S = G^S(X^S) = upsample( blur( mean_e softmax( head_e( phi(X^S) ) / T ) ) )        [n, R, R]
+    S = G^S(X^S) = upsample( blur( mean_e softmax( head_e( phi(X^S) ) * a / T ) ) )    [n, R, R]
 
 phi(X^S): the code X^S, a code of the generator's own segment space (StyleGAN2: W+ [num_ws, w_dim] from
 w_avg; the DCGAN: z [z_dim] from its fixed start), goes through the image generator's blocks at a few
@@ -22,6 +22,11 @@ The per-pixel probabilities at h are blurred with a Gaussian of std h/16 (`finis
 per region, not islands) and bilinearly upsampled to the generator's resolution R; both are convex
 combinations, so the masks still sum to 1.
 
+Annealing (a, `Segmenter.hardness`): during an inversion the logits are multiplied by a factor a that grows
+geometrically from 1 at the first step to `hardening` (10/3) at half the steps and stays there: soft masks
+while X^S finds its place, then each image code owns its segment. A finished result's masks, a frozen
+segmenter's and an edit's are the final ones (a = hardening); `with_hardening(1.0)` turns it off.
+
 `Segmenter` is a mask source (see masks.py): init(n) -> {"segment_code": X^S} ({} when frozen),
 masks(params) -> [n, R, R]; it is a pytree (generator and head are leaves, the layer choice is static), so
 an inversion closes over it in jit and optimises X^S with the segment codes. Because X^S lives in the
@@ -40,7 +45,7 @@ from ..generators.stylegan2 import sample_ws
 from ..masks import neighbour_agreement
 from .features import (DEFAULT_NOISE_MODE, code_shape, default_layers, feature_dim, initial_code, pixel_features,
                        resolve_layers)
-from .heads import MASK_SMOOTHING, KMeansHead, MLPHead, Segmenter, finish_masks, head_masks, init_mlp, make_segmenter
+from .heads import HARDEN_UNTIL, HARDENING, MASK_SMOOTHING, KMeansHead, MLPHead, Segmenter, finish_masks, head_masks, init_mlp, make_segmenter
 from .kmeans import (KMEANS_MEDIAN_ODDS, KMeansSettings, collect_features, fit_kmeans, kmeans_segmenter,
                      kmeans_temperature, segmenter_cache_dir, spherical_kmeans)
 from .mlp import LATENT_KINDS, MLPSettings, label_maps, load_annotations, read_latent, train_mlp, train_segmenter

@@ -17,6 +17,15 @@ from .features import DEFAULT_NOISE_MODE, feature_dim, initial_code, pixel_featu
 # The masks' Gaussian blur at the head's resolution, as a fraction of the image side (see finish_masks).
 MASK_SMOOTHING = 1.0 / 16
 
+# Annealing during an inversion (Segmenter.hardness): the head's logits are multiplied by a factor that
+# grows geometrically from 1 at the start to HARDENING when HARDEN_UNTIL of the steps are done, and stays
+# there. For the k-means head (median odds 9:1 at factor 1) the median pixel ends at 9^(10/3) ~ 1500:1.
+# Why: soft masks let X^S learn (the gradient reaches it through every pixel's mixture), hard masks let
+# each image code own its segment; a head that is hard from the start stops X^S learning, one that stays
+# soft blends every pixel from several codes (docs/segmenter.md measures both).
+HARDENING = 10.0 / 3.0
+HARDEN_UNTIL = 0.5
+
 # ---------------------------------------------------------------------------------------- heads
 @flax.struct.dataclass
 class KMeansHead:
@@ -35,8 +44,8 @@ class KMeansHead:
     def input_dim(self) -> int:
         return int(self.centroids.shape[1])
 
-    def probabilities(self, feats):
-        return jax.nn.softmax(feats @ self.centroids.T / self.temperature, axis=-1)
+    def probabilities(self, feats, hardness=1.0):
+        return jax.nn.softmax(feats @ self.centroids.T * (hardness / self.temperature), axis=-1)
 
     def arrays(self) -> dict:
         return {"centroids": self.centroids, "temperature": self.temperature}
@@ -83,8 +92,9 @@ class MLPHead:
                 x = jax.nn.relu(x)
         return x
 
-    def probabilities(self, feats):
-        return jnp.mean(jax.nn.softmax(self.member_logits(feats) / self.temperature, axis=-1), axis=0)
+    def probabilities(self, feats, hardness=1.0):
+        return jnp.mean(jax.nn.softmax(self.member_logits(feats) * (hardness / self.temperature), axis=-1),
+                        axis=0)
 
     def arrays(self) -> dict:
         return {"params": self.params, "temperature": self.temperature}
@@ -110,9 +120,13 @@ class Segmenter:
     """G^S: masks from the generator's features for the segment code X^S, through a per-pixel head.
 
     Mask-source protocol: init(n) -> {"segment_code": X^S} ({} when frozen; the fixed
-    `code` is then used), masks(params) -> [n, R, R] summing to 1 per pixel. A frozen segmenter made by
-    `freeze()` / `with_code()` keeps its masks, so an inversion does not recompute constant masks per step."""
+    `code` is then used), masks(params, progress) -> [n, R, R] summing to 1 per pixel, where progress is
+    the fraction of the inversion done (1 after it: the masks a result keeps and an edit recomputes).
+    The head's logits are annealed over the inversion (`hardness`; hardening=1 turns that off). A frozen
+    segmenter made by `freeze()` / `with_code()` keeps its final masks, so an inversion does not recompute
+    constant masks per step."""
 
+    anneals = True  # masks() takes the inversion's progress
     generator: Any
     head: Any  # KMeansHead | MLPHead
     code: jax.Array  # initial (or, when frozen, fixed) X^S: [num_ws, w_dim] (StyleGAN2), [z_dim] (DCGAN)
@@ -121,6 +135,8 @@ class Segmenter:
     noise_mode: str = flax.struct.field(pytree_node=False, default=DEFAULT_NOISE_MODE)
     smoothing: float = flax.struct.field(pytree_node=False, default=MASK_SMOOTHING)
     fixed_masks: Any = None  # [n, R, R] for `code`, kept when frozen (None: computed on demand)
+    hardening: float = flax.struct.field(pytree_node=False, default=HARDENING)
+    harden_until: float = flax.struct.field(pytree_node=False, default=HARDEN_UNTIL)
 
     @property
     def segments(self) -> int:
@@ -139,10 +155,17 @@ class Segmenter:
             raise ConfigError(f"this segmenter makes {self.segments} segments, {n} were asked for")
         return {} if self.frozen else {"segment_code": self.code}
 
-    def masks(self, params: dict):
-        if self.frozen:
+    def hardness(self, progress=1.0):
+        """The factor on the head's logits when `progress` of the inversion is done (a number or a traced
+        scalar): hardening ** min(progress / harden_until, 1)."""
+        if self.hardening == 1.0:
+            return 1.0
+        return self.hardening ** jnp.clip(jnp.asarray(progress, jnp.float32) / self.harden_until, 0.0, 1.0)
+
+    def masks(self, params: dict, progress=1.0):
+        if self.frozen:  # nothing to learn, so nothing to anneal: the final masks throughout
             return self.fixed_masks if self.fixed_masks is not None else self.masks_for_code(self.code)
-        return self.masks_for_code(params["segment_code"])
+        return self.masks_for_code(params["segment_code"], progress=progress)
 
     def freeze(self, frozen: bool = True) -> "Segmenter":
         """The same segmenter with X^S fixed at `code` (frozen=True) or learned (False)."""
@@ -152,6 +175,15 @@ class Segmenter:
     def with_code(self, code) -> "Segmenter":
         """The same segmenter starting at (or, when frozen, fixed at) another X^S."""
         return self.replace(code=self._as_codes(code)[0], fixed_masks=None).freeze(self.frozen)
+
+    def with_hardening(self, hardening: float = HARDENING, until: float = HARDEN_UNTIL) -> "Segmenter":
+        """The same segmenter with another annealing (see `hardness`): the head's logits end `hardening`
+        times larger once `until` of the inversion is done. hardening=1: no annealing."""
+        if not (isinstance(hardening, (int, float)) and math.isfinite(hardening) and hardening >= 1):
+            raise ConfigError(f"segmenter hardening must be a number >= 1, got {hardening!r}")
+        if not (isinstance(until, (int, float)) and 0 < until <= 1):
+            raise ConfigError(f"segmenter harden_until must be in (0, 1], got {until!r}")
+        return self.replace(hardening=float(hardening), harden_until=float(until), fixed_masks=None).freeze(self.frozen)
 
     @property
     def code_shape(self) -> tuple[int, ...]:
@@ -170,13 +202,14 @@ class Segmenter:
             raise ConfigError(f"segment code must be {list(shape)} (or a batch [B, {', '.join(map(str, shape))}]) "
                               f"for this generator, got {list(code.shape)}") from None
 
-    def masks_for_code(self, code, resolution: int | None = None):
+    def masks_for_code(self, code, resolution: int | None = None, progress=1.0):
         """Masks for any segment code (e.g. X^S moved by an edit direction): one code -> [n, R, R]; a batch
         [B, *code_shape] -> [B, n, R, R]. `resolution` defaults to the generator's; `feature_resolution`
-        gives the head's own per-pixel decisions without upsampling."""
+        gives the head's own per-pixel decisions without upsampling. `progress` < 1 only inside an
+        inversion (see `hardness`)."""
         batched = jnp.ndim(code) == len(self.code_shape) + 1
         r = self.resolution if resolution is None else int(resolution)
-        m = head_masks(self.generator, self.head, self._as_codes(code), layers=self.layers,
+        m = head_masks(self.generator, self.head, self._as_codes(code), self.hardness(progress), layers=self.layers,
                        noise_mode=self.noise_mode, smoothing=self.smoothing, resolution=r)
         return m if batched else m[0]
 
@@ -184,10 +217,11 @@ class Segmenter:
 # jitted so that eager calls (editing, label maps) do not run op by op; inside an outer jit (the inversion
 # step) it is simply inlined.
 @functools.partial(jax.jit, static_argnames=("layers", "noise_mode", "smoothing", "resolution"))
-def head_masks(generator, head, codes, *, layers, noise_mode, smoothing, resolution):
-    """codes [B, *code_shape] -> masks [B, n, resolution, resolution] (features -> head -> smoothing ->
-    upsampling)."""
-    probs = head.probabilities(pixel_features(generator, codes, layers, noise_mode=noise_mode))  # [B, h, h, n]
+def head_masks(generator, head, codes, hardness=1.0, *, layers, noise_mode, smoothing, resolution):
+    """codes [B, *code_shape] -> masks [B, n, resolution, resolution] (features -> head (logits times
+    `hardness`) -> smoothing -> upsampling)."""
+    probs = head.probabilities(pixel_features(generator, codes, layers, noise_mode=noise_mode),
+                               hardness)  # [B, h, h, n]
     return jnp.moveaxis(finish_masks(probs, smoothing, resolution), -1, 1)
 
 
@@ -221,7 +255,8 @@ def finish_masks(probs, smoothing: float, resolution: int):
 
 
 def make_segmenter(generator, head, *, layers=None, code=None, frozen=False,
-                   noise_mode=DEFAULT_NOISE_MODE, smoothing=MASK_SMOOTHING) -> Segmenter:
+                   noise_mode=DEFAULT_NOISE_MODE, smoothing=MASK_SMOOTHING, hardening=HARDENING,
+                   harden_until=HARDEN_UNTIL) -> Segmenter:
     layers = resolve_layers(generator, layers)
     if noise_mode not in ("none", "const"):
         raise ConfigError(f"segmenter noise_mode must be 'none' or 'const', got {noise_mode!r}")
@@ -235,4 +270,4 @@ def make_segmenter(generator, head, *, layers=None, code=None, frozen=False,
     seg = Segmenter(generator=generator, head=head, code=jnp.zeros(start.shape, jnp.float32), layers=layers,
                     frozen=frozen, noise_mode=noise_mode, smoothing=float(smoothing))
     code = start if code is None else code
-    return seg.with_code(code)
+    return seg.with_code(code).with_hardening(hardening, harden_until)
