@@ -47,7 +47,7 @@ def main():
         call_args = lambda nets: (nets, state.latents, state.opt_state, jnp.int32(0), jnp.zeros((1, 100)),
                                   batch, jnp.int32(1))
     else:
-        call_args = lambda nets: (nets, state.latents, state.opt_state, batch, 1)
+        call_args = lambda nets: (nets, state.latents, state.opt_state, batch, jnp.int32(0), 1)
     variants = [("prepared", inv.nets), ("inside", (generator,) + inv.nets[1:])]
     out = {"resolution": r, "segments": args.segments, "program": args.program, "backend": jax.default_backend()}
     for name, nets in (variants[::-1] if args.reverse else variants):

@@ -7,8 +7,9 @@ aligned the FFHQ way (chunkygan_jax.align) to the generator's resolution. Every 
 as one batch (invert_batch) with the same steps and settings, which are invert()'s defaults unless given.
 
 Methods: "1 code" (n = 1), "logits" (free 16x16 mask logits, masks='logits'), "G^S" (the default: the
-segment generator with the k-means head, X^S learned); on request "G^S unsmoothed" (the same without the
-masks' Gaussian blur, smoothing=0). Writes a JSON record and a sheet with one row per
+segment generator with the k-means head, X^S learned); on request "G^S not annealed" (the same with the
+head's logits never hardened: with_hardening(1.0)) and "G^S unsmoothed" (without the masks' Gaussian
+blur, smoothing=0). Writes a JSON record and a sheet with one row per
 photo: photo | composite and masks for each method (enlarged with nearest-neighbour).
 
 Usage: python3 bench/segmenter_real.py [--generator CKPT] [--segments 8] [--steps 500]
@@ -38,7 +39,7 @@ import real_photos  # noqa: E402
 
 PHOTOS = ("astronaut", "grace_hopper", "camera")
 METHODS = {"1 code": dict(segments=1), "logits": dict(masks="logits"), "G^S": dict(masks=None),
-           "G^S unsmoothed": dict(masks="unsmoothed")}  # the last: the k-means G^S without the mask blur
+           "G^S not annealed": dict(masks="not annealed"), "G^S unsmoothed": dict(masks="unsmoothed")}
 DEFAULT_METHODS = "1 code,logits,G^S"
 
 
@@ -64,6 +65,8 @@ def main() -> None:
         opts = {"segments": args.segments, **METHODS[method]}
         if opts.get("masks") == "unsmoothed":
             opts["masks"] = kmeans_segmenter(g, args.segments, smoothing=0.0)
+        elif opts.get("masks") == "not annealed":
+            opts["masks"] = kmeans_segmenter(g, args.segments).with_hardening(1.0)
         t0 = time.perf_counter()
         out = invert_batch(list(photos.values()), g, steps=args.steps, lpips_net=args.lpips_net,
                            progress_every=0, **opts)
@@ -75,7 +78,7 @@ def main() -> None:
             results[(name, method)] = r
             print(f"{name:12s} {method:7s} lpips {r.final_losses['lpips']:.4f}  pieces {c['pieces']:3d} "
                   f"({c['pieces_per_segment']:.2f}/segment {c['pieces_by_segment']})  agreement "
-                  f"{c['neighbour_agreement']:.3f}", flush=True)
+                  f"{c['neighbour_agreement']:.3f}  top weight {c['top_weight']:.3f}", flush=True)
         print(f"{method}: {seconds:.0f} s for {len(photos)} photos x {args.steps} steps", flush=True)
         record = {"generator": args.generator or "demo", "steps": args.steps, "segments": args.segments,
                   "lpips_net": args.lpips_net, "command": "python3 " + " ".join(sys.argv),
@@ -89,13 +92,13 @@ def main() -> None:
 
 
 def table(rows) -> str:
-    lines = ["| photo | method | LPIPS | x 1 code | pieces (per segment) | neighbour agreement |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| photo | method | LPIPS | x 1 code | pieces (per segment) | neighbour agreement | top weight |",
+             "|---|---|---|---|---|---|---|"]
     for (name, method), r in rows.items():
         one = rows.get((name, "1 code"))
         ratio = f"{r['lpips'] / one['lpips']:.2f}" if one else "-"
         lines.append(f"| {name} | {method} | {r['lpips']:.4f} | {ratio} | {r['pieces']} ({r['pieces_per_segment']:.2f}) "
-                     f"| {r['neighbour_agreement']:.3f} |")
+                     f"| {r['neighbour_agreement']:.3f} | {r['top_weight']:.3f} |")
     return "\n".join(lines)
 
 

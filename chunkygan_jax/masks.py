@@ -195,10 +195,11 @@ def connected_pieces(labels) -> np.ndarray:
 
 def mask_coherence(masks) -> dict:
     """How coherent soft masks [n, H, W] are, judged on their argmax: connected pieces in total and per
-    segment (n: one piece each; confetti: many), and neighbour agreement."""
+    segment (n: one piece each; confetti: many), and neighbour agreement; and how decided they are:
+    `top_weight`, the mean over pixels of the largest mask's weight (1: hard masks, 1/n: even blends)."""
     masks = np.asarray(masks)
     labels = masks.argmax(axis=0)
     pieces = connected_pieces(labels)
     return {"pieces": int(pieces.sum()), "pieces_per_segment": float(pieces.sum() / masks.shape[0]),
             "pieces_by_segment": [int(p) for p in np.pad(pieces, (0, masks.shape[0] - len(pieces)))],
-            "neighbour_agreement": neighbour_agreement(labels)}
+            "neighbour_agreement": neighbour_agreement(labels), "top_weight": float(masks.max(axis=0).mean())}

@@ -343,6 +343,9 @@ def test_connected_pieces_counts_4_connected_pieces_per_label():
         np.testing.assert_array_equal(connected_pieces(labels), want)
     c = mask_coherence(np.stack([checker, 1 - checker]).astype(np.float32))
     assert c["pieces"] == 16 and c["pieces_per_segment"] == 8.0 and c["neighbour_agreement"] == 0.0
+    assert c["top_weight"] == 1.0  # hard masks
+    blend = np.stack([np.full((4, 4), 0.7), np.full((4, 4), 0.3)]).astype(np.float32)
+    np.testing.assert_allclose(mask_coherence(blend)["top_weight"], 0.7, rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------------ the masks= option
