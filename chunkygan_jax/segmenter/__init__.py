@@ -45,7 +45,8 @@ from ..generators.stylegan2 import sample_ws
 from ..masks import neighbour_agreement
 from .features import (DEFAULT_NOISE_MODE, code_shape, default_layers, feature_dim, initial_code, pixel_features,
                        resolve_layers)
-from .heads import HARDEN_UNTIL, HARDENING, MASK_SMOOTHING, KMeansHead, MLPHead, Segmenter, finish_masks, head_masks, init_mlp, make_segmenter
+from .heads import (HARDEN_UNTIL, HARDENING, MASK_SMOOTHING, KMeansHead, MLPHead, Segmenter, finish_masks,
+                    head_masks, init_mlp, make_segmenter)
 from .kmeans import (KMEANS_MEDIAN_ODDS, KMeansSettings, collect_features, fit_kmeans, kmeans_segmenter,
                      kmeans_temperature, segmenter_cache_dir, spherical_kmeans)
 from .mlp import LATENT_KINDS, MLPSettings, label_maps, load_annotations, read_latent, train_mlp, train_segmenter
