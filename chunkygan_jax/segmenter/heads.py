@@ -179,11 +179,10 @@ class Segmenter:
     def with_hardening(self, hardening: float = HARDENING, until: float = HARDEN_UNTIL) -> "Segmenter":
         """The same segmenter with another annealing (see `hardness`): the head's logits end `hardening`
         times larger once `until` of the inversion is done. hardening=1: no annealing."""
-        if not (isinstance(hardening, (int, float)) and math.isfinite(hardening) and hardening >= 1):
-            raise ConfigError(f"segmenter hardening must be a number >= 1, got {hardening!r}")
-        if not (isinstance(until, (int, float)) and 0 < until <= 1):
-            raise ConfigError(f"segmenter harden_until must be in (0, 1], got {until!r}")
-        return self.replace(hardening=float(hardening), harden_until=float(until), fixed_masks=None).freeze(self.frozen)
+        hardening, until = _checked_hardening(hardening, until)
+        if (hardening, until) == (self.hardening, self.harden_until):
+            return self  # a frozen segmenter's masks are not recomputed for nothing
+        return self.replace(hardening=hardening, harden_until=until, fixed_masks=None).freeze(self.frozen)
 
     @property
     def code_shape(self) -> tuple[int, ...]:
@@ -254,6 +253,14 @@ def finish_masks(probs, smoothing: float, resolution: int):
     return probs
 
 
+def _checked_hardening(hardening, until) -> tuple[float, float]:
+    if not (isinstance(hardening, (int, float)) and math.isfinite(hardening) and hardening >= 1):
+        raise ConfigError(f"segmenter hardening must be a number >= 1, got {hardening!r}")
+    if not (isinstance(until, (int, float)) and 0 < until <= 1):
+        raise ConfigError(f"segmenter harden_until must be in (0, 1], got {until!r}")
+    return float(hardening), float(until)
+
+
 def make_segmenter(generator, head, *, layers=None, code=None, frozen=False,
                    noise_mode=DEFAULT_NOISE_MODE, smoothing=MASK_SMOOTHING, hardening=HARDENING,
                    harden_until=HARDEN_UNTIL) -> Segmenter:
@@ -267,7 +274,9 @@ def make_segmenter(generator, head, *, layers=None, code=None, frozen=False,
     if head.input_dim != d:
         raise ConfigError(f"head expects {head.input_dim} features per pixel, layers {list(layers)} give {d}")
     start = initial_code(generator)
+    hardening, harden_until = _checked_hardening(hardening, harden_until)
     seg = Segmenter(generator=generator, head=head, code=jnp.zeros(start.shape, jnp.float32), layers=layers,
-                    frozen=frozen, noise_mode=noise_mode, smoothing=float(smoothing))
+                    frozen=frozen, noise_mode=noise_mode, smoothing=float(smoothing), hardening=hardening,
+                    harden_until=harden_until)
     code = start if code is None else code
-    return seg.with_code(code).with_hardening(hardening, harden_until)
+    return seg.with_code(code)
