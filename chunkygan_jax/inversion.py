@@ -42,7 +42,7 @@ from .errors import ConfigError, ImageError, ResourceError
 from .generators.stylegan2 import sample_ws
 from .lpips import load_lpips, resize_for_lpips
 from .mask_sources import make_mask_source, mask_source_record
-from .masks import source_masks
+from .masks import composite, source_masks
 from .progress import Progress
 from .results import InversionResult, Snapshot
 
@@ -120,15 +120,6 @@ def dispersion(codes) -> jax.Array:
     """sum_i ||X_i - mean_j X_j||^2 for codes with the segment axis first (any pytree)."""
     leaves = jax.tree_util.tree_leaves(codes)
     return sum(jnp.sum(jnp.square(x - jnp.mean(x, axis=0, keepdims=True))) for x in leaves)
-
-
-def composite(segment_images, segment_masks, target=None, static_mask=None):
-    """Paper eq. 1 and 3: sum_i G(X_i) S_i, with the static region S^X taken from the target."""
-    out = jnp.sum(segment_images * segment_masks[..., None], axis=-4)
-    if static_mask is not None:
-        sx = static_mask[..., None]
-        out = sx * target + (1.0 - sx) * out
-    return out
 
 
 def _mean_latent_term(generator, codes, space, w_std):

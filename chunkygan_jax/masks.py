@@ -26,6 +26,15 @@ from .errors import ConfigError, ImageError
 GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
+def composite(segment_images, segment_masks, target=None, static_mask=None):
+    """Paper eq. 1 and 3: sum_i G(X_i) S_i, with the static region S^X taken from the target."""
+    out = jnp.sum(segment_images * segment_masks[..., None], axis=-4)
+    if static_mask is not None:
+        sx = static_mask[..., None]
+        out = sx * target + (1.0 - sx) * out
+    return out
+
+
 def layout_centers(n: int, seed: int = 0) -> np.ndarray:
     """n well-spread points in [0, 1]^2 (a Fibonacci lattice), in (y, x); the seed shifts the lattice
     cyclically so that other seeds give other, equally even layouts."""

@@ -8,6 +8,7 @@ A result directory holds
                   keep 11 significant bits, far finer than an 8-bit image) or none (not kept: a loaded
                   result then has segment_images None, and what needs them fails with one clear error;
                   they are a function of the latents, editing.render_segments renders them again)
+  tuning.npz      for a result of pivotal tuning only: the weight delta of its generator (deltas.py)
   result.json     settings, final losses, timing, format version, how the segment images were stored
                   ("segment_images": float32, float16 or none); for a photo that was aligned first,
                   the alignment (its quad in the photo) and the photo's path, so that an edit can be
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .deltas import DELTA_FILE, load_delta, save_delta
 from .errors import ChunkyGANError, ConfigError
 from .files import atomic_path
 from .io import to_uint8
@@ -74,6 +76,10 @@ class InversionResult:
     step_ms: float | None = None  # the steady time per step (None after a single step)
     alignment: dict | None = None  # align.Alignment.to_json() when the photo was aligned first
     photo: str | None = None  # the aligned photo's path (for pasting back), when it was a file
+    # pivotal tuning (tuning.py): {"delta": the weight delta (deltas.py), "record": its settings, base
+    # generator fingerprint, LPIPS before and after, size}; None for an untuned result. Render a tuned
+    # result with deltas.tuned_generator(generator, result.tuning).
+    tuning: dict | None = None
 
     @property
     def codes(self):
@@ -135,6 +141,11 @@ def save_result(result, directory, *, overwrite: bool = False, inputs=(), store:
                   "compile_seconds": result.compile_seconds, "step_ms": result.step_ms}
         if result.alignment is not None:
             record.update(alignment=result.alignment, photo=result.photo)
+        if result.tuning is not None:
+            tuning_record = result.tuning["record"]
+            save_delta(tmp / DELTA_FILE, result.tuning["delta"], base_fingerprint=tuning_record["base_fingerprint"],
+                       record=tuning_record, dtype=tuning_record["dtype"])
+            record["tuning"] = tuning_record
         (tmp / "result.json").write_text(json.dumps(record, indent=2))
     return directory
 
@@ -160,4 +171,15 @@ def load_result(directory) -> InversionResult:
         loss_history=arrays["loss_history"], final_losses=record["final_losses"],
         settings=record["settings"], static_mask=arrays.get("static_mask"), seconds=record.get("seconds", 0.0),
         compile_seconds=record.get("compile_seconds"), step_ms=record.get("step_ms"),
-        alignment=record.get("alignment"), photo=record.get("photo"))
+        alignment=record.get("alignment"), photo=record.get("photo"), tuning=_load_tuning(directory, record))
+
+
+def _load_tuning(directory: Path, record: dict) -> dict | None:
+    if "tuning" not in record:
+        if (directory / DELTA_FILE).exists():
+            raise ChunkyGANError(f"{directory}: holds {DELTA_FILE} but its result.json records no tuning")
+        return None
+    delta, delta_record = load_delta(directory / DELTA_FILE)
+    if delta_record.get("base_fingerprint") != record["tuning"].get("base_fingerprint"):
+        raise ChunkyGANError(f"{directory}: {DELTA_FILE} and result.json name different base generators")
+    return {"delta": delta, "record": delta_record}

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..blending import poisson_blend
 from ..errors import ConfigError
-from ..inversion import composite
+from ..masks import composite
 from ..results import InversionResult
 from .edits import DirectionEdit, StyleEdit, apply_edits, describe, edit_list
 from .spaces import check_space, count_segments, latent_space

@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import compute
 from ..errors import CheckpointError, ConfigError
+from ..trees import flat_leaves
 from . import ops
 
 __all__ = ["DCGAN", "DCGANConfig", "conv_transpose2d", "dcgan_from_state_dict", "random_params", "start_code"]
@@ -139,6 +140,13 @@ class DCGAN:
     default_space = "z"
     # z ~ N(0, I) in 100 dims: the paper's lambda_reg = 1 pins all segment codes together here
     default_lambda_reg = 0.0
+
+    def drawing_params(self) -> tuple[str, ...]:
+        """The flat names (trees.flatten_tree) of the parameters pivotal tuning may change: every
+        transposed convolution's weight and every batch norm's scale and shift (not its running
+        statistics, which are measurements of the training data, not weights)."""
+        names = flat_leaves(self.params)
+        return tuple(sorted(k for k in names if not k.endswith(("/running_mean", "/running_var"))))
 
     def check_space(self, space: str) -> None:
         if space != "z":

@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import compute
 from ..errors import ConfigError
+from ..trees import flat_leaves
 from . import ops
 
 NOISE_MODES = ("const", "none", "random")
@@ -157,6 +158,13 @@ class StyleGAN2:
     latent_spaces = ("w", "w+", "s")
     default_space = "w+"
     default_lambda_reg = 1.0  # the paper's value, tuned for FFHQ's W space
+
+    def drawing_params(self) -> tuple[str, ...]:
+        """The flat names (trees.flatten_tree) of the parameters that draw the image: what pivotal tuning
+        may change. The synthesis network without its constant noise buffers; the mapping stays, so W
+        and its directions keep their meaning."""
+        names = flat_leaves(self.params["synthesis"], prefix="synthesis/")
+        return tuple(sorted(k for k in names if not k.endswith("/noise_const")))
 
     def initial_codes(self, space: str, n: int, w=None):
         """n copies of one starting code (w_avg unless `w` [w_dim] is given) in the requested space:
