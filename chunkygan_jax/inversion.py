@@ -45,6 +45,7 @@ from .mask_sources import make_mask_source, mask_source_record
 from .masks import composite, source_masks
 from .progress import Progress
 from .results import InversionResult, Snapshot
+from .tuning import as_tuning, tune_results
 
 SPACE_ALIASES = {"wplus": "w+", "w_plus": "w+", "W": "w", "W+": "w+", "S": "s"}
 NOISE_MODES = ("const", "none")  # an inversion's images must be a function of its codes alone
@@ -491,7 +492,7 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
                  masks=None, segmenter=None, learn_masks=None, static_masks=None, seed=0, noise_mode="const",
                  dtype="float32", callback: Callable | None = None, progress_every=25, progress=False,
                  snapshot_steps=(), crop="none", alpha="refuse", upscale=False, inverter: Inverter | None = None,
-                 initial_codes=None, mesh=None) -> list[InversionResult]:
+                 initial_codes=None, mesh=None, tune=None, tune_callback=None) -> list[InversionResult]:
     """Invert B images at once (one jitted step for all B x n segments). See `invert` for options;
     `static_masks` is a list (one per image, or None). `mesh` (sharding.data_mesh()) shards the
     images over its devices; the batch is padded to a multiple of this process's devices with copies
@@ -507,6 +508,7 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
                                  noise_mode=noise_mode, dtype=dtype).validate(generator)
     if not images:
         raise ConfigError("no images to invert")
+    tune = as_tuning(tune)  # checked before any work
     static_masks = list(static_masks) if static_masks is not None else [None] * len(images)
     if len(static_masks) != len(images):
         raise ConfigError(f"{len(static_masks)} static masks for {len(images)} images")
@@ -580,6 +582,9 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
             final_losses={k: float(v[i]) for k, v in parts.items()}, settings={**settings.to_dict(), "masks": record},
             static_mask=None if sxs is None else sxs[i], snapshots=snapshots[i], seconds=seconds,
             compile_seconds=compile_seconds, step_ms=step_ms))
+    if tune is not None:  # one batched program for all images, on one device
+        results = tune_results(results, generator, tune, lpips=inverter.lpips if inverter.mesh is None else None,
+                               progress=progress, callback=tune_callback)
     return results
 
 
@@ -587,7 +592,8 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
            l2_weight=0.0, mean_latent_weight=0.0, lpips_net="vgg", lpips_resolution=256, masks=None,
            segmenter=None, learn_masks=None, static_mask=None, seed=0, noise_mode="const", dtype="float32",
            callback=None, progress_every=25, progress=False, snapshot_steps=(), crop="none", alpha="refuse",
-           upscale=False, initial_codes=None, align=False, face=None) -> InversionResult:
+           upscale=False, initial_codes=None, align=False, face=None, tune=None,
+           tune_callback=None) -> InversionResult:
     """Reconstruct one photo as `segments` latent codes blended by soft masks (ChunkyGAN).
 
     image: a path or an array ([H, W, 3] uint8, or float in [-1, 1]) at the generator's resolution;
@@ -615,6 +621,10 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
     progress: print a progress line (progress.Progress: steps done, rate, ETA, loss) on stderr.
     snapshot_steps: steps at which the composite and masks are kept (for a progression sheet).
     noise_mode: 'const' (the generator's fixed noise) or 'none'.
+    tune: pivotal tuning after the inversion (tuning.py): a number of steps or a `TuningSettings`; None or
+        0: off. The result then renders with its own small change of the generator's drawing weights
+        (`result.tuning`; `deltas.tuned_generator(generator, result.tuning)` gives the tuned generator,
+        and every edit applies it). tune_callback(step, steps, lpips) after every tuning step.
     The result's `compile_seconds` (the step program's compilation: the first step call beyond a steady
     step) and `step_ms` (the steady time per step) are measured apart; `seconds` is the whole call,
     one-off work such as loading LPIPS and the snapshots included.
@@ -632,7 +642,8 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
                          segmenter=segmenter, learn_masks=learn_masks, static_masks=[static_mask], seed=seed,
                          noise_mode=noise_mode, dtype=dtype, callback=callback, progress_every=progress_every,
                          progress=progress, snapshot_steps=snapshot_steps, crop=crop,
-                         alpha=alpha, upscale=upscale, initial_codes=init)[0]
+                         alpha=alpha, upscale=upscale, initial_codes=init, tune=tune,
+                         tune_callback=tune_callback)[0]
     if alignment is not None:
         result.alignment, result.photo = alignment
     return result

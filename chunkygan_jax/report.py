@@ -130,6 +130,8 @@ def write_report(result, directory, *, extra_metrics=None, photo=None, blend="fe
                    "compile_seconds": result.compile_seconds, "ms_per_step": result.step_ms,
                    "settings": result.settings, "mask_coherence": mask_coherence(result.masks),
                    **({"alignment": result.alignment, "photo": result.photo} if result.alignment else {}),
+                   # pivotal tuning: its steps, LPIPS before and after, the delta's size in bytes, timing
+                   **({"tuning": result.tuning["record"]} if result.tuning is not None else {}),
                    **(extra_metrics or {})}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return directory

@@ -13,10 +13,10 @@ PACKAGE = "chunkygan_jax"
 LAYERS = [
     ["errors", "trees", "files", "progress", "safe_pickle", "compilation_cache", "compute"],
     ["io", "lpips", "blending", "sharding", "generators", "identity"],
-    ["converters", "masks", "align"],
+    ["converters", "masks", "align", "deltas"],
     ["checkpoints", "results"],
     ["demo", "segmenter"],
-    ["mask_sources"],
+    ["mask_sources", "tuning"],
     ["inversion"],
     ["editing", "dataset", "report", "evaluate"],
     ["cli", "editor"],

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..blending import poisson_blend
+from ..deltas import tuned_generator
 from ..errors import ConfigError
 from ..masks import composite
 from ..results import InversionResult
@@ -99,7 +100,8 @@ def current_image(result) -> np.ndarray:
 
 def edit_result(result, generator, edits, *, blend="mask", mask_source=None):
     """Edit the latents of an `InversionResult` and recomposite; returns a new InversionResult (same
-    target, static mask and settings plus an "edits" record) that can be saved and edited again.
+    target, static mask, settings and tuning plus an "edits" record) that can be saved and edited again.
+    `generator` is the one the result was inverted with; a tuned result applies its own weight delta.
 
     blend: 'mask' composites like the projection did (eq. 3 with the result's static mask, if any);
     'none' gives the raw blend of the segment images; 'poisson' blends the generated region into the
@@ -116,6 +118,7 @@ def edit_result(result, generator, edits, *, blend="mask", mask_source=None):
                           "that made them: pass mask_source")
     settings = dict(result.settings)
     noise_mode, dtype = settings.get("noise_mode", "const"), settings.get("dtype", "float32")
+    generator = tuned_generator(generator, result.tuning)  # a tuned result draws with its own weights
     latents = apply_edits(result.latents, generator, edits_list)
     n = count_segments(latents["codes"])
     masks = resolve_masks(generator, latents, result.masks, mask_source, n)
@@ -135,4 +138,4 @@ def edit_result(result, generator, edits, *, blend="mask", mask_source=None):
         target=target, composite=out.astype(np.float32), segment_images=imgs, masks=np.asarray(masks),
         latents=jax.tree_util.tree_map(np.asarray, latents), loss_history=result.loss_history,
         final_losses=dict(result.final_losses), settings=settings, static_mask=result.static_mask,
-        seconds=result.seconds)
+        seconds=result.seconds, tuning=result.tuning)

@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import io
 from ..align import Alignment, paste_back
+from ..deltas import tuned_generator
 from ..demo import resolve_generator
 from ..errors import ConfigError
 from ..files import check_writable
@@ -146,6 +147,7 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
         return first + styles
 
     settings = result.settings
+    drawer = tuned_generator(gen, result.tuning)  # what a region is projected with (edit_result applies it too)
     images, edited, step = [], None, None
     mask_source = None
     if segment_code:
@@ -157,14 +159,14 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
     for value in strengths or [strength]:
         if region and step is None:  # project the region once; every strength edits that projection
             step = local_edit(
-                current_image(result), gen, region, edits_at(value), steps=steps,
+                current_image(result), drawer, region, edits_at(value), steps=steps,
                 space=space or settings.get("space") or gen.default_space, lr=settings.get("lr", 0.1),
                 blend=blend, lpips_net=lpips_net or settings.get("lpips_net", "vgg"),
                 lpips_resolution=parse_resolution(lpips_resolution or settings.get("lpips_resolution", 256)),
                 seed=settings.get("seed", 0), noise_mode=settings.get("noise_mode", "const"),
                 dtype=settings.get("dtype", "float32"))
         elif region:
-            step = reedit(step, gen, edits_at(value), blend=blend)
+            step = reedit(step, drawer, edits_at(value), blend=blend)
         if region:
             image, edited = step.image, step.result
         else:
@@ -187,7 +189,7 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
         note = f", pasted into the photo -> {pasted}"
     elif pasted:
         note = f" (the photo {result.photo} is gone: no pasted image)"
-    edited.alignment, edited.photo = result.alignment, result.photo
+    edited.alignment, edited.photo, edited.tuning = result.alignment, result.photo, result.tuning
     if compare is not None:
         before = io.to_uint8(current_image(result) if region else result.composite)
         io.save_png(compare, tile_sheet([[before, images[0], changed_pixels(before, images[0])]],
