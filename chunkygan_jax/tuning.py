@@ -115,18 +115,25 @@ def _near_code(pivots, pool, spread, radius, key):
     return jax.tree_util.tree_map(lambda p, dd: (p + scale * dd)[None], pivot, d)
 
 
-def make_step(settings: TuningSettings, *, space: str, noise_mode: str, dtype: str, lpips_resolution):
-    """step(deltas, opt_state, nets, batch, step) -> (deltas, opt_state, parts), for B images at once.
+def hyperparameters(settings: TuningSettings) -> dict:
+    """The settings a compiled step takes as arguments (changing them does not recompile)."""
+    names = ("lr", "l2_weight", "locality_weight", "locality_radius")
+    return {k: jnp.float32(getattr(settings, k)) for k in names} | {
+        "threshold": jnp.float32(-1.0 if settings.lpips_threshold is None else settings.lpips_threshold)}
+
+
+def make_step(*, use_locality: bool, space: str, noise_mode: str, dtype: str, lpips_resolution):
+    """step(deltas, opt_state, nets, batch, step, hyper) -> (deltas, opt_state, parts), for B images at once.
 
     nets = (base generator, lpips); batch = target [B, H, W, 3], target_features, codes [B, n, ...],
-    masks [B, n, H, W], static_mask (or absent), image_keys [B] (each image's own PRNG key), pool, spread.
-    parts: per-image lpips, l2, locality and total, all of the deltas before this step's update."""
-    optimizer = optax.adam(settings.lr)
+    masks [B, n, H, W], static_mask (or absent), image_keys [B, 2] (each image's own PRNG key), pool,
+    spread; hyper = hyperparameters(settings). parts: per-image lpips, l2, locality and total, all of
+    the deltas before this step's update."""
+    optimizer = optax.adam(1.0)  # scaled by hyper["lr"] below, so that the lr is an argument
     synth = lambda g, c: g.synthesize(c, space, noise_mode=noise_mode, dtype=dtype)
     feats = lambda lp, x: lp.features(resize_for_lpips(x, lpips_resolution))
-    use_locality = settings.locality_weight > 0
 
-    def loss_fn(deltas, nets, batch, step):
+    def loss_fn(deltas, nets, batch, step, hyper):
         base, lpips = nets
 
         def one(delta, codes, key):
@@ -134,7 +141,7 @@ def make_step(settings: TuningSettings, *, space: str, noise_mode: str, dtype: s
             imgs = synth(tuned, codes)
             if not use_locality:
                 return imgs, None, None
-            near = _near_code(codes, batch["pool"], batch["spread"], settings.locality_radius,
+            near = _near_code(codes, batch["pool"], batch["spread"], hyper["locality_radius"],
                               jax.random.fold_in(key, step))
             return imgs, synth(tuned, near)[0], jax.lax.stop_gradient(synth(base, near)[0])
 
@@ -142,22 +149,22 @@ def make_step(settings: TuningSettings, *, space: str, noise_mode: str, dtype: s
         out = composite(imgs, batch["masks"], batch["target"], batch.get("static_mask"))
         lp = lpips.distance_from_features(feats(lpips, out), batch["target_features"])
         l2 = jnp.mean(jnp.square(out - batch["target"]), axis=(1, 2, 3))
-        total = lp + settings.l2_weight * l2
+        total = lp + hyper["l2_weight"] * l2
         parts = {"lpips": lp, "l2": l2}
         if use_locality:
             loc = lpips.distance_from_features(feats(lpips, near_tuned), feats(lpips, near_base)) + \
                 jnp.mean(jnp.square(near_tuned - near_base), axis=(1, 2, 3))
-            total = total + settings.locality_weight * loc
+            total = total + hyper["locality_weight"] * loc
             parts["locality"] = loc
         parts["total"] = total
         return jnp.sum(total), parts
 
-    def step_fn(deltas, opt_state, nets, batch, step, threshold):
-        (_, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(deltas, nets, batch, step)
+    def step_fn(deltas, opt_state, nets, batch, step, hyper):
+        (_, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(deltas, nets, batch, step, hyper)
         updates, opt_state = optimizer.update(grads, opt_state, deltas)
-        active = parts["lpips"] > threshold  # an image at its threshold keeps its delta as it is
-        updates = jax.tree_util.tree_map(
-            lambda u: u * active.astype(u.dtype).reshape((-1,) + (1,) * (u.ndim - 1)), updates)
+        # an image at its LPIPS threshold keeps its delta as it is
+        scale = hyper["lr"] * (parts["lpips"] > hyper["threshold"]).astype(jnp.float32)
+        updates = jax.tree_util.tree_map(lambda u: u * scale.reshape((-1,) + (1,) * (u.ndim - 1)), updates)
         return optax.apply_updates(deltas, updates), opt_state, parts
 
     return optimizer, step_fn
@@ -166,11 +173,10 @@ def make_step(settings: TuningSettings, *, space: str, noise_mode: str, dtype: s
 _PROGRAMS: dict = {}
 
 
-def _programs(settings: TuningSettings, space, noise_mode, dtype, lpips_resolution):
-    key = (dataclasses.replace(settings, seed=0, steps=1, lpips_threshold=None, store="float32"),
-           space, noise_mode, dtype, lpips_resolution)
-    if key not in _PROGRAMS:
-        optimizer, step_fn = make_step(settings, space=space, noise_mode=noise_mode, dtype=dtype,
+def _programs(use_locality: bool, space, noise_mode, dtype, lpips_resolution):
+    key = (use_locality, space, noise_mode, dtype, lpips_resolution)
+    if key not in _PROGRAMS:  # jax caches each program's compilations by shapes (batch, rank, generator)
+        optimizer, step_fn = make_step(use_locality=use_locality, space=space, noise_mode=noise_mode, dtype=dtype,
                                        lpips_resolution=lpips_resolution)
         render = lambda base, deltas, codes: jax.vmap(
             lambda d, c: apply_delta(base, d).synthesize(c, space, noise_mode=noise_mode, dtype=dtype))(deltas, codes)
@@ -206,7 +212,7 @@ def tune_results(results, generator, settings: TuningSettings, *, lpips=None, pr
     t0 = time.perf_counter()
     count = len(results)
     lpips = lpips or load_lpips(first.get("lpips_net", "vgg"), compute_dtype=dtype)
-    progs = _programs(settings, space, noise_mode, dtype, lpips_resolution)
+    progs = _programs(settings.locality_weight > 0, space, noise_mode, dtype, lpips_resolution)
     stack = lambda xs: jax.tree_util.tree_map(lambda *a: jnp.stack([jnp.asarray(x, jnp.float32) for x in a]), *xs)
     targets = stack([r.target for r in results])
     pool, spread = locality_pool(generator, space, seed=settings.seed)
@@ -223,14 +229,14 @@ def tune_results(results, generator, settings: TuningSettings, *, lpips=None, pr
     deltas = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(jnp.asarray(x), (count,) + x.shape) + 0.0, one)
     opt_state = progs["init"](deltas)
     nets = (generator, lpips)
-    threshold = jnp.float32(-1.0 if settings.lpips_threshold is None else settings.lpips_threshold)
+    hyper = hyperparameters(settings)
     bar = Progress(settings.steps, unit="tuning steps") if progress else None
     before = None
     first_call = steady = 0.0
     done = 0
     for step in range(settings.steps):
         t = time.perf_counter()
-        deltas, opt_state, parts = progs["step"](deltas, opt_state, nets, batch, jnp.int32(step), threshold)
+        deltas, opt_state, parts = progs["step"](deltas, opt_state, nets, batch, jnp.int32(step), hyper)
         lp = np.asarray(parts["lpips"])  # synchronises
         dt = time.perf_counter() - t
         first_call, steady = (dt, steady) if step == 0 else (first_call, steady + dt)
