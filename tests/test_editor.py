@@ -111,11 +111,16 @@ def page(editor):
 
 
 def request(editor, path, *, method="GET", body=None, token=True, headers=None):
-    """(status, headers, body bytes) of a request to the editor."""
+    """(status, headers, body bytes) of a request to the editor, as a non-browser client makes it: the
+    token in its header, POST bodies typed (JSON, or octet-stream for an uploaded direction)."""
     url = editor.base + path
+    headers = dict(headers or {})
     if token:
-        url += ("&" if "?" in url else "?") + "token=" + editor.token
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+        headers.setdefault("X-Editor-Token", editor.token)
+    if method == "POST":
+        headers.setdefault("Content-Type", "application/octet-stream" if path.startswith("/api/directions")
+                           else "application/json")
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=120) as resp:
             return resp.status, dict(resp.headers), resp.read()
@@ -274,7 +279,8 @@ def test_export_writes_png_and_a_result_to_continue_from(page, editor, g, direct
     np.testing.assert_array_equal(png, image(editor))
     # the download link serves that file
     href = page.get_attribute("#exported a", "href")
-    status, _, data = request(editor, "/" + href, token=False)
+    assert "token" not in href  # the page's links never carry the token: its cookie does
+    status, _, data = request(editor, "/" + href)
     assert status == 200 and data == (workdir / "edit-2.png").read_bytes()
     # the result folder loads and continues: the API reproduces its image, bin/edit's code path edits it
     saved = load_result(workdir / "edit-2_result")
@@ -335,7 +341,7 @@ def test_every_request_needs_the_token_and_a_local_host(editor):
     assert request(editor, "/api/state", headers={"Host": "evil.example:80"})[0] == 403
     status, headers, body = request(editor, "/")
     assert "default-src 'self'" in headers["content-security-policy"]
-    assert editor.token in body.decode()  # the page's own links carry it
+    assert editor.token not in body.decode()  # the page never holds it: a cookie carries it
     assert editor.address[0] == "127.0.0.1"
 
 
@@ -344,12 +350,15 @@ def _post_large(editor, *, chunked: bool):
     sent in chunks without a length (refused once the bytes read pass the limit)."""
     host, port = editor.address
     conn = http.client.HTTPConnection(host, port, timeout=60)
-    path = f"/api/directions?name=big.npy&token={editor.token}"
+    path = "/api/directions?name=big.npy"
+    headers = {"X-Editor-Token": editor.token, "Content-Type": "application/octet-stream"}
     if chunked:
         conn.request("POST", path, body=(b"x" * (1 << 20) for _ in range((MAX_BODY >> 20) + 1)),
-                     encode_chunked=True)
+                     encode_chunked=True, headers=headers)
     else:
         conn.putrequest("POST", path)
+        for k, v in headers.items():
+            conn.putheader(k, v)
         conn.putheader("Content-Length", str(MAX_BODY + (1 << 20)))
         conn.endheaders()  # the body never comes: the answer must not wait for it
     resp = conn.getresponse()
