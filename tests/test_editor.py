@@ -9,13 +9,17 @@ the page; and bin/editor serving a saved result.
 One server and one browser serve every browser test; the result is made of three known codes with
 hard masks (the tiny 32 px generator), so "outside the segment" is exact."""
 
+import asyncio
 import base64
 import http.client
 import json
+import logging
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,7 +35,8 @@ from PIL import Image
 from chunkygan_jax import editing, io
 from chunkygan_jax.errors import ChunkyGANError
 from chunkygan_jax.editor import Document, Edit, EditorSession
-from chunkygan_jax.editor.server import MAX_BODY, RunningEditor
+from chunkygan_jax.editor.server import MAX_BODY, RunningEditor, Timeouts, make_app
+from chunkygan_jax.editor.session import MAX_HISTORY
 from chunkygan_jax.inversion import InversionSettings
 from chunkygan_jax.results import InversionResult, load_result
 
@@ -471,6 +476,8 @@ def test_the_demo_generator_edits_in_z_space(demo_cache, tmp_path):
     edit = {"kind": "direction", "direction": "file:d.npy", "strength": 2.0, "target": {"segments": [2]}}
     session.commit(edit)
     assert _changed_only_in(before, session.render(), _labels(r) == 2)
+    with pytest.raises(ChunkyGANError, match="has no ws rows"):  # never silently ignored
+        session.commit(dict(edit, layers=[0, 1]))
     with pytest.raises(ChunkyGANError, match="StyleSpace edits need a StyleGAN2"):
         session.parse_edit({"kind": "style", "layer": 0, "channel": 0, "strength": 1, "target": "all"})
     session.undo()
@@ -535,3 +542,277 @@ def test_bin_editor_serves_a_saved_result_and_refuses_bad_input(g, tiny_checkpoi
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+# ------------------------------------------------------------------------------------------ hostile and concurrent use
+def _region_png(r, box=(4, 12)) -> str:
+    mask = np.zeros((r, r), np.uint8)
+    mask[box[0]:box[1], box[0]:box[1]] = 255
+    buf = BytesIO()
+    Image.fromarray(mask).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.fixture
+def fresh(g, directions, tmp_path):
+    """A new session and server of its own (a clean document), with short timeouts."""
+    session = EditorSession(make_result(g), g, workdir=tmp_path, directions=directions, region_steps=STEPS, pca=0)
+    running = RunningEditor(session, timeouts=Timeouts(headers=0.5, body=1.0, keep_alive=0.5))
+    yield running
+    running.stop()
+    session.close()
+
+
+def _post(editor, path, body):
+    status, _, data = request(editor, path, method="POST", body=json.dumps(body).encode())
+    return status, json.loads(data)
+
+
+def _wait_task(editor, timeout=120):
+    deadline = time.monotonic() + timeout
+    while (task := json.loads(request(editor, "/api/task")[2])["task"])["state"] == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return task
+
+
+def _edit(strength, direction="file:dir0.npy", target=None):
+    return {"kind": "direction", "direction": direction, "strength": strength, "target": target or {"segments": [1]}}
+
+
+def test_a_commit_queued_before_a_task_is_kept_when_the_task_lands(fresh, g):
+    """The first row: a commit still on the worker when a projection starts. The projection runs after
+    it, on the document with the edit, and lands as a new change on top: the edit stays."""
+    session = fresh.session
+    gate = threading.Event()
+    session.executor.submit(gate.wait)  # the worker is busy: the commit below waits in its queue
+    committed = session.request("commit", _edit(2.0))
+    status, task = _post(fresh, "/api/task/project", {"region": _region_png(g.resolution), "steps": STEPS})
+    assert status == 200 and task["state"] == "running"
+    gate.set()
+    assert committed.result(60)["document"]["edits"][0]["strength"] == 2.0
+    assert _wait_task(fresh)["state"] == "done"
+    doc = json.loads(request(fresh, "/api/state")[2])["document"]
+    assert [e["strength"] for e in doc["edits"]] == [2.0] and len(doc["layers"]) == 1
+    # undo takes back the layer only, then the edit
+    assert _post(fresh, "/api/undo", {})[1]["document"]["edits"][0]["strength"] == 2.0
+    assert _post(fresh, "/api/undo", {})[1]["document"]["edits"] == []
+
+
+def test_a_commit_and_a_task_started_at_the_same_moment_lose_nothing(fresh, g):
+    region = _region_png(g.resolution)
+    for k in range(4):
+        barrier, out = threading.Barrier(2), {}
+
+        def commit():
+            barrier.wait()
+            out["commit"] = _post(fresh, "/api/edits", {"edit": _edit(float(k + 1), target={"segments": [k % 3]})})
+
+        def task():
+            barrier.wait()
+            out["task"] = _post(fresh, "/api/task/project", {"region": region, "steps": STEPS})
+
+        threads = [threading.Thread(target=commit), threading.Thread(target=task)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert out["task"][0] == 200, out
+        assert out["commit"][0] in (200, 409), out  # 409: the task was first, and the commit would wait
+        assert _wait_task(fresh)["state"] == "done"
+        doc = json.loads(request(fresh, "/api/state")[2])["document"]
+        assert len(doc["layers"]) == k + 1
+        if out["commit"][0] == 200:
+            assert {"segments": [k % 3]} in [e["target"] for e in doc["edits"] if e["strength"] == k + 1]
+
+
+def test_requests_that_would_wait_for_a_task_get_409_at_once(fresh, g):
+    status, _ = _post(fresh, "/api/task/project", {"region": _region_png(g.resolution), "steps": STEPS})
+    assert status == 200
+    buf = BytesIO()
+    np.save(buf, np.ones(g.w_dim, np.float32))
+    try:
+        t0 = time.monotonic()
+        status, _, body = request(fresh, "/api/directions?name=d.npy", method="POST", body=buf.getvalue())
+        assert status == 409 and "running" in json.loads(body)["error"]
+        for path, body in (("/api/edits", {"edit": _edit(1.0)}), ("/api/preview", {"edit": _edit(1.0)}),
+                           ("/api/undo", {}), ("/api/export", {"name": "x"}), ("/api/blend", {"blend": "mask"})):
+            assert _post(fresh, path, body)[0] == 409, path
+        assert time.monotonic() - t0 < 5  # answered, not queued behind the projection
+    finally:
+        _post(fresh, "/api/cancel", {})
+        _wait_task(fresh)
+
+
+def test_request_bodies_are_checked_strictly_and_refused_with_one_line(editor):
+    version = editor.session.version
+    bad = [  # (body bytes, what the message says)
+        (json.dumps({"edit": _edit(True)}), "strength must be a number, got true"),
+        (json.dumps({"edit": _edit("1")}), 'strength must be a number, got "1"'),
+        (json.dumps({"edit": _edit(None)}), "strength must be a number"),
+        ('{"edit": {"kind": "direction", "direction": "file:dir0.npy", "strength": 1' + "0" * 400 + "}}",
+         "more than 20 digits"),
+        (json.dumps({"edit": _edit(10 ** 18)}), "strength must lie in [-100, 100]"),
+        ('{"edit": {"kind": "direction", "direction": "file:dir0.npy", "strength": 1e999}}', "out of range"),
+        ('{"edit": {"kind": "direction", "direction": "file:dir0.npy", "strength": NaN}}', "must be finite"),
+        ("[" * 100_000 + "]" * 100_000, "nested deeper than"),
+        ('{"a": "' + "[" * 10_000 + '"}', "unknown field 'a'"),  # brackets inside strings do not count
+        (json.dumps({"edit": dict(_edit(1.0), layers=[-5, 99])}), "out of bounds"),
+        (json.dumps({"edit": dict(_edit(1.0), layers=[0, 2.5])}), "layers[] must be an integer"),
+        (json.dumps({"edit": dict(_edit(1.0), colour="red")}), "unknown field 'colour'"),
+        (json.dumps({"edit": _edit(1.0, target={"segments": [True]})}), "must be an integer, got true"),
+        (json.dumps({"edit": {"kind": "style", "layer": "b8.conv0", "channel": "3", "strength": 1}}),
+         "channel must be an integer"),
+        (json.dumps({"edit": [1, 2]}), "edit must be a JSON object"),
+    ]
+    for body, message in bad:
+        status, _, data = request(editor, "/api/edits", method="POST", body=body.encode())
+        assert status == 400 and message in json.loads(data)["error"], (body[:80], data)
+    for path, body, message in (("/api/blend", {"blend": 1}, "blend must be 'mask' or 'poisson'"),
+                                ("/api/task/project", {"region": "x", "steps": True}, "steps must be an integer"),
+                                ("/api/task/project", {"region": "x", "steps": 1.0}, "steps must be an integer"),
+                                ("/api/export", {"name": ["a"]}, "name must be a string"),
+                                ("/api/undo", {"steps": 2}, "unknown field 'steps'")):
+        status, data = _post(editor, path, body)
+        assert status == 400 and message in data["error"], (path, data)
+    assert editor.session.version == version  # nothing changed
+
+
+def test_uploaded_arrays_are_checked_before_allocation_and_bounded(editor, g):
+    def upload(data):
+        status, _, body = request(editor, "/api/directions?name=d.npy", method="POST", body=data)
+        return status, json.loads(body)
+
+    head = BytesIO()  # declares 10^12 float64 values in a file of a few bytes
+    np.lib.format.write_array_header_1_0(head, {"descr": "<f8", "fortran_order": False, "shape": (10 ** 12,)})
+    status, body = upload(head.getvalue() + b"\0" * 64)
+    assert status == 400 and "declares 1000000000000 values" in body["error"]
+    for array, message in ((np.full(g.w_dim, 1e38, np.float32), "direction values must lie in"),
+                           (np.array(["a"] * g.w_dim), "dtype must be float32 or float64"),
+                           (np.ones(g.w_dim, np.float16), "dtype must be float32 or float64")):
+        buf = BytesIO()
+        np.save(buf, array)
+        status, body = upload(buf.getvalue())
+        assert status == 400 and message in body["error"], body
+    buf = BytesIO()
+    np.save(buf, np.ones(g.w_dim, np.float32))
+    status, body = upload(buf.getvalue()[:-4])  # one value short
+    assert status == 400 and "holds 252 bytes" in body["error"]
+
+
+def test_the_largest_edit_of_the_largest_direction_stays_finite(g, tmp_path):
+    from chunkygan_jax.editor.session import MAX_DIRECTION_VALUE, MAX_STRENGTH
+    session = EditorSession(make_result(g), g, workdir=tmp_path, pca=0)
+    buf = BytesIO()
+    np.save(buf, np.full((g.num_ws, g.w_dim), MAX_DIRECTION_VALUE, np.float32))
+    ident = session.add_direction("big.npy", buf.getvalue())["directions"][-1]["id"]
+    for strength in (MAX_STRENGTH, -MAX_STRENGTH):
+        session.commit({"kind": "direction", "direction": ident, "strength": strength, "target": "all"})
+        assert np.all(np.isfinite(session.render()))
+    session.close()
+
+
+def test_browsers_need_the_editors_origin_json_and_the_cookie(fresh):
+    base, token = fresh.base, fresh.token
+    port = fresh.address[1]
+    edit = json.dumps({"edit": _edit(1.0)}).encode()
+
+    def post(headers, body=edit, path="/api/edits"):
+        return request(fresh, path, method="POST", body=body, token=False, headers=headers)[0]
+
+    json_type = {"Content-Type": "application/json"}
+    assert post({"X-Editor-Token": token, "Origin": "https://evil.com", **json_type}) == 403
+    assert post({"X-Editor-Token": token, "Content-Type": "text/plain"}) == 415
+    assert post({"X-Editor-Token": token, "Content-Type": "application/x-www-form-urlencoded"}) == 415
+    assert post({"X-Editor-Token": token, "Content-Type": "multipart/form-data; boundary=x"}, path="/api/undo",
+                body=b"") == 415
+    assert request(fresh, f"/api/edits?token={token}", method="POST", body=edit, token=False)[0] == 403
+    # the printed address sets the cookie and redirects to a URL without the token
+    conn = http.client.HTTPConnection(*fresh.address, timeout=30)
+    conn.request("GET", f"/?token={token}")
+    resp = conn.getresponse()
+    resp.read()
+    cookie = resp.getheader("set-cookie")
+    assert resp.status == 303 and resp.getheader("location") == "/"
+    assert cookie.startswith(f"chunkygan_editor_{port}={token};") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    jar = {"Cookie": cookie.split(";")[0]}
+    assert request(fresh, "/static/app.js", token=False, headers=jar)[0] == 200
+    assert request(fresh, "/static/app.js", token=False, headers={"Cookie": f"chunkygan_editor_{port}=x"})[0] == 403
+    # a page's POST: the cookie and its own origin (browsers always send it with a POST)
+    assert post({**jar, **json_type, "Origin": f"http://127.0.0.1:{port}"}) == 200
+    assert post({**jar, **json_type, "Origin": f"http://localhost:{port + 1}"}) == 403
+    assert post({**jar, **json_type}) == 403  # no Origin: only with the token header
+    conn.close()
+
+
+def test_downloads_refuse_a_link_or_another_file_put_in_place_of_an_export(fresh, tmp_path_factory):
+    workdir = fresh.session.workdir
+    status, out = _post(fresh, "/api/export", {"name": "shot"})
+    assert status == 200 and request(fresh, "/api/files/shot.png")[0] == 200
+    outside = tmp_path_factory.mktemp("outside") / "secret.txt"
+    outside.write_bytes(b"outside the working folder")
+    (workdir / "shot.png").unlink()
+    (workdir / "shot.png").symlink_to(outside)
+    status, _, body = request(fresh, "/api/files/shot.png")
+    assert status == 404 and b"outside" not in body
+    (workdir / "shot.png").unlink()
+    os.link(outside, workdir / "shot.png")  # a hard link: no link to follow, but not the file written
+    assert request(fresh, "/api/files/shot.png")[0] == 404
+
+
+def _closed_within(sock, seconds) -> bytes:
+    """What the server sent before closing `sock`, which must happen within `seconds`."""
+    sock.settimeout(seconds)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_slow_clients_are_cut_off_and_a_disconnect_is_no_error(fresh, capfd, caplog):
+    host, port = fresh.address
+    token = fresh.token
+    caplog.set_level(logging.WARNING)
+    stalled = []
+    for k in range(20):  # headers that never end, and connections that never say anything
+        s = socket.create_connection((host, port))
+        if k % 2:
+            s.sendall(b"GET /api/state HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        stalled.append(s)
+    t0 = time.monotonic()
+    status, _, _ = request(fresh, "/api/state")  # served meanwhile
+    assert status == 200 and time.monotonic() - t0 < 5
+    for s in stalled:
+        assert _closed_within(s, 10) == b""
+        s.close()
+    # a chunked body that never ends: 408, then the connection is closed
+    s = socket.create_connection((host, port))
+    s.sendall(f"POST /api/edits HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Editor-Token: {token}\r\n"
+              "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{\"\r\n".encode())
+    assert _closed_within(s, 10).startswith(b"HTTP/1.1 408 ")
+    s.close()
+    # an idle keep-alive connection is closed after its answer
+    s = socket.create_connection((host, port))
+    s.sendall(f"GET /api/task HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Editor-Token: {token}\r\n\r\n".encode())
+    assert _closed_within(s, 10).startswith(b"HTTP/1.1 200 ")
+    s.close()
+    # a client that goes away in the middle of its body
+    s = socket.create_connection((host, port))
+    s.sendall(f"POST /api/edits HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Editor-Token: {token}\r\n"
+              "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"edit\"".encode())
+    time.sleep(0.2)
+    s.close()
+    time.sleep(0.3)
+    assert request(fresh, "/api/state")[0] == 200
+    assert "Traceback" not in capfd.readouterr().err
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.records
+
+
+def test_bin_editor_without_the_editor_extra_names_it(tmp_path):
+    code = ("import runpy, sys; sys.modules['starlette'] = None; "  # what an install without the extra sees
+            f"sys.argv = ['editor', '--latents={tmp_path}']; runpy.run_path({str(ROOT / 'bin' / 'editor')!r}, "
+            "run_name='__main__')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
+    assert "needs the 'editor' extra" in out.stderr and "chunkygan_jax[editor]" in out.stderr
