@@ -816,3 +816,224 @@ def test_bin_editor_without_the_editor_extra_names_it(tmp_path):
                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
     assert "needs the 'editor' extra" in out.stderr and "chunkygan_jax[editor]" in out.stderr
+
+
+# ------------------------------------------------------------------------------------------ property test of the API
+class AsgiClient:
+    """Requests straight into the editor's ASGI application (the one the server runs, guard included)
+    on one event loop, without sockets: thousands of requests in seconds."""
+
+    def __init__(self, app, token, port=8765):
+        self.app, self.token, self.port = app, token, port
+        self.loop = asyncio.new_event_loop()
+
+    def __call__(self, method, path, body=b"", headers=None):
+        headers = {"host": f"127.0.0.1:{self.port}", "x-editor-token": self.token, **(headers or {})}
+        if method == "POST":
+            headers.setdefault("content-type", "application/json")
+        return self.loop.run_until_complete(self._call(method, path, body, headers))
+
+    async def _call(self, method, path, body, headers):
+        raw_path, _, query = path.partition("?")
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+                 "scheme": "http", "path": raw_path, "raw_path": raw_path.encode(), "query_string": query.encode(),
+                 "root_path": "", "server": ("127.0.0.1", self.port), "client": ("127.0.0.1", 40000),
+                 "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items() if v is not None]}
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        out = {"status": None, "body": b""}
+
+        async def receive():
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                out["status"] = message["status"]
+            else:
+                out["body"] += message.get("body", b"")
+
+        await self.app(scope, receive, send)
+        return out["status"], out["body"]
+
+    def close(self):
+        self.loop.close()
+
+
+class DocumentModel:
+    """What the document must be: the replay of the accepted changes, kept independently of the
+    session (edits keyed by target, kind and direction or channel; strength 0 removes; a change that
+    changes nothing is no change; the history holds MAX_HISTORY documents)."""
+
+    def __init__(self, num_ws, segments):
+        self.num_ws, self.n = num_ws, segments
+        self.history, self.pos = [((), "mask")], 0
+
+    @property
+    def doc(self):
+        return self.history[self.pos]
+
+    def normal(self, e):
+        t = e.get("target")
+        segs = "all" if t in (None, "all") or t["segments"] == "all" else sorted(set(t["segments"]))
+        segs = "all" if segs in ([], list(range(self.n))) else segs
+        out = {"kind": e["kind"], "strength": float(e["strength"]), "target": {"segments": segs}}
+        if e["kind"] == "direction":
+            layers = e.get("layers")
+            out.update(direction=e["direction"], layers=None if layers in (None, [0, self.num_ws]) else layers)
+        else:
+            out.update(layer=e["layer"], channel=e["channel"])
+        return out
+
+    @staticmethod
+    def key(e):
+        return json.dumps({k: v for k, v in e.items() if k != "strength"}, sort_keys=True)
+
+    def _push(self, doc):
+        if doc == self.doc:
+            return
+        del self.history[self.pos + 1:]
+        self.history.append(doc)
+        if len(self.history) > MAX_HISTORY:
+            del self.history[0]
+        self.pos = len(self.history) - 1
+
+    def commit(self, e):
+        e = self.normal(e)
+        edits = [json.loads(x) for x in self.doc[0]]
+        same = [i for i, x in enumerate(edits) if self.key(x) == self.key(e)]
+        if same:
+            if e["strength"] == 0.0:
+                del edits[same[-1]]
+            else:
+                edits[same[-1]] = e
+        elif e["strength"] != 0.0:
+            edits.append(e)
+        self._push((tuple(json.dumps(x, sort_keys=True) for x in edits), self.doc[1]))
+
+    def blend(self, b):
+        self._push((self.doc[0], b))
+
+    def undo(self) -> bool:
+        self.pos -= self.pos > 0
+        return True
+
+    def as_json(self):
+        return {"edits": [json.loads(x) for x in self.doc[0]], "layers": [], "blend": self.doc[1]}
+
+
+@pytest.fixture(scope="module")
+def api(g, directions, tmp_path_factory):
+    """One session behind the in-process client, and its model, for every example."""
+    session = EditorSession(make_result(g), g, workdir=tmp_path_factory.mktemp("api_work"), directions=directions,
+                            pca=0)
+    client = AsgiClient(make_app(session, "t0ken"), "t0ken")
+    yield client, DocumentModel(g.num_ws, 3), session
+    client.close()
+    session.close()
+
+
+def _requests():
+    """A strategy of API requests, valid and invalid: (name, method, path, body bytes, headers, edit or
+    None). Strengths and targets come from small sets so that most renders hit the cache."""
+    from hypothesis import strategies as st
+
+    targets = st.sampled_from([None, "all", {"segments": "all"}, {"segments": [0]}, {"segments": [2, 1]},
+                               {"segments": [1, 2]}, {"segments": [0, 1, 2]}, {"segments": []}])
+    strengths = st.sampled_from([-2, -1, 0, 0.5, 1, 2.0, 3])
+    direction = st.fixed_dictionaries({"kind": st.just("direction"), "strength": strengths, "target": targets,
+                                       "direction": st.sampled_from(["file:dir0.npy", "file:dir1.npy"]),
+                                       "layers": st.sampled_from([None, [0, 8], [0, 4], [2, 6]])})
+    style = st.fixed_dictionaries({"kind": st.just("style"), "strength": strengths, "target": targets,
+                                   "layer": st.just("b8.conv0"), "channel": st.sampled_from([0, 3])})
+    valid = st.one_of(direction, style)
+    corruptions = st.sampled_from([
+        ("strength", True), ("strength", "1"), ("strength", 10 ** 401), ("strength", 101), ("strength", None),
+        ("strength", [1]), ("target", {"segments": [5]}), ("target", {"layer": 7}), ("target", {"segments": [-1]}),
+        ("target", "some"), ("layers", [-5, 99]), ("layers", [3, 3]), ("layers", [0.5, 2]), ("direction", "nope"),
+        ("direction", 3), ("kind", "bogus"), ("extra", 1), ("channel", 999)])
+    invalid = st.tuples(valid, corruptions).map(lambda vc: dict(vc[0], **{vc[1][0]: vc[1][1]}))
+    edit_request = lambda name, path: st.one_of(  # noqa: E731
+        valid.map(lambda e: (name, "POST", path, json.dumps({"edit": e}).encode(), None, e)),
+        invalid.map(lambda e: (name + "_bad", "POST", path, json.dumps({"edit": e}).encode(), None, e)))
+    junk = st.sampled_from([
+        b"[" * 50_000 + b"]" * 50_000, b'{"edit": {"kind": "direction", "strength": NaN}}', b"{not json",
+        b'{"edit": {"kind": "direction", "direction": "file:dir0.npy", "strength": 1' + b"0" * 400 + b"}}",
+        b"\xff\xfe", b"[]", b'"edit"', b'{"edit": {"kind": "direction", "strength": 1e999}}'])
+    bad_headers = st.sampled_from([{"content-type": "text/plain"}, {"origin": "https://evil.com"},
+                                   {"x-editor-token": "wrong"}, {"host": "evil.example"},
+                                   {"content-type": "application/x-www-form-urlencoded"}])
+    return st.one_of(
+        edit_request("commit", "/api/edits"), edit_request("commit", "/api/edits"),
+        edit_request("preview", "/api/preview"),
+        st.just(("undo", "POST", "/api/undo", b"", None, None)),
+        st.just(("redo", "POST", "/api/redo", b"{}", None, None)),
+        st.just(("undo_redo", None, None, None, None, None)),
+        st.sampled_from(["mask", "poisson", "none", 1, True, None]).map(
+            lambda b: ("blend", "POST", "/api/blend", json.dumps({"blend": b}).encode(), None, b)),
+        junk.map(lambda body: ("junk", "POST", "/api/edits", body, None, None)),
+        st.tuples(valid, bad_headers).map(lambda vh: ("refused", "POST", "/api/edits",
+                                                      json.dumps({"edit": vh[0]}).encode(), vh[1], None)),
+        st.just(("state", "GET", "/api/state", b"", None, None)),
+        st.just(("task", "POST", "/api/task/project", json.dumps({"region": "x", "steps": 0}).encode(), None, None)),
+    )
+
+
+def test_the_api_under_random_request_sequences_keeps_its_invariants(api):
+    """Random sequences of valid and invalid requests: never a 5xx; the document is always the replay of
+    the accepted changes; undo then redo gives back the same document."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    client, model, session = api
+
+    def state():
+        status, body = client("GET", "/api/state")
+        assert status == 200
+        return json.loads(body)
+
+    def check():
+        s = state()
+        assert s["document"] == model.as_json()
+        assert (s["can_undo"], s["can_redo"]) == (model.pos > 0, model.pos < len(model.history) - 1)
+
+    @settings(max_examples=500, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.lists(_requests(), min_size=1, max_size=8))
+    def run(sequence):
+        for name, method, path, body, headers, value in sequence:
+            if name == "undo_redo":
+                before = state()
+                undone, _ = client("POST", "/api/undo", b"{}")
+                redone, _ = client("POST", "/api/redo", b"{}")
+                if undone == 200:
+                    assert redone == 200 and state()["document"] == before["document"]
+                else:
+                    assert undone == 400 and redone in (200, 400)
+                    if redone == 200:
+                        model.pos += 1
+                check()
+                continue
+            status, data = client(method, path, body, headers)
+            assert status < 500, (name, status, data)
+            if name in ("commit", "preview"):
+                assert status == 200, (name, value, data)  # every valid edit is accepted
+            if name == "commit":
+                model.commit(value)
+            elif name == "blend" and status == 200:
+                model.blend(value)
+            elif name == "undo":
+                assert status == (200 if model.pos > 0 else 400)
+                model.pos -= model.pos > 0
+            elif name == "redo":
+                assert status == (200 if model.pos < len(model.history) - 1 else 400)
+                model.pos += model.pos < len(model.history) - 1
+            elif name == "refused":
+                assert status in (403, 415), status
+            elif name in ("junk", "task", "commit_bad", "preview_bad"):
+                assert status == 400, (name, data)
+            elif name == "preview":
+                assert data.startswith(b"\x89PNG")
+            if status >= 400:
+                assert "error" in json.loads(data)
+            check()
+
+    run()
