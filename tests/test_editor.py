@@ -1037,3 +1037,30 @@ def test_the_api_under_random_request_sequences_keeps_its_invariants(api):
             check()
 
     run()
+
+
+def test_an_unexpected_error_is_a_500_logged_once_without_the_body(caplog):
+    """A 500 is a bug: the page gets a line without the exception's text, the log gets the traceback
+    once with the method and path, never the request's body."""
+    from starlette.requests import Request
+
+    from chunkygan_jax.editor.server import _endpoint
+
+    @_endpoint
+    async def broken(request):
+        await request.body()
+        return {}["missing"]  # a bug: KeyError
+
+    scope = {"type": "http", "method": "POST", "path": "/api/x", "headers": [], "query_string": b""}
+    messages = [{"type": "http.request", "body": b"SECRET-BODY", "more_body": False}]
+
+    async def receive():
+        return messages.pop(0)
+
+    caplog.set_level(logging.INFO, logger="chunkygan_jax.editor")
+    response = asyncio.run(broken(Request(scope, receive)))
+    assert response.status_code == 500
+    assert json.loads(response.body) == {"error": "internal error (KeyError); the editor's terminal has the details"}
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info and "POST /api/x" in errors[0].getMessage()
+    assert "SECRET" not in caplog.text
