@@ -821,17 +821,20 @@ def test_bin_editor_without_the_editor_extra_names_it(tmp_path):
 # ------------------------------------------------------------------------------------------ property test of the API
 class AsgiClient:
     """Requests straight into the editor's ASGI application (the one the server runs, guard included)
-    on one event loop, without sockets: thousands of requests in seconds."""
+    on one event loop of its own thread (the browser tests' driver holds this thread's), without
+    sockets: thousands of requests in seconds."""
 
     def __init__(self, app, token, port=8765):
         self.app, self.token, self.port = app, token, port
         self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
 
     def __call__(self, method, path, body=b"", headers=None):
         headers = {"host": f"127.0.0.1:{self.port}", "x-editor-token": self.token, **(headers or {})}
         if method == "POST":
             headers.setdefault("content-type", "application/json")
-        return self.loop.run_until_complete(self._call(method, path, body, headers))
+        return asyncio.run_coroutine_threadsafe(self._call(method, path, body, headers), self.loop).result(120)
 
     async def _call(self, method, path, body, headers):
         raw_path, _, query = path.partition("?")
@@ -855,6 +858,8 @@ class AsgiClient:
         return out["status"], out["body"]
 
     def close(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
         self.loop.close()
 
 
@@ -1058,7 +1063,11 @@ def test_an_unexpected_error_is_a_500_logged_once_without_the_body(caplog):
         return messages.pop(0)
 
     caplog.set_level(logging.INFO, logger="chunkygan_jax.editor")
-    response = asyncio.run(broken(Request(scope, receive)))
+    out = []  # asyncio.run in a thread of its own: the browser tests' driver holds this thread's loop
+    worker = threading.Thread(target=lambda: out.append(asyncio.run(broken(Request(scope, receive)))))
+    worker.start()
+    worker.join(60)
+    response = out[0]
     assert response.status_code == 500
     assert json.loads(response.body) == {"error": "internal error (KeyError); the editor's terminal has the details"}
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
