@@ -943,10 +943,10 @@ def _requests():
 
     targets = st.sampled_from([None, "all", {"segments": "all"}, {"segments": [0]}, {"segments": [2, 1]},
                                {"segments": [1, 2]}, {"segments": [0, 1, 2]}, {"segments": []}])
-    strengths = st.sampled_from([-2, -1, 0, 0.5, 1, 2.0, 3])
+    strengths = st.sampled_from([-1, 0, 1, 2.5])
     direction = st.fixed_dictionaries({"kind": st.just("direction"), "strength": strengths, "target": targets,
                                        "direction": st.sampled_from(["file:dir0.npy", "file:dir1.npy"]),
-                                       "layers": st.sampled_from([None, [0, 8], [0, 4], [2, 6]])})
+                                       "layers": st.sampled_from([None, [0, 8], [2, 6]])})
     style = st.fixed_dictionaries({"kind": st.just("style"), "strength": strengths, "target": targets,
                                    "layer": st.just("b8.conv0"), "channel": st.sampled_from([0, 3])})
     valid = st.one_of(direction, style)
@@ -995,14 +995,14 @@ def test_the_api_under_random_request_sequences_keeps_its_invariants(api):
         assert status == 200
         return json.loads(body)
 
-    def check():
-        s = state()
+    def check(s=None):
+        s = s or state()
         assert s["document"] == model.as_json()
         assert (s["can_undo"], s["can_redo"]) == (model.pos > 0, model.pos < len(model.history) - 1)
 
     @settings(max_examples=500, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
-    @given(st.lists(_requests(), min_size=1, max_size=8))
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(st.lists(_requests(), min_size=1, max_size=6))
     def run(sequence):
         for name, method, path, body, headers, value in sequence:
             if name == "undo_redo":
@@ -1039,7 +1039,8 @@ def test_the_api_under_random_request_sequences_keeps_its_invariants(api):
                 assert data.startswith(b"\x89PNG")
             if status >= 400:
                 assert "error" in json.loads(data)
-            check()
+            # a change answers with the new state; anything else leaves the document as it was
+            check(json.loads(data) if status == 200 and name in ("commit", "undo", "redo", "blend") else None)
 
     run()
 
