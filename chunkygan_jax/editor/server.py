@@ -13,7 +13,7 @@ Safety:
     against their route's schema (`schema.py`) before the session sees them;
   - slow clients cannot hold connections: a request's headers must arrive within `Timeouts.headers`,
     its body within `Timeouts.body` (else 408), an idle keep-alive connection is closed after
-    `Timeouts.keep_alive`, and at most `MAX_CONNECTIONS` requests are served at once (503 beyond);
+    `Timeouts.keep_alive`, and while `MAX_CONNECTIONS` connections are open, further requests get 503;
   - the page never names a path: images are addressed by fixed names, exports by a sanitised stem in
     the editor's working folder, downloads only among the files the editor wrote there, opened without
     following links and checked to be the very files written;
