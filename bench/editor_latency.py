@@ -67,8 +67,8 @@ class Client:
 
     def call(self, method, path, body=None):
         headers = {"X-Editor-Token": self.token}
-        if body is not None:
-            body = json.dumps(body).encode()
+        if method == "POST":  # state-changing requests send JSON
+            body = json.dumps({} if body is None else body).encode()
             headers["Content-Type"] = "application/json"
         self.conn.request(method, path, body=body, headers=headers)
         resp = self.conn.getresponse()

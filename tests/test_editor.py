@@ -9,13 +9,17 @@ the page; and bin/editor serving a saved result.
 One server and one browser serve every browser test; the result is made of three known codes with
 hard masks (the tiny 32 px generator), so "outside the segment" is exact."""
 
+import asyncio
 import base64
 import http.client
 import json
+import logging
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,7 +35,8 @@ from PIL import Image
 from chunkygan_jax import editing, io
 from chunkygan_jax.errors import ChunkyGANError
 from chunkygan_jax.editor import Document, Edit, EditorSession
-from chunkygan_jax.editor.server import MAX_BODY, RunningEditor
+from chunkygan_jax.editor.server import MAX_BODY, RunningEditor, Timeouts, make_app
+from chunkygan_jax.editor.session import MAX_HISTORY
 from chunkygan_jax.inversion import InversionSettings
 from chunkygan_jax.results import InversionResult, load_result
 
@@ -111,11 +116,16 @@ def page(editor):
 
 
 def request(editor, path, *, method="GET", body=None, token=True, headers=None):
-    """(status, headers, body bytes) of a request to the editor."""
+    """(status, headers, body bytes) of a request to the editor, as a non-browser client makes it: the
+    token in its header, POST bodies typed (JSON, or octet-stream for an uploaded direction)."""
     url = editor.base + path
+    headers = dict(headers or {})
     if token:
-        url += ("&" if "?" in url else "?") + "token=" + editor.token
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+        headers.setdefault("X-Editor-Token", editor.token)
+    if method == "POST":
+        headers.setdefault("Content-Type", "application/octet-stream" if path.startswith("/api/directions")
+                           else "application/json")
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=120) as resp:
             return resp.status, dict(resp.headers), resp.read()
@@ -274,7 +284,8 @@ def test_export_writes_png_and_a_result_to_continue_from(page, editor, g, direct
     np.testing.assert_array_equal(png, image(editor))
     # the download link serves that file
     href = page.get_attribute("#exported a", "href")
-    status, _, data = request(editor, "/" + href, token=False)
+    assert "token" not in href  # the page's links never carry the token: its cookie does
+    status, _, data = request(editor, "/" + href)
     assert status == 200 and data == (workdir / "edit-2.png").read_bytes()
     # the result folder loads and continues: the API reproduces its image, bin/edit's code path edits it
     saved = load_result(workdir / "edit-2_result")
@@ -335,7 +346,7 @@ def test_every_request_needs_the_token_and_a_local_host(editor):
     assert request(editor, "/api/state", headers={"Host": "evil.example:80"})[0] == 403
     status, headers, body = request(editor, "/")
     assert "default-src 'self'" in headers["content-security-policy"]
-    assert editor.token in body.decode()  # the page's own links carry it
+    assert editor.token not in body.decode()  # the page never holds it: a cookie carries it
     assert editor.address[0] == "127.0.0.1"
 
 
@@ -344,12 +355,15 @@ def _post_large(editor, *, chunked: bool):
     sent in chunks without a length (refused once the bytes read pass the limit)."""
     host, port = editor.address
     conn = http.client.HTTPConnection(host, port, timeout=60)
-    path = f"/api/directions?name=big.npy&token={editor.token}"
+    path = "/api/directions?name=big.npy"
+    headers = {"X-Editor-Token": editor.token, "Content-Type": "application/octet-stream"}
     if chunked:
         conn.request("POST", path, body=(b"x" * (1 << 20) for _ in range((MAX_BODY >> 20) + 1)),
-                     encode_chunked=True)
+                     encode_chunked=True, headers=headers)
     else:
         conn.putrequest("POST", path)
+        for k, v in headers.items():
+            conn.putheader(k, v)
         conn.putheader("Content-Length", str(MAX_BODY + (1 << 20)))
         conn.endheaders()  # the body never comes: the answer must not wait for it
     resp = conn.getresponse()
@@ -462,6 +476,8 @@ def test_the_demo_generator_edits_in_z_space(demo_cache, tmp_path):
     edit = {"kind": "direction", "direction": "file:d.npy", "strength": 2.0, "target": {"segments": [2]}}
     session.commit(edit)
     assert _changed_only_in(before, session.render(), _labels(r) == 2)
+    with pytest.raises(ChunkyGANError, match="has no ws rows"):  # never silently ignored
+        session.commit(dict(edit, layers=[0, 1]))
     with pytest.raises(ChunkyGANError, match="StyleSpace edits need a StyleGAN2"):
         session.parse_edit({"kind": "style", "layer": 0, "channel": 0, "strength": 1, "target": "all"})
     session.undo()
@@ -526,3 +542,535 @@ def test_bin_editor_serves_a_saved_result_and_refuses_bad_input(g, tiny_checkpoi
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+# ------------------------------------------------------------------------------------------ hostile and concurrent use
+def _region_png(r, box=(4, 12)) -> str:
+    mask = np.zeros((r, r), np.uint8)
+    mask[box[0]:box[1], box[0]:box[1]] = 255
+    buf = BytesIO()
+    Image.fromarray(mask).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.fixture
+def fresh(g, directions, tmp_path):
+    """A new session and server of its own (a clean document), with short timeouts."""
+    session = EditorSession(make_result(g), g, workdir=tmp_path, directions=directions, region_steps=STEPS, pca=0)
+    running = RunningEditor(session, timeouts=Timeouts(headers=0.5, body=1.0, keep_alive=0.5))
+    yield running
+    running.stop()
+    session.close()
+
+
+def _post(editor, path, body):
+    status, _, data = request(editor, path, method="POST", body=json.dumps(body).encode())
+    return status, json.loads(data)
+
+
+def _wait_task(editor, timeout=120):
+    deadline = time.monotonic() + timeout
+    while (task := json.loads(request(editor, "/api/task")[2])["task"])["state"] == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return task
+
+
+def _edit(strength, direction="file:dir0.npy", target=None):
+    return {"kind": "direction", "direction": direction, "strength": strength, "target": target or {"segments": [1]}}
+
+
+def test_a_commit_queued_before_a_task_is_kept_when_the_task_lands(fresh, g):
+    """The first row: a commit still on the worker when a projection starts. The projection runs after
+    it, on the document with the edit, and lands as a new change on top: the edit stays."""
+    session = fresh.session
+    gate = threading.Event()
+    session.executor.submit(gate.wait)  # the worker is busy: the commit below waits in its queue
+    committed = session.request("commit", _edit(2.0))
+    status, task = _post(fresh, "/api/task/project", {"region": _region_png(g.resolution), "steps": STEPS})
+    assert status == 200 and task["state"] == "running"
+    gate.set()
+    assert committed.result(60)["document"]["edits"][0]["strength"] == 2.0
+    assert _wait_task(fresh)["state"] == "done"
+    doc = json.loads(request(fresh, "/api/state")[2])["document"]
+    assert [e["strength"] for e in doc["edits"]] == [2.0] and len(doc["layers"]) == 1
+    # undo takes back the layer only, then the edit
+    assert _post(fresh, "/api/undo", {})[1]["document"]["edits"][0]["strength"] == 2.0
+    assert _post(fresh, "/api/undo", {})[1]["document"]["edits"] == []
+
+
+def test_a_commit_and_a_task_started_at_the_same_moment_lose_nothing(fresh, g):
+    region = _region_png(g.resolution)
+    for k in range(4):
+        barrier, out = threading.Barrier(2), {}
+
+        def commit():
+            barrier.wait()
+            out["commit"] = _post(fresh, "/api/edits", {"edit": _edit(float(k + 1), target={"segments": [k % 3]})})
+
+        def task():
+            barrier.wait()
+            out["task"] = _post(fresh, "/api/task/project", {"region": region, "steps": STEPS})
+
+        threads = [threading.Thread(target=commit), threading.Thread(target=task)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert out["task"][0] == 200, out
+        assert out["commit"][0] in (200, 409), out  # 409: the task was first, and the commit would wait
+        assert _wait_task(fresh)["state"] == "done"
+        doc = json.loads(request(fresh, "/api/state")[2])["document"]
+        assert len(doc["layers"]) == k + 1
+        if out["commit"][0] == 200:
+            assert {"segments": [k % 3]} in [e["target"] for e in doc["edits"] if e["strength"] == k + 1]
+
+
+def test_requests_that_would_wait_for_a_task_get_409_at_once(fresh, g):
+    status, _ = _post(fresh, "/api/task/project", {"region": _region_png(g.resolution), "steps": STEPS})
+    assert status == 200
+    buf = BytesIO()
+    np.save(buf, np.ones(g.w_dim, np.float32))
+    try:
+        t0 = time.monotonic()
+        status, _, body = request(fresh, "/api/directions?name=d.npy", method="POST", body=buf.getvalue())
+        assert status == 409 and "running" in json.loads(body)["error"]
+        for path, body in (("/api/edits", {"edit": _edit(1.0)}), ("/api/preview", {"edit": _edit(1.0)}),
+                           ("/api/undo", {}), ("/api/export", {"name": "x"}), ("/api/blend", {"blend": "mask"})):
+            assert _post(fresh, path, body)[0] == 409, path
+        assert time.monotonic() - t0 < 5  # answered, not queued behind the projection
+    finally:
+        _post(fresh, "/api/cancel", {})
+        _wait_task(fresh)
+
+
+def test_request_bodies_are_checked_strictly_and_refused_with_one_line(editor):
+    version = editor.session.version
+    bad = [  # (body bytes, what the message says)
+        (json.dumps({"edit": _edit(True)}), "strength must be a number, got true"),
+        (json.dumps({"edit": _edit("1")}), 'strength must be a number, got "1"'),
+        (json.dumps({"edit": _edit(None)}), "strength must be a number"),
+        ('{"edit": {"kind": "direction", "direction": "file:dir0.npy", "strength": 1' + "0" * 400 + "}}",
+         "more than 20 digits"),
+        (json.dumps({"edit": _edit(10 ** 18)}), "strength must lie in [-100, 100]"),
+        ('{"edit": {"kind": "direction", "direction": "file:dir0.npy", "strength": 1e999}}', "out of range"),
+        ('{"edit": {"kind": "direction", "direction": "file:dir0.npy", "strength": NaN}}', "must be finite"),
+        ("[" * 100_000 + "]" * 100_000, "nested deeper than"),
+        ('{"a": "' + "[" * 10_000 + '"}', "unknown field 'a'"),  # brackets inside strings do not count
+        (json.dumps({"edit": dict(_edit(1.0), layers=[-5, 99])}), "out of bounds"),
+        (json.dumps({"edit": dict(_edit(1.0), layers=[0, 2.5])}), "layers[] must be an integer"),
+        (json.dumps({"edit": dict(_edit(1.0), colour="red")}), "unknown field 'colour'"),
+        (json.dumps({"edit": _edit(1.0, target={"segments": [True]})}), "must be an integer, got true"),
+        (json.dumps({"edit": {"kind": "style", "layer": "b8.conv0", "channel": "3", "strength": 1}}),
+         "channel must be an integer"),
+        (json.dumps({"edit": [1, 2]}), "edit must be a JSON object"),
+    ]
+    for body, message in bad:
+        status, _, data = request(editor, "/api/edits", method="POST", body=body.encode())
+        assert status == 400 and message in json.loads(data)["error"], (body[:80], data)
+    for path, body, message in (("/api/blend", {"blend": 1}, "blend must be 'mask' or 'poisson'"),
+                                ("/api/task/project", {"region": "x", "steps": True}, "steps must be an integer"),
+                                ("/api/task/project", {"region": "x", "steps": 1.0}, "steps must be an integer"),
+                                ("/api/export", {"name": ["a"]}, "name must be a string"),
+                                ("/api/undo", {"steps": 2}, "unknown field 'steps'")):
+        status, data = _post(editor, path, body)
+        assert status == 400 and message in data["error"], (path, data)
+    assert editor.session.version == version  # nothing changed
+
+
+def test_uploaded_arrays_are_checked_before_allocation_and_bounded(editor, g):
+    def upload(data):
+        status, _, body = request(editor, "/api/directions?name=d.npy", method="POST", body=data)
+        return status, json.loads(body)
+
+    head = BytesIO()  # declares 10^12 float64 values in a file of a few bytes
+    np.lib.format.write_array_header_1_0(head, {"descr": "<f8", "fortran_order": False, "shape": (10 ** 12,)})
+    status, body = upload(head.getvalue() + b"\0" * 64)
+    assert status == 400 and "declares 1000000000000 values" in body["error"]
+    for array, message in ((np.full(g.w_dim, 1e38, np.float32), "direction values must lie in"),
+                           (np.array(["a"] * g.w_dim), "dtype must be float32 or float64"),
+                           (np.ones(g.w_dim, np.float16), "dtype must be float32 or float64")):
+        buf = BytesIO()
+        np.save(buf, array)
+        status, body = upload(buf.getvalue())
+        assert status == 400 and message in body["error"], body
+    buf = BytesIO()
+    np.save(buf, np.ones(g.w_dim, np.float32))
+    status, body = upload(buf.getvalue()[:-4])  # one value short
+    assert status == 400 and "holds 252 bytes" in body["error"]
+
+
+def test_the_largest_edit_of_the_largest_direction_stays_finite(g, tmp_path):
+    from chunkygan_jax.editor.session import MAX_DIRECTION_VALUE, MAX_STRENGTH
+    session = EditorSession(make_result(g), g, workdir=tmp_path, pca=0)
+    buf = BytesIO()
+    np.save(buf, np.full((g.num_ws, g.w_dim), MAX_DIRECTION_VALUE, np.float32))
+    ident = session.add_direction("big.npy", buf.getvalue())["directions"][-1]["id"]
+    for strength in (MAX_STRENGTH, -MAX_STRENGTH):
+        session.commit({"kind": "direction", "direction": ident, "strength": strength, "target": "all"})
+        assert np.all(np.isfinite(session.render()))
+    session.close()
+
+
+def test_browsers_need_the_editors_origin_json_and_the_cookie(fresh):
+    base, token = fresh.base, fresh.token
+    port = fresh.address[1]
+    edit = json.dumps({"edit": _edit(1.0)}).encode()
+
+    def post(headers, body=edit, path="/api/edits"):
+        return request(fresh, path, method="POST", body=body, token=False, headers=headers)[0]
+
+    json_type = {"Content-Type": "application/json"}
+    assert post({"X-Editor-Token": token, "Origin": "https://evil.com", **json_type}) == 403
+    assert post({"X-Editor-Token": token, "Content-Type": "text/plain"}) == 415
+    assert post({"X-Editor-Token": token, "Content-Type": "application/x-www-form-urlencoded"}) == 415
+    assert post({"X-Editor-Token": token, "Content-Type": "multipart/form-data; boundary=x"}, path="/api/undo",
+                body=b"") == 415
+    assert request(fresh, f"/api/edits?token={token}", method="POST", body=edit, token=False)[0] == 403
+    # the printed address sets the cookie and redirects to a URL without the token
+    conn = http.client.HTTPConnection(*fresh.address, timeout=30)
+    conn.request("GET", f"/?token={token}")
+    resp = conn.getresponse()
+    resp.read()
+    cookie = resp.getheader("set-cookie")
+    assert resp.status == 303 and resp.getheader("location") == "/"
+    assert cookie.startswith(f"chunkygan_editor_{port}={token};") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    jar = {"Cookie": cookie.split(";")[0]}
+    assert request(fresh, "/static/app.js", token=False, headers=jar)[0] == 200
+    assert request(fresh, "/static/app.js", token=False, headers={"Cookie": f"chunkygan_editor_{port}=x"})[0] == 403
+    # a page's POST: the cookie and its own origin (browsers always send it with a POST)
+    assert post({**jar, **json_type, "Origin": f"http://127.0.0.1:{port}"}) == 200
+    assert post({**jar, **json_type, "Origin": f"http://localhost:{port + 1}"}) == 403
+    assert post({**jar, **json_type}) == 403  # no Origin: only with the token header
+    conn.close()
+
+
+def test_downloads_refuse_a_link_or_another_file_put_in_place_of_an_export(fresh, tmp_path_factory):
+    workdir = fresh.session.workdir
+    status, out = _post(fresh, "/api/export", {"name": "shot"})
+    assert status == 200 and request(fresh, "/api/files/shot.png")[0] == 200
+    outside = tmp_path_factory.mktemp("outside") / "secret.txt"
+    outside.write_bytes(b"outside the working folder")
+    (workdir / "shot.png").unlink()
+    (workdir / "shot.png").symlink_to(outside)
+    status, _, body = request(fresh, "/api/files/shot.png")
+    assert status == 404 and b"outside" not in body
+    (workdir / "shot.png").unlink()
+    os.link(outside, workdir / "shot.png")  # a hard link: no link to follow, but not the file written
+    assert request(fresh, "/api/files/shot.png")[0] == 404
+
+
+def _closed_within(sock, seconds) -> bytes:
+    """What the server sent before closing `sock`, which must happen within `seconds`."""
+    sock.settimeout(seconds)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_slow_clients_are_cut_off_and_a_disconnect_is_no_error(fresh, capfd, caplog):
+    host, port = fresh.address
+    token = fresh.token
+    caplog.set_level(logging.WARNING)
+    stalled = []
+    for k in range(20):  # headers that never end, and connections that never say anything
+        s = socket.create_connection((host, port))
+        if k % 2:
+            s.sendall(b"GET /api/state HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        stalled.append(s)
+    t0 = time.monotonic()
+    status, _, _ = request(fresh, "/api/state")  # served meanwhile
+    assert status == 200 and time.monotonic() - t0 < 5
+    for s in stalled:
+        assert _closed_within(s, 10) == b""
+        s.close()
+    # a chunked body that never ends: 408, then the connection is closed
+    s = socket.create_connection((host, port))
+    s.sendall(f"POST /api/edits HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Editor-Token: {token}\r\n"
+              "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{\"\r\n".encode())
+    assert _closed_within(s, 10).startswith(b"HTTP/1.1 408 ")
+    s.close()
+    # an idle keep-alive connection is closed after its answer
+    s = socket.create_connection((host, port))
+    s.sendall(f"GET /api/task HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Editor-Token: {token}\r\n\r\n".encode())
+    assert _closed_within(s, 10).startswith(b"HTTP/1.1 200 ")
+    s.close()
+    # a client that goes away in the middle of its body
+    s = socket.create_connection((host, port))
+    s.sendall(f"POST /api/edits HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Editor-Token: {token}\r\n"
+              "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"edit\"".encode())
+    time.sleep(0.2)
+    s.close()
+    time.sleep(0.3)
+    assert request(fresh, "/api/state")[0] == 200
+    assert "Traceback" not in capfd.readouterr().err
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.records
+
+
+def test_bin_editor_without_the_editor_extra_names_it(tmp_path):
+    code = ("import runpy, sys; sys.modules['starlette'] = None; "  # what an install without the extra sees
+            f"sys.argv = ['editor', '--latents={tmp_path}']; runpy.run_path({str(ROOT / 'bin' / 'editor')!r}, "
+            "run_name='__main__')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
+    assert "needs the 'editor' extra" in out.stderr and "chunkygan_jax[editor]" in out.stderr
+
+
+# ------------------------------------------------------------------------------------------ property test of the API
+class AsgiClient:
+    """Requests straight into the editor's ASGI application (the one the server runs, guard included)
+    on one event loop of its own thread (the browser tests' driver holds this thread's), without
+    sockets: thousands of requests in seconds."""
+
+    def __init__(self, app, token, port=8765):
+        self.app, self.token, self.port = app, token, port
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def __call__(self, method, path, body=b"", headers=None):
+        headers = {"host": f"127.0.0.1:{self.port}", "x-editor-token": self.token, **(headers or {})}
+        if method == "POST":
+            headers.setdefault("content-type", "application/json")
+        return asyncio.run_coroutine_threadsafe(self._call(method, path, body, headers), self.loop).result(120)
+
+    async def _call(self, method, path, body, headers):
+        raw_path, _, query = path.partition("?")
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+                 "scheme": "http", "path": raw_path, "raw_path": raw_path.encode(), "query_string": query.encode(),
+                 "root_path": "", "server": ("127.0.0.1", self.port), "client": ("127.0.0.1", 40000),
+                 "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items() if v is not None]}
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        out = {"status": None, "body": b""}
+
+        async def receive():
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                out["status"] = message["status"]
+            else:
+                out["body"] += message.get("body", b"")
+
+        await self.app(scope, receive, send)
+        return out["status"], out["body"]
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+class DocumentModel:
+    """What the document must be: the replay of the accepted changes, kept independently of the
+    session (edits keyed by target, kind and direction or channel; strength 0 removes; a change that
+    changes nothing is no change; the history holds MAX_HISTORY documents)."""
+
+    def __init__(self, num_ws, segments):
+        self.num_ws, self.n = num_ws, segments
+        self.history, self.pos = [((), "mask")], 0
+
+    @property
+    def doc(self):
+        return self.history[self.pos]
+
+    def normal(self, e):
+        t = e.get("target")
+        segs = "all" if t in (None, "all") or t["segments"] == "all" else sorted(set(t["segments"]))
+        segs = "all" if segs in ([], list(range(self.n))) else segs
+        out = {"kind": e["kind"], "strength": float(e["strength"]), "target": {"segments": segs}}
+        if e["kind"] == "direction":
+            layers = e.get("layers")
+            out.update(direction=e["direction"], layers=None if layers in (None, [0, self.num_ws]) else layers)
+        else:
+            out.update(layer=e["layer"], channel=e["channel"])
+        return out
+
+    @staticmethod
+    def key(e):
+        return json.dumps({k: v for k, v in e.items() if k != "strength"}, sort_keys=True)
+
+    def _push(self, doc):
+        if doc == self.doc:
+            return
+        del self.history[self.pos + 1:]
+        self.history.append(doc)
+        if len(self.history) > MAX_HISTORY:
+            del self.history[0]
+        self.pos = len(self.history) - 1
+
+    def commit(self, e):
+        e = self.normal(e)
+        edits = [json.loads(x) for x in self.doc[0]]
+        same = [i for i, x in enumerate(edits) if self.key(x) == self.key(e)]
+        if same:
+            if e["strength"] == 0.0:
+                del edits[same[-1]]
+            else:
+                edits[same[-1]] = e
+        elif e["strength"] != 0.0:
+            edits.append(e)
+        self._push((tuple(json.dumps(x, sort_keys=True) for x in edits), self.doc[1]))
+
+    def blend(self, b):
+        self._push((self.doc[0], b))
+
+    def undo(self) -> bool:
+        self.pos -= self.pos > 0
+        return True
+
+    def as_json(self):
+        return {"edits": [json.loads(x) for x in self.doc[0]], "layers": [], "blend": self.doc[1]}
+
+
+@pytest.fixture(scope="module")
+def api(g, directions, tmp_path_factory):
+    """One session behind the in-process client, and its model, for every example."""
+    session = EditorSession(make_result(g), g, workdir=tmp_path_factory.mktemp("api_work"), directions=directions,
+                            pca=0)
+    client = AsgiClient(make_app(session, "t0ken"), "t0ken")
+    yield client, DocumentModel(g.num_ws, 3), session
+    client.close()
+    session.close()
+
+
+def _requests():
+    """A strategy of API requests, valid and invalid: (name, method, path, body bytes, headers, edit or
+    None). Strengths and targets come from small sets so that most renders hit the cache."""
+    from hypothesis import strategies as st
+
+    targets = st.sampled_from([None, "all", {"segments": "all"}, {"segments": [0]}, {"segments": [2, 1]},
+                               {"segments": [1, 2]}, {"segments": [0, 1, 2]}, {"segments": []}])
+    strengths = st.sampled_from([-1, 0, 1, 2.5])
+    direction = st.fixed_dictionaries({"kind": st.just("direction"), "strength": strengths, "target": targets,
+                                       "direction": st.sampled_from(["file:dir0.npy", "file:dir1.npy"]),
+                                       "layers": st.sampled_from([None, [0, 8], [2, 6]])})
+    style = st.fixed_dictionaries({"kind": st.just("style"), "strength": strengths, "target": targets,
+                                   "layer": st.just("b8.conv0"), "channel": st.sampled_from([0, 3])})
+    valid = st.one_of(direction, style)
+    corruptions = st.sampled_from([
+        ("strength", True), ("strength", "1"), ("strength", 10 ** 401), ("strength", 101), ("strength", None),
+        ("strength", [1]), ("target", {"segments": [5]}), ("target", {"layer": 7}), ("target", {"segments": [-1]}),
+        ("target", "some"), ("layers", [-5, 99]), ("layers", [3, 3]), ("layers", [0.5, 2]), ("direction", "nope"),
+        ("direction", 3), ("kind", "bogus"), ("extra", 1), ("channel", 999)])
+    invalid = st.tuples(valid, corruptions).map(lambda vc: dict(vc[0], **{vc[1][0]: vc[1][1]}))
+    edit_request = lambda name, path: st.one_of(  # noqa: E731
+        valid.map(lambda e: (name, "POST", path, json.dumps({"edit": e}).encode(), None, e)),
+        invalid.map(lambda e: (name + "_bad", "POST", path, json.dumps({"edit": e}).encode(), None, e)))
+    junk = st.sampled_from([
+        b"[" * 50_000 + b"]" * 50_000, b'{"edit": {"kind": "direction", "strength": NaN}}', b"{not json",
+        b'{"edit": {"kind": "direction", "direction": "file:dir0.npy", "strength": 1' + b"0" * 400 + b"}}",
+        b"\xff\xfe", b"[]", b'"edit"', b'{"edit": {"kind": "direction", "strength": 1e999}}'])
+    bad_headers = st.sampled_from([{"content-type": "text/plain"}, {"origin": "https://evil.com"},
+                                   {"x-editor-token": "wrong"}, {"host": "evil.example"},
+                                   {"content-type": "application/x-www-form-urlencoded"}])
+    return st.one_of(
+        edit_request("commit", "/api/edits"), edit_request("commit", "/api/edits"),
+        edit_request("preview", "/api/preview"),
+        st.just(("undo", "POST", "/api/undo", b"", None, None)),
+        st.just(("redo", "POST", "/api/redo", b"{}", None, None)),
+        st.just(("undo_redo", None, None, None, None, None)),
+        st.sampled_from(["mask", "poisson", "none", 1, True, None]).map(
+            lambda b: ("blend", "POST", "/api/blend", json.dumps({"blend": b}).encode(), None, b)),
+        junk.map(lambda body: ("junk", "POST", "/api/edits", body, None, None)),
+        st.tuples(valid, bad_headers).map(lambda vh: ("refused", "POST", "/api/edits",
+                                                      json.dumps({"edit": vh[0]}).encode(), vh[1], None)),
+        st.just(("state", "GET", "/api/state", b"", None, None)),
+        st.just(("task", "POST", "/api/task/project", json.dumps({"region": "x", "steps": 0}).encode(), None, None)),
+    )
+
+
+def test_the_api_under_random_request_sequences_keeps_its_invariants(api):
+    """Random sequences of valid and invalid requests: never a 5xx; the document is always the replay of
+    the accepted changes; undo then redo gives back the same document."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    client, model, session = api
+
+    def state():
+        status, body = client("GET", "/api/state")
+        assert status == 200
+        return json.loads(body)
+
+    def check(s=None):
+        s = s or state()
+        assert s["document"] == model.as_json()
+        assert (s["can_undo"], s["can_redo"]) == (model.pos > 0, model.pos < len(model.history) - 1)
+
+    @settings(max_examples=500, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(st.lists(_requests(), min_size=1, max_size=6))
+    def run(sequence):
+        for name, method, path, body, headers, value in sequence:
+            if name == "undo_redo":
+                before = state()
+                undone, _ = client("POST", "/api/undo", b"{}")
+                redone, _ = client("POST", "/api/redo", b"{}")
+                if undone == 200:
+                    assert redone == 200 and state()["document"] == before["document"]
+                else:
+                    assert undone == 400 and redone in (200, 400)
+                    if redone == 200:
+                        model.pos += 1
+                check()
+                continue
+            status, data = client(method, path, body, headers)
+            assert status < 500, (name, status, data)
+            if name in ("commit", "preview"):
+                assert status == 200, (name, value, data)  # every valid edit is accepted
+            if name == "commit":
+                model.commit(value)
+            elif name == "blend" and status == 200:
+                model.blend(value)
+            elif name == "undo":
+                assert status == (200 if model.pos > 0 else 400)
+                model.pos -= model.pos > 0
+            elif name == "redo":
+                assert status == (200 if model.pos < len(model.history) - 1 else 400)
+                model.pos += model.pos < len(model.history) - 1
+            elif name == "refused":
+                assert status in (403, 415), status
+            elif name in ("junk", "task", "commit_bad", "preview_bad"):
+                assert status == 400, (name, data)
+            elif name == "preview":
+                assert data.startswith(b"\x89PNG")
+            if status >= 400:
+                assert "error" in json.loads(data)
+            # a change answers with the new state; anything else leaves the document as it was
+            check(json.loads(data) if status == 200 and name in ("commit", "undo", "redo", "blend") else None)
+
+    run()
+
+
+def test_an_unexpected_error_is_a_500_logged_once_without_the_body(caplog):
+    """A 500 is a bug: the page gets a line without the exception's text, the log gets the traceback
+    once with the method and path, never the request's body."""
+    from starlette.requests import Request
+
+    from chunkygan_jax.editor.server import _endpoint
+
+    @_endpoint
+    async def broken(request):
+        await request.body()
+        return {}["missing"]  # a bug: KeyError
+
+    scope = {"type": "http", "method": "POST", "path": "/api/x", "headers": [], "query_string": b""}
+    messages = [{"type": "http.request", "body": b"SECRET-BODY", "more_body": False}]
+
+    async def receive():
+        return messages.pop(0)
+
+    caplog.set_level(logging.INFO, logger="chunkygan_jax.editor")
+    out = []  # asyncio.run in a thread of its own: the browser tests' driver holds this thread's loop
+    worker = threading.Thread(target=lambda: out.append(asyncio.run(broken(Request(scope, receive)))))
+    worker.start()
+    worker.join(60)
+    response = out[0]
+    assert response.status_code == 500
+    assert json.loads(response.body) == {"error": "internal error (KeyError); the editor's terminal has the details"}
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info and "POST /api/x" in errors[0].getMessage()
+    assert "SECRET" not in caplog.text

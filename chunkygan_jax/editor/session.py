@@ -19,8 +19,12 @@ first folded into one W-space offset and one StyleSpace offset (with `editing.ap
 slider move, a new direction or another layer range never compiles anything new; it re-renders only
 the codes whose edits changed, and recomposites.
 
-All JAX work runs on one worker thread (`executor`), so JAX calls are serialised; the history is
-guarded by a lock so that the web server can read the state while the worker is busy.
+All JAX work and every change of the document (commit, undo, redo, blending, a task's result) runs on
+one worker thread (`executor`), in the order the requests were accepted, each against the document as
+it is when it runs: a region projection reads the document when it starts on the worker and lands as
+a new change on top of the document as it is when it ends. While a task runs, requests that would
+wait behind it are refused at once (`EditorBusy`). The history is guarded by a lock so that the web
+server can read the state while the worker is busy.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ import binascii
 import collections
 import dataclasses
 import functools
+import math
 import os
 import re
+import stat
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from io import BytesIO
 from pathlib import Path
 
@@ -48,17 +54,16 @@ from .. import editing, io
 from ..editing import DirectionEdit, StyleEdit
 from ..editing.directions import resolve_direction
 from ..editing.render import blend_region
-from ..editing.spaces import as_number
 from ..errors import ChunkyGANError, ConfigError, ImageError
 from ..inversion import composite
 from ..lpips import parse_resolution
 from ..masks import color_code
 from ..progress import Progress
+from .schema import MAX_STEPS, MAX_STRENGTH, check_edit, check_steps, check_target
 
 __all__ = ["Document", "Edit", "EditorBusy", "EditorSession", "RegionLayer", "png_bytes", "sanitize_name"]
 
-MAX_STRENGTH = 100.0
-MAX_STEPS = 5000
+MAX_DIRECTION_VALUE = 1e4  # times MAX_STRENGTH stays far from float32 overflow in every layer
 MAX_UPLOADED_DIRECTIONS = 32
 CACHE_BYTES = 512 << 20
 REGION_TINT = (64, 200, 255)
@@ -202,6 +207,37 @@ def decode_region_png(data, resolution: int) -> np.ndarray:
     return (arr.astype(np.float32) / 255.0)
 
 
+def read_npy(data: bytes, name: str) -> np.ndarray:
+    """A float .npy array from uploaded bytes, its header checked before anything is allocated: the
+    declared shape must account for exactly the bytes that follow the header (no pickles, no object
+    arrays, no .npz)."""
+    f = BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"format version {version[0]}.{version[1]} (save it with numpy's default)")
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = header(f, max_header_size=4096)
+    except (ValueError, EOFError, OSError) as e:
+        raise ConfigError(f"{name}: not a numpy .npy direction file ({e})") from None
+    if dtype not in (np.float32, np.float64):
+        raise ConfigError(f"{name}: direction dtype must be float32 or float64, got {dtype}")
+    count, held = math.prod(shape), len(data) - f.tell()
+    if count * dtype.itemsize != held:
+        raise ConfigError(f"{name}: its header declares {count} values of {dtype} ({count * dtype.itemsize} bytes) "
+                          f"but the file holds {held} bytes after it")
+    return np.frombuffer(data, dtype, count, offset=f.tell()).reshape(shape, order="F" if fortran else "C")
+
+
+def _bounded(direction: np.ndarray, name: str) -> np.ndarray:
+    """A direction whose values keep every edit finite: |value| <= MAX_DIRECTION_VALUE."""
+    peak = float(np.max(np.abs(direction), initial=0.0))
+    if not peak <= MAX_DIRECTION_VALUE:
+        raise ConfigError(f"{name}: direction values must lie in [-{MAX_DIRECTION_VALUE:g}, {MAX_DIRECTION_VALUE:g}] "
+                          f"(found {peak:.3g}); scale it down")
+    return direction
+
+
 class _Cache:
     """Rendered images by key, least recently used dropped first beyond a byte budget."""
 
@@ -298,6 +334,7 @@ class EditorSession:
         self._next_layer, self._next_task = 1, 1
         self._cache = _Cache(cache_bytes)
         self._written: set[Path] = set()
+        self._identity: dict[Path, tuple] = {}  # (device, inode) of each file the editor wrote
         self.task: Task | None = None
         self._current_png = (0, b"")
         try:
@@ -329,7 +366,7 @@ class EditorSession:
                 entry = {"id": f"file:{path.name}", "name": path.stem, "path": path, "array": None}
                 if self.editable:
                     try:
-                        entry["array"] = editing.load_direction(path, self.generator)
+                        entry["array"] = _bounded(editing.load_direction(path, self.generator), path.name)
                     except ChunkyGANError as e:
                         self.direction_errors.append(str(e))
                         continue
@@ -341,18 +378,16 @@ class EditorSession:
                                           "spec": spec}
 
     def add_direction(self, name: str, data: bytes) -> dict:
-        """A .npy direction uploaded from the page (kept in memory, never written)."""
+        """A .npy direction uploaded from the page (kept in memory, never written); on the worker."""
+        return self._call(self._add_direction, name, data)
+
+    def _add_direction(self, name: str, data: bytes) -> dict:
         if not self.editable:
             raise ConfigError(f"this result cannot be edited: {self.why_not}")
         if sum(1 for d in self._directions.values() if d["id"].startswith("upload:")) >= MAX_UPLOADED_DIRECTIONS:
             raise ConfigError(f"at most {MAX_UPLOADED_DIRECTIONS} uploaded directions")
-        try:
-            arr = np.load(BytesIO(data), allow_pickle=False)
-        except (OSError, ValueError, EOFError) as e:
-            raise ConfigError(f"{sanitize_name(name)}: not a numpy .npy direction file ({e})") from None
-        if not isinstance(arr, np.ndarray):
-            raise ConfigError(f"{sanitize_name(name)}: an .npz archive; a direction is a single .npy array")
-        array = editing.load_direction(arr, self.generator)
+        label = sanitize_name(name, "direction")
+        array = _bounded(editing.load_direction(read_npy(bytes(data), label), self.generator), label)
         stem = sanitize_name(Path(str(name)).stem, "direction")
         with self._lock:  # state() reads the list from the server's thread
             # a new id for every upload: edits in the history keep meaning the array they were made with
@@ -393,8 +428,32 @@ class EditorSession:
         if self.task is not None and self.task.state == "running":
             raise EditorBusy(f"a {self.task.kind} is running; wait for it or cancel it")
 
+    def submit(self, fn, *args) -> Future:
+        """Queue `fn(*args)` on the worker, behind the changes accepted before it; refused at once
+        (EditorBusy) while a task runs, since it would wait for the task's end."""
+        with self._lock:  # start_task takes it too: a change is queued either before a task or not at all
+            self.check_idle()
+            return self.executor.submit(fn, *args)
+
+    def _call(self, fn, *args):
+        """`submit` and wait: the Python API of the changes (never called from the worker itself)."""
+        return self.submit(fn, *args).result()
+
+    # the worker's operations, by the names the server asks for them (`request`)
+    OPERATIONS = ("preview", "commit", "undo", "redo", "set_blend", "image_png", "add_direction", "export")
+
+    def request(self, name: str, *args) -> Future:
+        if name not in self.OPERATIONS:
+            raise ValueError(f"no editor operation {name!r}")
+        return self.submit(getattr(self, "_" + name), *args)
+
     def undo(self) -> dict:
-        self.check_idle()
+        return self._call(self._undo)
+
+    def redo(self) -> dict:
+        return self._call(self._redo)
+
+    def _undo(self) -> dict:
         with self._lock:
             if self._pos == 0:
                 raise ConfigError("nothing to undo")
@@ -402,8 +461,7 @@ class EditorSession:
             self.version += 1
         return self.state()
 
-    def redo(self) -> dict:
-        self.check_idle()
+    def _redo(self) -> dict:
         with self._lock:
             if self._pos >= len(self._history) - 1:
                 raise ConfigError("nothing to redo")
@@ -434,64 +492,53 @@ class EditorSession:
 
     # ------------------------------------------------------------------ parsing requests
     def parse_edit(self, d, doc: Document | None = None) -> Edit:
-        if not isinstance(d, dict):
-            raise ConfigError("an edit is a JSON object")
+        """An edit from its JSON form (the schema's strict types first, then this session's bounds)."""
+        check_edit(d)
         if not self.editable:
             raise ConfigError(f"this result cannot be edited: {self.why_not}")
         doc = doc or self.document
         target = self.parse_target(d.get("target"), doc)
-        strength = as_number(d.get("strength"), "strength")
-        if abs(strength) > MAX_STRENGTH:
-            raise ConfigError(f"strength must lie in [-{MAX_STRENGTH:g}, {MAX_STRENGTH:g}], got {strength:g}")
-        kind = d.get("kind")
+        strength = float(d["strength"])
+        kind = d["kind"]
         if kind == "direction":
-            source = d.get("direction")
-            if not isinstance(source, str) or source not in self._directions:
+            source = d["direction"]
+            if source not in self._directions:
                 raise ConfigError(f"unknown direction {source!r}")
             layers = d.get("layers")
-            if layers is not None and self.num_ws is not None:
-                layers = editing.layer_range(tuple(layers) if isinstance(layers, list) else layers, self.num_ws)
+            if layers is not None and self.num_ws is None:
+                raise ConfigError(f"layers: this generator ({type(self.generator).__name__}) has no ws rows; "
+                                  "give null")
+            if layers is not None:
+                layers = editing.layer_range(tuple(layers), self.num_ws)
                 layers = None if layers == (0, self.num_ws) else layers
-            else:
-                layers = None
             return Edit(target, "direction", strength, source=source, layers=layers)
         if kind == "style":
             if not self.style_dims:
                 raise ConfigError("StyleSpace edits need a StyleGAN2 generator")
-            layer = editing.resolve_style_layer(self.generator, d.get("layer"))
-            channel = d.get("channel")
-            if isinstance(channel, str) and channel.strip().isdigit():
-                channel = int(channel)
-            if isinstance(channel, bool) or not isinstance(channel, int) or not 0 <= channel < self.style_dims[layer]:
+            layer = editing.resolve_style_layer(self.generator, d["layer"])
+            channel = d["channel"]
+            if not 0 <= channel < self.style_dims[layer]:
                 raise ConfigError(f"channel of S layer {layer} must be an integer in 0..{self.style_dims[layer] - 1}, "
                                   f"got {channel!r}")
             return Edit(target, "style", strength, style_layer=layer, channel=channel)
         raise ConfigError(f"an edit's kind is 'direction' or 'style', got {kind!r}")
 
     def parse_target(self, t, doc: Document) -> tuple:
-        if t is None or t == "all":
+        if check_target(t) is None or t == "all":
             return ("segments", ())
-        if not isinstance(t, dict):
-            raise ConfigError("an edit's target is {'segments': 'all' or [indices]} or {'layer': id}")
         if "layer" in t:
             ids = [l.id for l in doc.layers]
             if t["layer"] not in ids:
                 raise ConfigError(f"no region layer {t['layer']!r} (layers: {ids or 'none'})")
             return ("layer", int(t["layer"]))
-        segs = t.get("segments", "all")
-        if segs in ("all", None) or segs == []:
+        segs = t["segments"]
+        if segs == "all" or segs == []:
             return ("segments", ())
-        if not isinstance(segs, list):
-            raise ConfigError("segments must be 'all' or a list of indices")
         idx = tuple(sorted(editing.segment_indices(segs, self.n)))
         return ("segments", () if len(idx) == self.n else idx)
 
     def parse_steps(self, steps) -> int:
-        if steps is None:
-            return self.region_steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
-            raise ConfigError(f"steps must be an integer in 1..{MAX_STEPS}, got {steps!r}")
-        return steps
+        return self.region_steps if check_steps(steps) is None else steps
 
     # ------------------------------------------------------------------ rendering
     def _offsets(self, edits: list[Edit], codes):
@@ -583,6 +630,9 @@ class EditorSession:
         return None
 
     def image_png(self, name: str) -> bytes:
+        return self._call(self._image_png, name)
+
+    def _image_png(self, name: str) -> bytes:
         if name == "current":
             version = self.version
             data = png_bytes(io.to_uint8(self.render()))
@@ -600,20 +650,26 @@ class EditorSession:
 
     def preview(self, edit_json) -> bytes:
         """The image with one edit set (not committed): what a slider shows while it moves."""
-        self.check_idle()
+        return self._call(self._preview, edit_json)
+
+    def commit(self, edit_json) -> dict:
+        return self._call(self._commit, edit_json)
+
+    def set_blend(self, blend) -> dict:
+        return self._call(self._set_blend, blend)
+
+    def _preview(self, edit_json) -> bytes:
         doc = self.document
         return png_bytes(io.to_uint8(self.render(doc.with_edit(self.parse_edit(edit_json, doc)))))
 
-    def commit(self, edit_json) -> dict:
-        self.check_idle()
+    def _commit(self, edit_json) -> dict:
         doc = self.document
         new = doc.with_edit(self.parse_edit(edit_json, doc))
         self.render(new)  # a failing edit fails here, before the history changes
         self._push(new)
         return self.state()
 
-    def set_blend(self, blend) -> dict:
-        self.check_idle()
+    def _set_blend(self, blend) -> dict:
         if blend not in ("mask", "poisson"):
             raise ConfigError(f"blend must be 'mask' or 'poisson', got {blend!r}")
         new = dataclasses.replace(self.document, blend=blend)
@@ -625,7 +681,8 @@ class EditorSession:
     def start_task(self, kind: str, region, steps=None, target=None) -> dict:
         """Start "project" (editing.local_edit on the painted region of the current image) or "fill"
         (editing.fill_holes on a correction region, starting from the target's edited code) on the
-        worker thread; returns the task's status at once. Called from the server's thread."""
+        worker thread; returns the task's status at once. Called from the server's thread. The task
+        runs after the changes queued before it, on the document as it is then."""
         if kind not in ("project", "fill"):
             raise ConfigError(f"unknown task {kind!r}")
         if not self.editable:
@@ -636,15 +693,19 @@ class EditorSession:
             region = decode_region_png(region, self.resolution) if not isinstance(region, np.ndarray) else region
             if not np.any(region > 0):
                 raise ImageError("the region is empty: paint the pixels first")
-            doc = self.document
-            source = self.parse_target(target, doc) if kind == "fill" else None
-            if kind == "fill" and source[0] == "segments" and len(source[1]) != 1 and self.n != 1:
-                raise ConfigError("hole filling starts from one code: select one segment, or a region layer")
+            if kind == "fill":  # checked now for a clear answer, resolved again when the task runs
+                self._fill_source(target, self.document)
             self.task = Task(self._next_task, kind, steps)
             self._next_task += 1
             task = self.task
-        self.executor.submit(self._run_task, task, doc, region, source)
+            self.executor.submit(self._run_task, task, region, target)
         return task.to_json()
+
+    def _fill_source(self, target, doc: Document) -> tuple:
+        source = self.parse_target(target, doc)
+        if source[0] == "segments" and len(source[1]) != 1 and self.n != 1:
+            raise ConfigError("hole filling starts from one code: select one segment, or a region layer")
+        return source
 
     def cancel_task(self) -> dict:
         task = self.task
@@ -659,7 +720,7 @@ class EditorSession:
                     lpips_resolution=parse_resolution(s.get("lpips_resolution", 256)), seed=s.get("seed", 0),
                     noise_mode=self.noise_mode, dtype=self.dtype)
 
-    def _run_task(self, task: Task, doc: Document, region: np.ndarray, source) -> None:
+    def _run_task(self, task: Task, region: np.ndarray, target) -> None:
         bar = Progress(task.steps, unit="steps")
 
         def callback(step, steps, losses):
@@ -669,6 +730,8 @@ class EditorSession:
                 raise _Cancelled
 
         try:
+            doc = self.document  # after every change queued before the task
+            source = self._fill_source(target, doc) if task.kind == "fill" else None
             image = np.clip(self.render(doc), -1.0, 1.0)
             if task.kind == "project":
                 out = editing.local_edit(image, self.generator, region, None, steps=task.steps,
@@ -683,7 +746,8 @@ class EditorSession:
                                     np.asarray(out.region, np.float32), out.result,
                                     np.asarray(out.generated, np.float32), task.steps)
                 self._next_layer += 1
-                self._push(dataclasses.replace(doc, layers=doc.layers + (layer,)))
+                now = self.document  # a new change on top of the document as it is now
+                self._push(dataclasses.replace(now, layers=now.layers + (layer,)))
                 task.message = f"layer {layer.id}: lpips {layer.to_json()['lpips']}"
                 task.state = "done"
         except _Cancelled:
@@ -776,14 +840,16 @@ class EditorSession:
         """Write NAME.png (the edited image), NAME_result/ (a saved result to continue from) and, for a
         result aligned from a photo, NAME_pasted.png (the edit pasted back into the full photo), all in
         the working folder. Files the editor did not write are never replaced: the name gets a suffix."""
-        self.check_idle()
+        return self._call(self._export, name)
+
+    def _export(self, name=None) -> dict:
         doc = self.document
         image = np.clip(self.render(doc), -1.0, 1.0)
         result = self.edited_result(doc)
         stem = self._free_stem(sanitize_name(name))  # its outputs are absent or this session's own:
         files, notes = [], []                          # replacing them is what a new export means
         io.save_png(self._out(f"{stem}.png"), io.to_uint8(image), overwrite=True)
-        files.append(f"{stem}.png")
+        files.append(self._wrote(f"{stem}.png"))
         alignment, photo = self.alignment()
         for name, value in (("alignment", alignment), ("photo", photo)):  # so that an edit of it pastes back too
             if value is not None and any(f.name == name for f in dataclasses.fields(result)):
@@ -797,7 +863,7 @@ class EditorSession:
                     raise ImageError(f"the aligned photo {photo or '(not recorded)'} is not there")
                 pasted = align.paste_back(photo, image, align.Alignment.from_json(alignment))
                 io.save_png(self._out(f"{stem}_pasted.png"), pasted, overwrite=True)
-                files.append(f"{stem}_pasted.png")
+                files.append(self._wrote(f"{stem}_pasted.png"))
             except ChunkyGANError as e:
                 notes.append(f"no pasted-back photo: {e}")
         return {"files": files, "notes": notes, "workdir": str(self.workdir)}
@@ -808,12 +874,28 @@ class EditorSession:
         if path.parent == self.workdir and path.exists():
             self._written.add(path)
 
-    def written_file(self, name: str) -> Path:
-        """A file the editor wrote into its working folder, by its name there; KeyError otherwise."""
+    def _wrote(self, name: str) -> str:
+        """Record what the file `name` (just written) is, so that a download can tell it was replaced."""
+        st = os.lstat(self.workdir / name)
+        self._identity[self.workdir / name] = (st.st_dev, st.st_ino)
+        return name
+
+    def read_written(self, name: str) -> bytes:
+        """The bytes of a file the editor wrote into its working folder, by its name there; KeyError for
+        anything else, including a link or another file put in its place (opened without following
+        links, then checked to be the very file written)."""
         path = self.workdir / str(name)
-        if path.parent != self.workdir or path not in self._written or not path.is_file():
+        if path.parent != self.workdir or path not in self._identity:
             raise KeyError(name)
-        return path
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            raise KeyError(name) from None
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != self._identity[path]:
+                raise KeyError(name)
+            return f.read()
 
     def close(self) -> None:
         task = self.task

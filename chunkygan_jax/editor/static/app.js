@@ -1,9 +1,10 @@
 // The ChunkyGAN editor page: views and overlays, segment selection, a region brush, region projection
 // with progress and cancel, direction and StyleSpace sliders, undo/redo, Poisson compositing, export.
-// Every request carries the session token (header for fetch, query for images).
+// The session token travels in an HttpOnly cookie that the editor set when the printed address was
+// opened: the page never sees it, and no URL carries it. State-changing requests send JSON (or, for an
+// uploaded direction, octet-stream) and the browser adds their Origin, which the editor checks.
 "use strict";
 
-const TOKEN = new URLSearchParams(location.search).get("token") || "";
 const $ = (id) => document.getElementById(id);
 
 let S = null;                 // the server's state
@@ -18,15 +19,11 @@ let polling = null;
 let currentUrl = null;
 
 // ------------------------------------------------------------------------------------------ requests
-function withToken(path) {
-  return path + (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(TOKEN);
-}
-
 async function api(path, { method = "GET", json, body, as = "json" } = {}) {
-  const headers = { "X-Editor-Token": TOKEN };
-  if (json !== undefined) {
-    headers["Content-Type"] = "application/json";
-    body = JSON.stringify(json);
+  const headers = {};
+  if (method !== "GET") {
+    headers["Content-Type"] = body !== undefined ? "application/octet-stream" : "application/json";
+    if (body === undefined) body = JSON.stringify(json === undefined ? {} : json);
   }
   let resp;
   try {
@@ -108,7 +105,7 @@ function viewName() { return document.querySelector("input[name=view]:checked").
 async function showView() {
   const view = $("view");
   const name = viewName();
-  const url = withToken(`api/image/${name}.png?v=${name === "current" ? S.version : 0}`);
+  const url = `api/image/${name}.png?v=${name === "current" ? S.version : 0}`;
   try {
     await loadImage(url);
     view.src = url;
@@ -185,7 +182,7 @@ function renderLayers() {
 async function loadRegion(id) {
   if (regionImages[id]) return;
   try {
-    regionImages[id] = await loadImage(withToken(`api/image/region-${id}.png`));
+    regionImages[id] = await loadImage(`api/image/region-${id}.png`);
   } catch (e) { fail(e); }
 }
 
@@ -446,7 +443,7 @@ async function doExport() {
       const li = document.createElement("li");
       if (f.endsWith(".png")) {
         const a = document.createElement("a");
-        a.href = withToken(`api/files/${encodeURIComponent(f)}`);
+        a.href = `api/files/${encodeURIComponent(f)}`;
         a.textContent = f;
         a.download = f;
         li.append(a);
@@ -483,14 +480,13 @@ async function undoRedo(which) {
 
 // ------------------------------------------------------------------------------------------ start
 async function start() {
-  if (!TOKEN) { say("this page needs the editor's token: open the URL the editor printed", "error"); return; }
   try {
     S = await api("api/state");
     R = S.resolution;
     for (const id of ["overlay", "paint"]) { $(id).width = R; $(id).height = R; $(id).getContext("2d", { willReadFrequently: true }); }
-    masksImage = await loadImage(withToken("api/image/masks.png"));
+    masksImage = await loadImage("api/image/masks.png");
     $("masks-image").src = masksImage.src;
-    const lab = await loadImage(withToken("api/image/labels.png"));
+    const lab = await loadImage("api/image/labels.png");
     const c = document.createElement("canvas");
     c.getContext("2d", { willReadFrequently: true });
     c.width = R; c.height = R;
