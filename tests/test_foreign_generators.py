@@ -65,6 +65,7 @@ def test_matches_the_official_generator(converted, name):
     labels = jnp.asarray(official["labels"]) if g.num_classes else None
     assert g.num_classes == official["c"].shape[1]
     z = jnp.asarray(official["z"])
+    assert np.abs(official["ws_trunc"] - official["ws"])[:, :4].min(axis=-1).max() > 0  # truncation is exercised
     np.testing.assert_allclose(mapping(g, z, labels, 1.0, None), official["ws"], atol=TOL, rtol=0)
     np.testing.assert_allclose(mapping(g, z, labels, 0.7, 4), official["ws_trunc"], atol=TOL, rtol=0)
     for codes, image, mode in (("ws", "img_w", "const"), ("ws_trunc", "img_trunc", "const"),
