@@ -9,8 +9,9 @@ are always [1, 3, 3, 1]). `statedict.py` maps NVIDIA and rosinality names onto t
 The generator is a pytree (`StyleGAN2`): its params are leaves and its config is static, so one jitted
 function serves every image and every checkpoint of the same shape.
 
-Entry points: `mapping` (z [and a class label] -> ws), `styles_from_ws` (ws -> S space), `synthesis` (W+ ws -> image),
-`synthesis_from_styles` (S -> image), `features` (ws -> block activations, stopping early).
+Entry points: `mapping` (z [and a class label] -> ws), `styles_from_ws` (ws -> S space), `synthesis`
+(W+ ws -> image), `synthesis_from_styles` (S -> image), `features` (ws -> block activations, stopping
+early).
 Only the 'skip' architecture exists (what NVIDIA's config-f and rosinality's models use); checkpoints of
 the 'orig' or 'resnet' architectures are refused by the state-dict mapping with a clear message.
 
