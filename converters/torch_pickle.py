@@ -55,9 +55,9 @@ _ORBAX_MARKERS = ("_CHECKPOINT_METADATA", "_METADATA", "manifest.ocdbt")
 _CHUNK = 16 << 20  # zip entries are inflated this much at a time, straight into their array
 _MAX_DEPTH = 64  # submodule nesting; StyleGAN2 networks need 4
 _MAX_NAME_BYTES = 64 << 20  # all state-dict names of one network together
-# A TensorFlow network pickle's first object is a dnnlib.tflib.network.Network: its module name
-# comes within the first opcodes (after at most a tuple's MARK and a memo entry).
-_TF_NETWORK_CLASS = b"dnnlib.tflib.network"
+# A TensorFlow network pickle's first object is a dnnlib.tflib.network.Network: the global that names
+# it (GLOBAL up to protocol 3, a short string for STACK_GLOBAL from 4) comes within the first opcodes.
+_TF_NETWORK_CLASS = (b"cdnnlib.tflib.network\nNetwork\n", b"\x8c\x14dnnlib.tflib.network")
 _SNIFF_BYTES = 4096
 
 # torch storage class name -> element dtype. A namedtuple has no __dict__, so a hostile BUILD
@@ -604,5 +604,5 @@ def sniff_format(path) -> str:
     if head.startswith(_LEGACY_PREFIX):
         return "torch-legacy"
     if len(head) >= 2 and head[0] == pickle.PROTO[0] and 2 <= head[1] <= 5:
-        return "nvidia-tf-pkl" if _TF_NETWORK_CLASS in head else "nvidia-pkl"
+        return "nvidia-tf-pkl" if any(tag in head for tag in _TF_NETWORK_CLASS) else "nvidia-pkl"
     raise CheckpointError(f"unknown format: {path} is not a network pickle, torch.save file or orbax directory")

@@ -6,6 +6,7 @@ converted by the official legacy.py). No torch is needed here.
 """
 
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,18 @@ def test_tf_reader_collects_gs_and_never_runs_its_source(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
     # build_module_src is not kept either
     assert not any("EXECUTED" in str(v) for v in net.values())
+
+
+def test_sniffing_finds_tensorflow_pickles_by_their_network_class(tmp_path):
+    stack_global = b"\x80\x04\x8c\x14dnnlib.tflib.network\x8c\x07Network\x93)\x81}b."  # protocol 4
+    (tmp_path / "p4.pkl").write_bytes(stack_global)
+    assert sniff_format(tmp_path / "p4.pkl") == "nvidia-tf-pkl"
+    with pytest.raises(CheckpointError, match=r"p4\.pkl: not a TensorFlow StyleGAN2 network pickle"):
+        read_tf_pickle(tmp_path / "p4.pkl")
+    # the module's name in text (say a PyTorch pickle's embedded source) does not make a TensorFlow pickle
+    (tmp_path / "src.pkl").write_bytes(pickle.dumps({"module_src": "import dnnlib.tflib.network"}, protocol=3))
+    assert sniff_format(tmp_path / "src.pkl") == "nvidia-pkl"
+    assert sniff_format(FIXTURES / "torch_cond32.pkl") == "nvidia-pkl"
 
 
 def test_tf_refusals():
