@@ -3,10 +3,11 @@
 A generator checkpoint is a directory:
 
     generator.json   record: {"format_version": 1, "kind": "stylegan2", "config": {...}, "source": {...},
-                     "w_avg_source": ..., "converter_version": "1", "num_params": N}
+                     "w_avg_source": ..., ["class_w_avg_source": ...,] "converter_version": "1",
+                     "num_params": N}
     params/          orbax checkpoint of the parameter tree (numpy float32 arrays)
 
-`load_generator` also takes an NVIDIA `.pkl` or rosinality `.pt`: it is converted once and cached under
+`load_generator` also takes an NVIDIA `.pkl` (PyTorch or TensorFlow) or rosinality `.pt`: it is converted once and cached under
 `cache_root()/generators/<sha256 of the file>/`, so later loads skip the (slow) pickle parsing.
 
 The record's "kind" selects how params become a generator object. The kinds are listed here, explicitly
@@ -85,11 +86,15 @@ def _as_numpy(tree):
 # ---------------------------------------------------------------------------------------------- save
 
 
+_LIFTED = ("w_avg_source", "class_w_avg_source")  # source entries that go to the record's top level
+
+
 def save_generator(generator, directory, *, source: dict | None = None, overwrite: bool = False) -> dict:
     """Write `generator` as a checkpoint directory and return its record.
 
     `source` is the provenance from `converters.stylegan2.convert_file`; its "w_avg_source" entry goes
-    to the record's top level ("checkpoint" when absent). The directory appears complete or not at
+    to the record's top level ("checkpoint" when absent), and so does a conditional generator's
+    "class_w_avg_source" (how each class's mean w was obtained). The directory appears complete or not at
     all: everything is built in a temporary sibling and renamed into place. An existing non-empty
     directory is replaced only with `overwrite=True`, and only if it is a generator checkpoint this
     project wrote (files.atomic_path), so a mistyped --output can never delete an unrelated folder.
@@ -105,8 +110,10 @@ def save_generator(generator, directory, *, source: dict | None = None, overwrit
         "format_version": FORMAT_VERSION,
         "kind": kind,
         "config": _KINDS[kind].to_config(generator),
-        "source": {k: v for k, v in source.items() if k != "w_avg_source"} or None,
+        "source": {k: v for k, v in source.items() if k not in _LIFTED} or None,
         "w_avg_source": source.get("w_avg_source", "checkpoint"),
+        **({"class_w_avg_source": source.get("class_w_avg_source", "checkpoint")}
+           if getattr(generator, "num_classes", 0) else {}),
         "converter_version": CONVERTER_VERSION,
         "num_params": int(sum(a.size for a in flatten_tree(params, sep=".").values())),
     }
@@ -168,8 +175,9 @@ def _load_directory(directory: Path):
 
 
 def load_generator(path):
-    """Load a generator from our checkpoint directory, or from an NVIDIA `.pkl` / rosinality `.pt`
-    (converted on first use and cached by the file's sha256)."""
+    """Load a generator from our checkpoint directory, or from an NVIDIA `.pkl` (PyTorch or TensorFlow)
+    / rosinality `.pt` (converted on first use and cached by the file's sha256). A conditional
+    generator comes back unbound: `generators.protocol.bind_label(generator, k)` picks its class."""
     path = Path(path)
     if path.is_dir():
         return _load_directory(path)
@@ -198,7 +206,8 @@ def load_generator(path):
 
 
 def convert_checkpoint(src, directory, *, overwrite: bool = False):
-    """Convert an NVIDIA `.pkl` / rosinality `.pt` file into a checkpoint directory (not via the cache).
+    """Convert an NVIDIA `.pkl` (PyTorch or TensorFlow) / rosinality `.pt` file into a checkpoint directory
+    (not via the cache).
     Returns (generator, record). Nothing is written when the input cannot be converted."""
     target = Path(directory)
     _check_target(target.absolute(), overwrite)  # fail before the slow conversion, too

@@ -317,7 +317,8 @@ class SafeUnpickler(pickle._Unpickler):
     * `persistent_load(pid)` if the format has persistent ids.
 
     `numpy_dtype`, `numpy_scalar` and `numpy_reconstruct` read numpy's own pickle records with
-    checked input; a subclass grants them in `resolve_global` when its format needs them.
+    checked input, and `codecs_encode` protocol 2's bytes; a subclass grants them in `resolve_global`
+    when its format needs them.
     `load()` pre-scans the pickle, then reads it through a reader bounded to the scanned bytes.
     """
 
@@ -444,6 +445,13 @@ class SafeUnpickler(pickle._Unpickler):
                 pickle.READONLY_BUFFER):
         dispatch[_op[0]] = _load_refused
     del _op
+
+    def codecs_encode(self, text, encoding="utf-8"):
+        """_codecs.encode(str, "latin1"): how protocol-2 pickles spell bytes."""
+        if type(text) is not str or encoding != "latin1":
+            raise CheckpointError(f"{self.source}: unsupported encoded bytes")
+        self.budget.charge(len(text) + 64, "encoded bytes")
+        return text.encode("latin1")
 
     # ---- numpy's pickle records, read with checked input ----
 

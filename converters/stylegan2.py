@@ -1,7 +1,8 @@
 """Foreign StyleGAN2 checkpoint file -> our `StyleGAN2` plus a provenance record.
 
-Handles NVIDIA stylegan2-ada-pytorch network pickles and rosinality `.pt` files (torch.save zip or
-legacy). The file readers live in `torch_pickle.py` and the state-dict name mapping in
+Handles NVIDIA stylegan2-ada-pytorch network pickles (conditional ones included), NVIDIA's TensorFlow
+StyleGAN2 / StyleGAN2-ADA network pickles and rosinality `.pt` files (torch.save zip or legacy). The
+file readers live in `torch_pickle.py` and `tf_pickle.py`, and the name mappings in
 `chunkygan_jax.generators.statedict`; this module only decides which network to take, which
 constructor options the file implies, and what to record about where the weights came from.
 Saving and caching our own format is `chunkygan_jax.checkpoints`' job.
@@ -14,14 +15,19 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 from ..files import sha256_file
-from ..generators.statedict import compute_w_avg, stylegan2_from_nvidia, stylegan2_from_rosinality
+from ..generators.statedict import (compute_class_w_avg, compute_w_avg, stylegan2_from_nvidia,
+                                    stylegan2_from_rosinality, tf_to_nvidia_names)
 from ..generators.stylegan2 import StyleGAN2
+from .tf_pickle import read_tf_pickle
 from .torch_pickle import read_nvidia_pickle, read_torch_zip, sniff_format
 
-__all__ = ["W_AVG_COMPUTED", "convert_file", "from_nvidia_networks", "from_rosinality_checkpoint"]
+__all__ = ["CLASS_W_AVG_COMPUTED", "W_AVG_COMPUTED", "convert_file", "from_nvidia_networks",
+           "from_rosinality_checkpoint", "from_tf_network"]
 
 W_AVG_SAMPLES, W_AVG_SEED = 10_000, 123
 W_AVG_COMPUTED = f"computed from {W_AVG_SAMPLES} mapped z, seed {W_AVG_SEED}"
+# A conditional checkpoint holds one w_avg (over all classes); each class's mean is computed.
+CLASS_W_AVG_COMPUTED = f"per class: computed from {W_AVG_SAMPLES} mapped z with that class, seed {W_AVG_SEED}"
 
 
 def _is_stylegan3(state) -> bool:
@@ -38,9 +44,6 @@ def from_nvidia_networks(nets: dict) -> tuple[StyleGAN2, dict]:
     state, kwargs = net["state"], net["init_kwargs"]
     if _is_stylegan3(state):
         raise CheckpointError("StyleGAN3 generators are not supported (only StyleGAN2 / StyleGAN2-ADA)")
-    if kwargs.get("c_dim", 0):
-        raise CheckpointError(f"conditional generators are not supported (c_dim={kwargs['c_dim']}); "
-                              "only unconditional StyleGAN2 (c_dim=0) can be converted")
     synthesis_kwargs = kwargs.get("synthesis_kwargs") or {}
     architecture = synthesis_kwargs.get("architecture", "skip")  # 'skip' is NVIDIA's default for G
     if architecture != "skip":
@@ -53,13 +56,57 @@ def from_nvidia_networks(nets: dict) -> tuple[StyleGAN2, dict]:
     # Shapes decide the config; the constructor kwargs must agree, or the pickle is not what it claims.
     cfg = generator.config
     for key, got in (("img_resolution", cfg.resolution), ("z_dim", cfg.z_dim), ("w_dim", cfg.w_dim),
-                     ("img_channels", cfg.img_channels)):
+                     ("img_channels", cfg.img_channels), ("c_dim", cfg.c_dim)):
         if key in kwargs and kwargs[key] != got:
             raise CheckpointError(f"{network}'s init_kwargs say {key}={kwargs[key]} but its weights imply {got}")
-    record = {"network": network, "w_avg_source": "checkpoint"}
+    generator, record = _with_class_w_avg(generator, {"network": network, "w_avg_source": "checkpoint"})
     if network == "G":
         record["note"] = "no G_ema in the pickle; converted G (the raw training weights, not the moving average)"
     return generator, record
+
+
+def _with_class_w_avg(generator: StyleGAN2, record: dict) -> tuple[StyleGAN2, dict]:
+    """A conditional generator gets each class's mean w (no NVIDIA file holds them), and the record says so."""
+    if not generator.num_classes:
+        return generator, record
+    class_w_avg = compute_class_w_avg(generator, num_samples=W_AVG_SAMPLES, seed=W_AVG_SEED)
+    params = dict(generator.params, mapping=dict(generator.params["mapping"], class_w_avg=class_w_avg))
+    return generator.replace(params=params), {**record, "class_w_avg_source": CLASS_W_AVG_COMPUTED}
+
+
+# What NVIDIA's TensorFlow generators may say in static_kwargs, and what each must be to be read here.
+_TF_MUST_BE = {"architecture": "skip", "nonlinearity": "lrelu", "mapping_nonlinearity": "lrelu",
+               "resample_kernel": [1, 3, 3, 1], "use_noise": True, "normalize_latents": True}
+_TF_FROM_WEIGHTS = ("latent_size", "label_size", "dlatent_size", "resolution", "num_channels", "mapping_layers",
+                    "mapping_fmaps", "label_fmaps", "fmap_base", "fmap_max", "fmap_min", "fmap_decay")
+# Training-time or sampling-time options that do not change what the weights compute.
+_TF_IGNORED = ("truncation_psi", "truncation_cutoff", "style_mixing_prob", "structure", "w_avg_beta",
+               "dlatent_avg_beta", "num_fp16_res", "dtype")
+
+
+def from_tf_network(net: dict) -> tuple[StyleGAN2, dict]:
+    """`read_tf_pickle` output -> (generator, partial source record)."""
+    kwargs = net["static_kwargs"]
+    unknown = sorted(k for k in kwargs if k not in (*_TF_MUST_BE, *_TF_FROM_WEIGHTS, *_TF_IGNORED,
+                                                   "conv_clamp", "mapping_lrmul"))
+    if unknown:
+        raise CheckpointError("this TensorFlow generator has options this converter does not know: "
+                              + ", ".join(unknown[:8]) + " (StyleGAN2 config-e/f and StyleGAN2-ADA are supported)")
+    for key, want in _TF_MUST_BE.items():
+        got = kwargs.get(key, want)
+        if got is not None and (list(got) if isinstance(got, (list, tuple)) else got) != want:
+            raise CheckpointError(f"this TensorFlow generator has {key}={got!r:.40}; only {want!r} is supported")
+    clamp = kwargs.get("conv_clamp")
+    generator = stylegan2_from_nvidia(tf_to_nvidia_names(net["variables"]),
+                                      conv_clamp=None if clamp is None else float(clamp),
+                                      mapping_lr_multiplier=float(kwargs.get("mapping_lrmul", 0.01)))
+    cfg = generator.config
+    for key, got in (("resolution", cfg.resolution), ("latent_size", cfg.z_dim), ("dlatent_size", cfg.w_dim),
+                     ("num_channels", cfg.img_channels), ("label_size", cfg.c_dim)):
+        if kwargs.get(key) is not None and kwargs[key] != got:
+            raise CheckpointError(f"the TensorFlow generator's static_kwargs say {key}={kwargs[key]!r:.20} but "
+                                  f"its variables imply {got}")
+    return _with_class_w_avg(generator, {"network": "Gs", "w_avg_source": "checkpoint"})
 
 
 def _with_computed_w_avg(generator: StyleGAN2) -> StyleGAN2:
@@ -87,13 +134,15 @@ def from_rosinality_checkpoint(ckpt) -> tuple[StyleGAN2, dict]:
 
 
 def convert_file(path, *, sha256: str | None = None) -> tuple[StyleGAN2, dict]:
-    """Convert an NVIDIA `.pkl` or rosinality `.pt` file. Returns (generator, source record) where the
-    record is {"format", "file", "sha256", "network", "w_avg_source"[, "note"]}. `sha256` may be passed
+    """Convert an NVIDIA `.pkl` (PyTorch or TensorFlow) or rosinality `.pt` file. Returns (generator, source record) where the
+    record is {"format", "file", "sha256", "network", "w_avg_source"[, "class_w_avg_source"][, "note"]}. `sha256` may be passed
     when the caller already hashed the file."""
     path = Path(path)
     fmt = sniff_format(path)  # raises CheckpointError for missing files and unknown formats
     if fmt == "nvidia-pkl":
         generator, partial = from_nvidia_networks(read_nvidia_pickle(path))
+    elif fmt == "nvidia-tf-pkl":
+        generator, partial = from_tf_network(read_tf_pickle(path))
     elif fmt in ("torch-zip", "torch-legacy"):
         generator, partial = from_rosinality_checkpoint(read_torch_zip(path))
         fmt = "rosinality-pt"

@@ -55,6 +55,10 @@ _ORBAX_MARKERS = ("_CHECKPOINT_METADATA", "_METADATA", "manifest.ocdbt")
 _CHUNK = 16 << 20  # zip entries are inflated this much at a time, straight into their array
 _MAX_DEPTH = 64  # submodule nesting; StyleGAN2 networks need 4
 _MAX_NAME_BYTES = 64 << 20  # all state-dict names of one network together
+# A TensorFlow network pickle's first object is a dnnlib.tflib.network.Network: the global that names
+# it (GLOBAL up to protocol 3, a short string for STACK_GLOBAL from 4) comes within the first opcodes.
+_TF_NETWORK_CLASS = (b"cdnnlib.tflib.network\nNetwork\n", b"\x8c\x14dnnlib.tflib.network")
+_SNIFF_BYTES = 4096
 
 # torch storage class name -> element dtype. A namedtuple has no __dict__, so a hostile BUILD
 # opcode cannot alter these shared markers.
@@ -185,10 +189,8 @@ class _Unpickler(SafeUnpickler):
     def find_class(self, module: str, name: str):
         # Protocol-2 pickles use Python 2 module names; pickle's own find_class maps them, ours must.
         module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)
-        if module.startswith(("dnnlib.tflib", "tensorflow")):
-            raise CheckpointError(
-                f"{self.source}: TensorFlow StyleGAN pickles are not supported; convert it to PyTorch "
-                "first with stylegan2-ada-pytorch's legacy.py (convert_network_pickle) and pass the result")
+        if module.startswith(("dnnlib.tflib", "tensorflow")):  # sniff_format sends those to tf_pickle.py
+            raise CheckpointError(f"{self.source}: a TensorFlow network pickle, not a PyTorch one (see read_tf_pickle)")
         return super().find_class(module, name)
 
     def resolve_global(self, module: str, name: str):
@@ -196,7 +198,7 @@ class _Unpickler(SafeUnpickler):
             ("collections", "OrderedDict"): collections.OrderedDict,
             ("builtins", "set"): set,  # protocols 2/3 have no set opcodes (_non_persistent_buffers_set)
             ("builtins", "frozenset"): frozenset,
-            ("_codecs", "encode"): self._codecs_encode,  # protocol 2 spells bytes this way
+            ("_codecs", "encode"): self.codecs_encode,  # protocol 2 spells bytes this way
             ("dnnlib.util", "EasyDict"): dict,  # an attribute-access dict; the data is all we need
             ("dnnlib", "EasyDict"): dict,
             ("argparse", "Namespace"): types.SimpleNamespace,  # rosinality train.py saves its args
@@ -268,12 +270,6 @@ class _Unpickler(SafeUnpickler):
         if not isinstance(storage, _Storage):
             raise CheckpointError(f"{self.source}: storage payload holds no storage")
         return storage._replace(filled=True)  # its data has been read by now
-
-    def _codecs_encode(self, text, encoding="utf-8"):
-        if type(text) is not str or encoding != "latin1":
-            raise CheckpointError(f"{self.source}: unsupported encoded bytes")
-        self.budget.charge(len(text) + 64, "encoded bytes")
-        return text.encode("latin1")
 
 
 def _tensor_view(storage: _Storage, offset, size, stride, source: str, budget: MemoryBudget) -> np.ndarray:
@@ -588,8 +584,9 @@ def read_torch_zip(path) -> Any:
 def sniff_format(path) -> str:
     """Guess a checkpoint's format from its first bytes (files) or marker files (directories).
 
-    Returns "nvidia-pkl", "torch-zip", "torch-legacy" (pre-1.6 torch.save; read_torch_zip reads
-    it) or "orbax-dir"; raises CheckpointError("unknown format") otherwise.
+    Returns "nvidia-pkl", "nvidia-tf-pkl" (NVIDIA's TensorFlow network pickles, which name their
+    network class within the first few kilobytes), "torch-zip", "torch-legacy" (pre-1.6 torch.save;
+    read_torch_zip reads it) or "orbax-dir"; raises CheckpointError("unknown format") otherwise.
     """
     path = Path(path)
     if path.is_dir():
@@ -601,11 +598,11 @@ def sniff_format(path) -> str:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     with open(path, "rb") as f:
-        head = f.read(len(_LEGACY_PREFIX))
+        head = f.read(_SNIFF_BYTES)
     if head.startswith(_ZIP_PREFIX):
         return "torch-zip"
     if head.startswith(_LEGACY_PREFIX):
         return "torch-legacy"
     if len(head) >= 2 and head[0] == pickle.PROTO[0] and 2 <= head[1] <= 5:
-        return "nvidia-pkl"
+        return "nvidia-tf-pkl" if any(tag in head for tag in _TF_NETWORK_CLASS) else "nvidia-pkl"
     raise CheckpointError(f"unknown format: {path} is not a network pickle, torch.save file or orbax directory")

@@ -279,10 +279,11 @@ def test_module_src_is_never_executed(tmp_path):
     assert not marker.exists()
 
 
-def test_refuses_tensorflow_pickle(tmp_path):
+def test_tensorflow_pickles_go_to_their_own_reader(tmp_path):
     path = tmp_path / "tf.pkl"
     path.write_bytes(dump((Call("dnnlib.tflib.network", "Network"),), 3))
-    with pytest.raises(CheckpointError, match="TensorFlow StyleGAN pickles are not supported.*legacy.py"):
+    assert sniff_format(path) == "nvidia-tf-pkl"
+    with pytest.raises(CheckpointError, match="a TensorFlow network pickle, not a PyTorch one"):
         read_nvidia_pickle(path)
 
 

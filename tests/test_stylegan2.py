@@ -1,12 +1,14 @@
 """StyleGAN2 parity with the official PyTorch generators (golden data, fp32) and shape/error behaviour."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from chunkygan_jax.errors import CheckpointError, ConfigError
-from chunkygan_jax.generators import (StyleGAN2, config_from_params, ffhq_config, random_params,
+from chunkygan_jax.generators import (StyleGAN2, StyleGAN2Config, config_from_params, ffhq_config, random_params,
                                       stylegan2_from_nvidia, stylegan2_from_rosinality)
 from chunkygan_jax.generators.statedict import expected_shapes
 from conftest import golden_state
@@ -102,6 +104,19 @@ def test_shapes_come_from_weights_not_a_formula():
     params["synthesis"]["b8"]["conv1"]["weight"] = params["synthesis"]["b8"]["conv1"]["weight"][:5]
     inferred = config_from_params(params)
     assert inferred.channels_at(8) == 5 and inferred.channels_at(16) == cfg.channels_at(16)
+
+
+def test_conditional_config_comes_from_weights_and_round_trips():
+    cfg = dataclasses.replace(ffhq_config(8, channel_base=64, channel_max=16, w_dim=24, mapping_layers=2),
+                              z_dim=20, c_dim=4, embed_features=12)
+    params = random_params(0, cfg)
+    assert params["mapping"]["fc0"]["weight"].shape == (24, 32)  # z and the embedding, concatenated
+    assert config_from_params(params, conv_clamp=256) == cfg
+    assert StyleGAN2Config.from_dict(cfg.to_dict()) == cfg
+    bound = dataclasses.replace(cfg, label=3)
+    assert bound.to_dict()["label"] == 3 and StyleGAN2Config.from_dict(bound.to_dict()) == bound
+    assert set(expected_shapes(cfg)) - set(expected_shapes(dataclasses.replace(cfg, c_dim=0, embed_features=0))) \
+        == {"mapping.embed.weight", "mapping.embed.bias", "mapping.class_w_avg"}
 
 
 @pytest.mark.parametrize("resolution", [4, 8, 64])

@@ -15,6 +15,8 @@ A generator that offers its intermediate features (what the segment generator G^
   checkerboard_features              whether features carry the period-2 pattern of transposed
                                      convolutions (phi filters it out; see segmenter/features.py).
 StyleGAN2 adds mapping and W/W+/S conversions; the DCGAN works in z alone.
+A conditional generator (StyleGAN2 with c_dim > 0) has num_classes > 0 and with_label(k); only a
+generator bound to a class (`bind_label`) offers the protocol above.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..trees import flatten_tree
 
 FEATURES_PROTOCOL = ("segment_space", "feature_layers", "feature_channels", "features", "sample_codes")
@@ -45,3 +48,22 @@ def fingerprint(generator) -> str:
         h.update(f"{name}|{a.shape}|{a.dtype.str}|".encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+def bind_label(generator, label):
+    """The generator that inverting or sampling for class `label` uses.
+
+    A conditional generator is bound to `label` (its mapping then uses that class and its w_avg is
+    that class's mean w); one already bound keeps its class when `label` is None. An unconditional
+    generator is returned as it is. ConfigError for a conditional generator without a class, or a
+    label given to an unconditional one."""
+    classes = getattr(generator, "num_classes", 0)
+    if label is None:
+        if classes and generator.label is None:
+            raise ConfigError(f"this generator is conditional ({classes} classes): give a class label "
+                              f"0..{classes - 1} (label=K, --label=K)")
+        return generator
+    if not classes:
+        raise ConfigError(f"a class label ({label!r}) applies only to a conditional generator; this one is "
+                          "unconditional")
+    return generator.with_label(label)

@@ -9,10 +9,16 @@ are always [1, 3, 3, 1]). `statedict.py` maps NVIDIA and rosinality names onto t
 The generator is a pytree (`StyleGAN2`): its params are leaves and its config is static, so one jitted
 function serves every image and every checkpoint of the same shape.
 
-Entry points: `mapping` (z -> ws), `styles_from_ws` (ws -> S space), `synthesis` (W+ ws -> image),
-`synthesis_from_styles` (S -> image), `features` (ws -> block activations, stopping early).
+Entry points: `mapping` (z [and a class label] -> ws), `styles_from_ws` (ws -> S space), `synthesis`
+(W+ ws -> image), `synthesis_from_styles` (S -> image), `features` (ws -> block activations, stopping
+early).
 Only the 'skip' architecture exists (what NVIDIA's config-f and rosinality's models use); checkpoints of
 the 'orig' or 'resnet' architectures are refused by the state-dict mapping with a clear message.
+
+Conditional generators (c_dim > 0, StyleGAN2-ADA) embed a class label as NVIDIA's mapping does. They
+also hold `class_w_avg` [c_dim, w_dim], every class's mean w. `with_label(k)` binds a class: the bound
+generator maps z with that class, its `w_avg` is that class's, and it serves the inversion, editing
+and G^S like an unconditional one. An unbound conditional generator refuses to map without a label.
 """
 
 from __future__ import annotations
@@ -48,6 +54,13 @@ class StyleGAN2Config:
     mapping_lr_multiplier: float = 0.01
     img_channels: int = 3
     architecture: str = "skip"
+    c_dim: int = 0  # number of classes of a conditional generator (0: unconditional)
+    embed_features: int = 0  # width of the label embedding, concatenated to the normalised z
+    label: int | None = None  # the class a conditional generator is bound to (`with_label`)
+
+    @property
+    def mapping_input_dim(self) -> int:
+        return self.z_dim + self.embed_features
 
     @property
     def log2_resolution(self) -> int:
@@ -100,6 +113,10 @@ class StyleGAN2Config:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["channels"] = [list(c) for c in self.channels]
+        # Unconditional records (and so fingerprints and caches) stay as they were before labels.
+        for key in ("c_dim", "embed_features", "label"):
+            if not d[key]:
+                d.pop(key)
         return d
 
     @classmethod
@@ -119,7 +136,9 @@ def config_from_params(params, *, conv_clamp=None, mapping_lr_multiplier=0.01) -
     """Read the architecture from the parameter shapes (never from a channel formula)."""
     mapping = params["mapping"]
     fcs = sorted((k for k in mapping if k.startswith("fc")), key=lambda k: int(k[2:]))
-    z_dim = int(mapping[fcs[0]]["weight"].shape[1])
+    embed = mapping.get("embed")
+    c_dim, embed_features = (0, 0) if embed is None else (int(s) for s in embed["weight"].shape[::-1])
+    z_dim = int(mapping[fcs[0]]["weight"].shape[1]) - embed_features
     w_dim = int(mapping[fcs[-1]]["weight"].shape[0])
     synth = params["synthesis"]
     resolutions = sorted(int(k[1:]) for k in synth)
@@ -127,7 +146,8 @@ def config_from_params(params, *, conv_clamp=None, mapping_lr_multiplier=0.01) -
     img_channels = int(synth[f"b{resolutions[-1]}"]["torgb"]["weight"].shape[0])
     return StyleGAN2Config(resolution=resolutions[-1], z_dim=z_dim, w_dim=w_dim,
                            mapping_layers=len(fcs), channels=channels, conv_clamp=conv_clamp,
-                           mapping_lr_multiplier=mapping_lr_multiplier, img_channels=img_channels)
+                           mapping_lr_multiplier=mapping_lr_multiplier, img_channels=img_channels,
+                           c_dim=c_dim, embed_features=embed_features)
 
 
 @flax.struct.dataclass
@@ -152,7 +172,64 @@ class StyleGAN2:
 
     @property
     def w_avg(self):
-        return self.params["mapping"]["w_avg"]
+        """The mean w: the checkpoint's, or for a conditional generator the bound class's."""
+        if not self.config.c_dim:
+            return self.params["mapping"]["w_avg"]
+        return self.params["mapping"]["class_w_avg"][self._bound_label()]
+
+    # ------------------------------------------------------------------ classes
+    @property
+    def num_classes(self) -> int:
+        """0 for an unconditional generator, else the number of class labels it takes."""
+        return self.config.c_dim
+
+    @property
+    def label(self) -> int | None:
+        """The class this generator is bound to (`with_label`), or None."""
+        return self.config.label
+
+    def with_label(self, label: int) -> "StyleGAN2":
+        """This conditional generator bound to class `label`: it maps z with that class and its w_avg is
+        that class's mean w, so it behaves as an unconditional generator of that class."""
+        return self.replace(config=dataclasses.replace(self.config, label=self._check_label(label)))
+
+    def _check_label(self, label) -> int:
+        cfg = self.config
+        if not cfg.c_dim:
+            raise ConfigError(f"this generator is unconditional; a class label ({label!r}) applies only to "
+                              "a conditional generator")
+        if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) \
+                or not 0 <= int(label) < cfg.c_dim:
+            raise ConfigError(f"label must be a class index 0..{cfg.c_dim - 1} of this generator, got {label!r}")
+        return int(label)
+
+    def _bound_label(self) -> int:
+        if self.config.label is None:
+            raise ConfigError(f"this generator is conditional ({self.config.c_dim} classes): give a class "
+                              f"label 0..{self.config.c_dim - 1} (label=K, --label=K, or with_label(K))")
+        return self.config.label
+
+    def _class_vectors(self, label, n: int):
+        """The official c [n, c_dim] for `label`: None (the bound class), an int, ints [n], or c itself."""
+        cfg = self.config
+        if not cfg.c_dim:
+            if label is not None:
+                self._check_label(label)  # raises: unconditional
+            return None
+        if label is None:
+            label = self._bound_label()
+        if isinstance(label, (int, np.integer, bool, np.bool_)):
+            label = self._check_label(label)
+        label = jnp.asarray(label)
+        if label.ndim == 2 and label.shape[1] == cfg.c_dim and jnp.issubdtype(label.dtype, jnp.floating):
+            return label.astype(jnp.float32)
+        if label.ndim > 1 or not jnp.issubdtype(label.dtype, jnp.integer):
+            raise ConfigError(f"label must be a class index, [N] class indices or c [N, {cfg.c_dim}], "
+                              f"got shape {tuple(label.shape)} {label.dtype}")
+        if not isinstance(label, jax.core.Tracer) and label.size and not (
+                0 <= int(label.min()) and int(label.max()) < cfg.c_dim):
+            raise ConfigError(f"labels must be class indices 0..{cfg.c_dim - 1}, got {np.asarray(label)}")
+        return jax.nn.one_hot(jnp.broadcast_to(label, (n,)), cfg.c_dim, dtype=jnp.float32)
 
     # ------------------------------------------------------------------ the inversion protocol
     latent_spaces = ("w", "w+", "s")
@@ -219,15 +296,23 @@ class StyleGAN2:
         return PreparedStyleGAN2(self.config, self.params, prepared)
 
     # ------------------------------------------------------------------ mapping
-    def mapping(self, z, *, truncation_psi=1.0, truncation_cutoff=None):
-        """z [N, z_dim] -> ws [N, num_ws, w_dim], with truncation towards w_avg on the first
-        `truncation_cutoff` rows (all rows when None)."""
+    def mapping(self, z, *, label=None, truncation_psi=1.0, truncation_cutoff=None):
+        """z [N, z_dim] -> ws [N, num_ws, w_dim], with truncation towards the checkpoint's w_avg on the
+        first `truncation_cutoff` rows (all rows when None), as NVIDIA's mapping does.
+
+        label: conditional generators only: a class index, class indices [N], or NVIDIA's c [N, c_dim];
+        None means the bound class (`with_label`). An unconditional generator takes no label."""
         cfg = self.config
         if z.ndim != 2 or z.shape[1] != cfg.z_dim:
             raise ConfigError(f"z must have shape [N, {cfg.z_dim}], got {tuple(z.shape)}")
+        c = self._class_vectors(label, z.shape[0])
         lr = cfg.mapping_lr_multiplier
         x = ops.normalize_2nd_moment(z.astype(jnp.float32))
         hp = jax.lax.Precision.HIGHEST
+        if c is not None:  # NVIDIA: normalize(embed(c)), concatenated after the normalised z
+            embed = self.params["mapping"]["embed"]
+            y = ops.dense(c, embed["weight"], embed["bias"], weight_gain=1.0 / math.sqrt(cfg.c_dim), precision=hp)
+            x = jnp.concatenate([x, ops.normalize_2nd_moment(y)], axis=1)
         for i in range(cfg.mapping_layers):
             layer = self.params["mapping"][f"fc{i}"]
             gain = lr / math.sqrt(layer["weight"].shape[1])
@@ -236,7 +321,7 @@ class StyleGAN2:
             x = ops.bias_lrelu_clamp(x, layer["bias"] * lr, gain=1.0, clamp=None)
         ws = jnp.broadcast_to(x[:, None, :], (x.shape[0], cfg.num_ws, cfg.w_dim))
         if truncation_psi != 1:
-            w_avg = self.w_avg
+            w_avg = self.params["mapping"]["w_avg"]
             rows = cfg.num_ws if truncation_cutoff is None else truncation_cutoff
             trunc = w_avg + truncation_psi * (ws[:, :rows] - w_avg)
             ws = jnp.concatenate([trunc, ws[:, rows:]], axis=1)
@@ -371,15 +456,21 @@ class PreparedStyleGAN2(StyleGAN2):
 
 
 @jax.jit
-def _mapped(generator, z):
-    return generator.mapping(z)
+def _mapped(generator, z, labels):
+    return generator.mapping(z, label=labels)
 
 
-def sample_ws(generator, num: int, seed: int) -> np.ndarray:
+def sample_ws(generator, num: int, seed: int, *, label=None) -> np.ndarray:
     """W+ codes [num, num_ws, w_dim] of random samples, z ~ N(0, I) drawn from numpy RandomState(seed)
-    (NVIDIA's projector and the authors' tool draw their 10,000 w_avg samples with seed 123)."""
+    (NVIDIA's projector and the authors' tool draw their 10,000 w_avg samples with seed 123).
+    A conditional generator maps them with class `label` (default: the class it is bound to)."""
     z = np.random.RandomState(seed).randn(num, generator.config.z_dim).astype(np.float32)
-    return np.asarray(_mapped(generator, jnp.asarray(z)))
+    labels = None
+    if label is not None or generator.config.c_dim:
+        generator._class_vectors(label, num)  # a missing or wrong label: its ConfigError, before jit
+        if label is not None:
+            labels = jnp.full((num,), generator._check_label(label), jnp.int32)
+    return np.asarray(_mapped(generator, jnp.asarray(z), labels))
 
 
 def random_params(seed: int, config: StyleGAN2Config, *, scale=1.0) -> dict:
@@ -393,11 +484,15 @@ def random_params(seed: int, config: StyleGAN2Config, *, scale=1.0) -> dict:
     normal = lambda shape, s=1.0: (s * rng.standard_normal(shape)).astype(np.float32)
     lr = config.mapping_lr_multiplier
     mapping = {}
-    dims = [config.z_dim] + [config.w_dim] * config.mapping_layers
+    dims = [config.mapping_input_dim] + [config.w_dim] * config.mapping_layers
     for i in range(config.mapping_layers):
         mapping[f"fc{i}"] = {"weight": normal((dims[i + 1], dims[i]), 1.0 / lr),
                              "bias": normal((dims[i + 1],), 0.1 * scale / lr)}
     mapping["w_avg"] = normal((config.w_dim,), 0.1 * scale)
+    if config.c_dim:
+        mapping["embed"] = {"weight": normal((config.embed_features, config.c_dim)),
+                            "bias": normal((config.embed_features,), 0.1 * scale)}
+        mapping["class_w_avg"] = normal((config.c_dim, config.w_dim), 0.1 * scale)
     synthesis = {}
     style_dims = config.style_dims()
 
