@@ -39,6 +39,7 @@ from .align import align as align_photo
 from .compute import COMPUTE_DTYPES
 from .demo import resolve_generator
 from .errors import ConfigError, ImageError, ResourceError
+from .generators.protocol import bind_label
 from .generators.stylegan2 import sample_ws
 from .lpips import load_lpips, resize_for_lpips
 from .mask_sources import make_mask_source, mask_source_record
@@ -492,13 +493,13 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
                  masks=None, segmenter=None, learn_masks=None, static_masks=None, seed=0, noise_mode="const",
                  dtype="float32", callback: Callable | None = None, progress_every=25, progress=False,
                  snapshot_steps=(), crop="none", alpha="refuse", upscale=False, inverter: Inverter | None = None,
-                 initial_codes=None, mesh=None, tune=None, tune_callback=None) -> list[InversionResult]:
+                 initial_codes=None, mesh=None, tune=None, tune_callback=None, label=None) -> list[InversionResult]:
     """Invert B images at once (one jitted step for all B x n segments). See `invert` for options;
     `static_masks` is a list (one per image, or None). `mesh` (sharding.data_mesh()) shards the
     images over its devices; the batch is padded to a multiple of this process's devices with copies
     of the last image, whose results are dropped."""
     t0 = time.perf_counter()
-    generator = resolve_generator(generator)
+    generator = bind_label(resolve_generator(generator), label)  # a conditional generator's class
     space = space or generator.default_space
     if lambda_reg is None:  # the generator's calibrated value (1.0, the paper's, for StyleGAN2's W)
         lambda_reg = getattr(generator, "default_lambda_reg", 1.0)
@@ -582,6 +583,8 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
             final_losses={k: float(v[i]) for k, v in parts.items()}, settings={**settings.to_dict(), "masks": record},
             static_mask=None if sxs is None else sxs[i], snapshots=snapshots[i], seconds=seconds,
             compile_seconds=compile_seconds, step_ms=step_ms))
+        if generator.label is not None:
+            results[-1].settings["label"] = int(generator.label)
     if tune is not None:  # one batched program for all images, on one device
         results = tune_results(results, generator, tune, lpips=inverter.lpips if inverter.mesh is None else None,
                                progress=progress, callback=tune_callback)
@@ -593,7 +596,7 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
            segmenter=None, learn_masks=None, static_mask=None, seed=0, noise_mode="const", dtype="float32",
            callback=None, progress_every=25, progress=False, snapshot_steps=(), crop="none", alpha="refuse",
            upscale=False, initial_codes=None, align=False, face=None, tune=None,
-           tune_callback=None) -> InversionResult:
+           tune_callback=None, label=None) -> InversionResult:
     """Reconstruct one photo as `segments` latent codes blended by soft masks (ChunkyGAN).
 
     image: a path or an array ([H, W, 3] uint8, or float in [-1, 1]) at the generator's resolution;
@@ -621,6 +624,8 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
     progress: print a progress line (progress.Progress: steps done, rate, ETA, loss) on stderr.
     snapshot_steps: steps at which the composite and masks are kept (for a progression sheet).
     noise_mode: 'const' (the generator's fixed noise) or 'none'.
+    label: the class of a conditional generator (c_dim > 0), required there and refused elsewhere; the
+        result records it in settings["label"].
     tune: pivotal tuning after the inversion (tuning.py): a number of steps or a `TuningSettings`; None or
         0: off. The result then renders with its own small change of the generator's drawing weights
         (`result.tuning`; `deltas.tuned_generator(generator, result.tuning)` gives the tuned generator,
@@ -643,7 +648,7 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
                          noise_mode=noise_mode, dtype=dtype, callback=callback, progress_every=progress_every,
                          progress=progress, snapshot_steps=snapshot_steps, crop=crop,
                          alpha=alpha, upscale=upscale, initial_codes=init, tune=tune,
-                         tune_callback=tune_callback)[0]
+                         tune_callback=tune_callback, label=label)[0]
     if alignment is not None:
         result.alignment, result.photo = alignment
     return result

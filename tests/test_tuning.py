@@ -194,3 +194,11 @@ def test_hostile_delta_files_are_refused_before_reading(tuned, tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ChunkyGANError):
         deltas.load_delta(tmp_path / "junk.npz")
+
+
+def test_the_editor_renders_a_tuned_result_with_its_delta(tiny_generator, tuned, tmp_path):
+    from chunkygan_jax.editor.session import EditorSession
+
+    session = EditorSession(tuned[0], tiny_generator, workdir=tmp_path)
+    np.testing.assert_allclose(session.render(session.document), tuned[0].composite, atol=1e-4)
+    assert session.edited_result().tuning is tuned[0].tuning  # an export stays tuned

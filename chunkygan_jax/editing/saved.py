@@ -16,6 +16,7 @@ from ..deltas import tuned_generator
 from ..demo import resolve_generator
 from ..errors import ConfigError
 from ..files import check_writable
+from ..generators.protocol import bind_label
 from ..lpips import parse_resolution
 from ..mask_sources import segmenter_for_result
 from ..results import RESULT_KIND, load_result
@@ -132,7 +133,8 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
                           "segment code")
     styles = [parse_s_edit(text, segments) for text in s_edits]
 
-    gen = resolve_generator(gen_path)  # bin/invert records "demo" for the demo generator
+    # bin/invert records "demo" for the demo generator; a conditional one is bound to the result's class
+    gen = bind_label(resolve_generator(gen_path), result.settings.get("label"))
     if result.target.shape[:2] != (gen.resolution,) * 2:
         raise ConfigError(f"the result is {result.target.shape[0]} px but the generator makes "
                           f"{gen.resolution} px")

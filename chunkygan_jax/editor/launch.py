@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from ..demo import resolve_generator
+from ..generators.protocol import bind_label
 from ..errors import ConfigError
 from ..inversion import invert
 from ..progress import Progress
@@ -66,7 +67,7 @@ def open_session(*, latents=None, image=None, generator=None, segments=8, steps=
         spec = generator or result.settings.get("generator")
         if not spec:
             raise ConfigError(f"{latents} records no generator; pass --generator=PATH")
-        gen = resolve_generator(spec)
+        gen = bind_label(resolve_generator(spec), result.settings.get("label"))  # a conditional one's class
         folder = make_workdir(workdir)
     else:
         if not Path(image).is_file():

@@ -51,6 +51,7 @@ import numpy as np
 from PIL import Image
 
 from .. import editing, io
+from ..deltas import tuned_generator
 from ..editing import DirectionEdit, StyleEdit
 from ..editing.directions import resolve_direction
 from ..editing.render import blend_region
@@ -303,7 +304,10 @@ class EditorSession:
 
     def __init__(self, result, generator, *, workdir, generator_record=None, directions=None, pca: int = 8,
                  region_steps: int = 100, cache_bytes: int = CACHE_BYTES):
+        # generator: the one the result was inverted with (directions are its); drawer: what renders, the
+        # generator with the result's own weight delta when it was tuned (deltas.tuned_generator)
         self.result, self.generator = result, generator
+        self.drawer = tuned_generator(generator, result.tuning)
         r = generator.resolution
         if tuple(np.shape(result.target)[:2]) != (r, r):
             raise ConfigError(f"the result is {np.shape(result.target)[0]} px but the generator makes {r} px")
@@ -323,7 +327,7 @@ class EditorSession:
         codes = result.latents["codes"]
         # A result saved without its segment images (store 'none') gets them rendered from its codes.
         self.segment_images = np.asarray(result.segment_images if result.segment_images is not None else
-                                         editing.render_segments(generator, {"codes": codes},
+                                         editing.render_segments(self.drawer, {"codes": codes},
                                                                  noise_mode=self.noise_mode, dtype=self.dtype),
                                          np.float32)
         self._base_codes = [jax.tree_util.tree_map(lambda x, i=i: np.asarray(x, np.float32)[i:i + 1], codes)
@@ -548,10 +552,10 @@ class EditorSession:
         w_offset = s_offset = None
         if dirs:
             zero = jax.tree_util.tree_map(jnp.zeros_like, codes)
-            w_offset = editing.apply_edits({"codes": zero}, self.generator, dirs)["codes"][0]
+            w_offset = editing.apply_edits({"codes": zero}, self.drawer, dirs)["codes"][0]
         if styles:
             zero = {k: jnp.zeros((1, d), jnp.float32) for k, d in self.style_dims.items()}
-            s_offset = editing.apply_style_edits({"codes": zero}, self.generator, styles)["codes"]
+            s_offset = editing.apply_style_edits({"codes": zero}, self.drawer, styles)["codes"]
         return w_offset, s_offset
 
     def _code_image(self, key, codes, edits: list[Edit], unedited: np.ndarray) -> np.ndarray:
@@ -561,7 +565,7 @@ class EditorSession:
         hit = self._cache.get(full)
         if hit is None:
             w_offset, s_offset = self._offsets(edits, codes)
-            hit = np.asarray(_render_code(self.generator, codes, w_offset, s_offset, noise_mode=self.noise_mode,
+            hit = np.asarray(_render_code(self.drawer, codes, w_offset, s_offset, noise_mode=self.noise_mode,
                                           dtype=self.dtype), np.float32)[0]
             self._cache.put(full, hit)
         return hit
@@ -575,7 +579,7 @@ class EditorSession:
             codes += codes[-1:] * (self.n - len(codes))
         batch = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *codes)
         w_offset, s_offset = self._offsets(edits, self._base_codes[indices[0]])
-        out = np.asarray(_render_code(self.generator, batch, w_offset, s_offset, noise_mode=self.noise_mode,
+        out = np.asarray(_render_code(self.drawer, batch, w_offset, s_offset, noise_mode=self.noise_mode,
                                       dtype=self.dtype), np.float32)
         values = tuple(e.value for e in edits)
         for k, i in enumerate(indices):
@@ -734,13 +738,14 @@ class EditorSession:
             source = self._fill_source(target, doc) if task.kind == "fill" else None
             image = np.clip(self.render(doc), -1.0, 1.0)
             if task.kind == "project":
-                out = editing.local_edit(image, self.generator, region, None, steps=task.steps,
+                out = editing.local_edit(image, self.drawer, region, None, steps=task.steps,
                                          space=self.settings.get("space") or self.generator.default_space,
                                          callback=callback, **self._projection_options())
             else:
-                out = editing.fill_holes(self._edited_latents(doc, source), self.generator, image, region,
+                out = editing.fill_holes(self._edited_latents(doc, source), self.drawer, image, region,
                                          steps=task.steps, segment=0, callback=callback,
                                          **self._projection_options())
+            out.result.tuning = self.result.tuning  # projected with the tuned weights: renders with them
             with self._lock:
                 layer = RegionLayer(self._next_layer, "region" if task.kind == "project" else "fill",
                                     np.asarray(out.region, np.float32), out.result,
@@ -770,7 +775,7 @@ class EditorSession:
         else:
             i = source[1][0] if source[1] else 0
             latents, edits = {"codes": self._base_codes[i]}, doc.edits_of_segment(i)
-        return editing.apply_edits({"codes": latents["codes"]}, self.generator, self._api_edits(edits))
+        return editing.apply_edits({"codes": latents["codes"]}, self.drawer, self._api_edits(edits))
 
     # ------------------------------------------------------------------ export
     def _api_edits(self, edits: list[Edit]) -> list:

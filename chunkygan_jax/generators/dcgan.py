@@ -137,6 +137,7 @@ class DCGAN:
 
     # ------------------------------------------------------------------ the inversion protocol
     latent_spaces = ("z",)
+    num_classes, label = 0, None  # unconditional (protocol.bind_label)
     default_space = "z"
     # z ~ N(0, I) in 100 dims: the paper's lambda_reg = 1 pins all segment codes together here
     default_lambda_reg = 0.0
