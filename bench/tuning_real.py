@@ -106,7 +106,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
         k = sheet_scale(g.resolution)
-        sheet.append([enlarge(io.to_uint8(x), k) for x in (target, before.clipped, after.clipped,
+        sheet.append([enlarge(io.to_uint8(x), k) for x in (before.target, before.clipped, after.clipped,
                                                             e_before.clipped, e_after.clipped)])
     per_image_alone = (sum(a["seconds"] for a in alone) / len(alone)) if alone else None
     record = {"settings": settings.to_dict(), "inversion": {"segments": args.segments, "steps": args.steps},

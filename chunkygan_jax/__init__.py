@@ -23,6 +23,8 @@ _EXPORTS = {
     "demo": ["resolve_generator"],
     "results": ["InversionResult", "load_result"],
     "inversion": ["InversionSettings", "Inverter", "invert", "invert_batch"],
+    "tuning": ["TuningSettings", "tune_results"],
+    "deltas": ["tuned_generator"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
