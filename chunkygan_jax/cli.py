@@ -37,6 +37,42 @@ EXIT_STATUSES = """exit status:
 
 _OUT_OF_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.ENOMEM}
 
+TUNING_FLAGS = ("tune_rank", "tune_lr", "tune_locality_weight", "tune_lpips_threshold")
+
+
+def define_tuning_flags() -> None:
+    """The pivotal-tuning flags of the tools that invert (bin/invert, bin/invert_dataset): one wording."""
+    from .tuning import TuningSettings
+
+    d = TuningSettings()
+    flags.DEFINE_integer("tune_steps", 0, "pivotal tuning after the inversion: steps of tuning the generator's "
+                         "drawing weights to each photo (a small delta stored with the result; 0 = off; "
+                         "docs/tuning.md)", lower_bound=0)
+    flags.DEFINE_integer("tune_rank", d.rank, "rank of the tuning's low-rank weight deltas (0 = full deltas)",
+                         lower_bound=0)
+    flags.DEFINE_float("tune_lr", d.lr, "tuning learning rate (Adam; a relative change of each weight tensor)",
+                       lower_bound=0.0)
+    flags.DEFINE_float("tune_locality_weight", d.locality_weight, "weight of the locality term that keeps "
+                       "images at codes near the pivots unchanged", lower_bound=0.0)
+    flags.DEFINE_float("tune_lpips_threshold", None, "stop tuning a photo once its LPIPS is at most this")
+
+
+def tuning_from_flags():
+    """TuningSettings from define_tuning_flags()'s flags, or None with --tune_steps=0 (the other tuning
+    flags are then refused: they would do nothing)."""
+    from .errors import ConfigError
+    from .tuning import TuningSettings
+
+    f = flags.FLAGS
+    if not f.tune_steps:
+        given = [name for name in TUNING_FLAGS if f[name].present]
+        if given:
+            raise ConfigError(f"--{given[0]} applies with --tune_steps=N (N > 0)")
+        return None
+    return TuningSettings(steps=f.tune_steps, rank=f.tune_rank, lr=f.tune_lr,
+                          locality_weight=f.tune_locality_weight,
+                          lpips_threshold=f.tune_lpips_threshold).validate()
+
 flags.DEFINE_boolean("compilation_cache", True, "keep compiled programs on disk for the next run "
                      "(see chunkygan_jax/compilation_cache.py)")
 

@@ -49,6 +49,7 @@ from .progress import Progress
 from .report import masks_sheet
 from .results import InversionResult, check_store, save_result
 from .sharding import allgather_ints, barrier, data_mesh, local_rows
+from .tuning import as_tuning, tune_results
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
 RESULTS_DIR = "results"
@@ -268,7 +269,7 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
                    lpips_resolution=256, masks=None, segmenter=None, seed=0, noise_mode="const", dtype="float32",
                    crop="none", alpha="refuse", upscale=False, mesh: Mesh | None = None, inverter=None,
                    max_batches: int | None = None, progress: bool = True, log=None,
-                   store: str = "float32") -> DatasetSummary:
+                   store: str = "float32", tune=None) -> DatasetSummary:
     """Invert every image of a folder (or glob) into `output_dir`, each process on its own devices.
 
     Call `initialize()` first in a multi-process job; every process calls this with the same
@@ -282,10 +283,15 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
     rerun continues). `inverter` (built with the same settings and mesh) saves a compilation when
     calling this repeatedly. store: how each result keeps its segment images, "float32", "float16" (half
     the size) or "none" (composite, masks and latents only; results.save_result); metrics.json and the
-    manifest record it. A rerun with another store leaves the images already done as they are."""
+    manifest record it. A rerun with another store leaves the images already done as they are.
+    tune: pivotal tuning of each batch after its inversion (as invert(tune=): steps or TuningSettings),
+    all images of the batch in one program on one device; each result keeps its own weight delta. The
+    tuning settings are part of what a rerun checks: results made without them (or with others) are
+    done again."""
     t_start = time.perf_counter()
     output_dir = check_folder(output_dir)  # before any compilation
     store = check_store(store)
+    tune = as_tuning(tune)
     generator = resolve_generator(generator)
     if inverter is not None:  # its mesh decides (None: one device)
         if mesh is not None and inverter.mesh is not mesh:
@@ -338,6 +344,8 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
     full_settings = {**settings.to_dict(), "masks": masks_record}  # what every result records
     expect = {"settings": _json_safe(full_settings), "generator": generator_fingerprint(generator),
               "masks": masks_record, "crop": crop, "alpha": alpha}
+    # tuning changes a result: a rerun redoes results made with other tuning settings, or none
+    expect["tuning"] = None if tune is None else _json_safe(tune.to_dict())
     mine = process_share(files)
     pending = [rel for rel in mine if not _result_complete(output_dir_for(output_dir, rel),
                                                           {**expect, "image": rel})]
@@ -400,6 +408,16 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
                               "batch_images": batch_size, "store": store, "process": jax.process_index(),
                               "time": time.time()}
                     results.append((rel, result, record))
+                if tune is not None and results:  # the batch's real images, tuned together
+                    tuned = tune_results([r for _, r, _ in results], generator, tune,
+                                         lpips=inverter.lpips if inverter.mesh is None else None)
+                    seconds = time.perf_counter() - t0
+                    for (rel, _, record), r in zip(results, tuned):
+                        t = r.tuning["record"]
+                        record.update(lpips=t["lpips_after"], lpips_before_tuning=t["lpips_before"],
+                                      tuning_steps=t["steps_run"], delta_bytes=t["delta_bytes"], seconds=seconds)
+                        r.seconds = seconds
+                    results = [(rel, r, record) for (rel, _, record), r in zip(results, tuned)]
             if in_flight is not None:
                 collect()  # at most one batch waits for the writer
             in_flight = (writer.submit(_write_batch, output_dir, manifest, expect, store, results, failures), k)

@@ -431,3 +431,27 @@ def test_cli_reports_bad_options_in_one_line(images_dir, generator_dir, tmp_path
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "is a file, not a folder" in proc.stderr and (tmp_path / "a_file").read_text() == "x"
+
+
+def test_tuned_dataset_results_keep_their_deltas_and_a_rerun_without_tuning_redoes_them(
+        images_dir, tiny_generator, inverter, full_run, tmp_path):
+    from chunkygan_jax.tuning import TuningSettings
+
+    out = tmp_path / "tuned"
+    tune = TuningSettings(steps=2, rank=2, lr=0.05)
+    summary = _run(images_dir, out, tiny_generator, inverter, tune=tune, max_batches=2)
+    assert summary.inverted == 2
+    done = [rel for rel in GOOD if (dataset.output_dir_for(out, rel) / "metrics.json").is_file()]
+    assert len(done) == 2
+    untuned = _load_all(full_run[0])
+    for rel in done:
+        record = json.loads((dataset.output_dir_for(out, rel) / "metrics.json").read_text())
+        assert record["tuning"]["steps"] == 2 and record["lpips"] < record["lpips_before_tuning"]
+        r = load_result(dataset.output_dir_for(out, rel) / "result")
+        assert r.tuning is not None and r.final_losses["lpips"] == pytest.approx(record["lpips"])
+        # the inversion is the untuned run's; tuning changed the projection
+        assert record["lpips_before_tuning"] == pytest.approx(untuned[rel].final_losses["lpips"], abs=1e-5)
+        assert np.abs(r.composite - untuned[rel].composite).max() > 1e-4
+    # The same folder without tuning: the tuned results were made under other settings, so they are redone.
+    again = _run(images_dir, out, tiny_generator, inverter, max_batches=0)
+    assert again.pending == len(GOOD) + 1 and again.skipped == 0
