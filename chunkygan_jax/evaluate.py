@@ -62,10 +62,12 @@ class Method:
     space: str
     segments: int
     lambda_reg: float
+    tune_steps: int = 0  # pivotal tuning after the projection (tuning.py); 0: none
 
 
-def methods_for(generator, segments: int) -> list[Method]:
-    """Global and ours in every space of the generator (see the module docstring)."""
+def methods_for(generator, segments: int, tune_steps: int = 0) -> list[Method]:
+    """Global and ours in every space of the generator (see the module docstring); with tune_steps,
+    also ours in the default space followed by pivotal tuning ("+ tuning")."""
     lam = float(getattr(generator, "default_lambda_reg", 0.0))
     out = []
     for space in generator.latent_spaces:
@@ -75,11 +77,21 @@ def methods_for(generator, segments: int) -> list[Method]:
             out.append(Method(f"ours-{key}", f"Ours in {name}", space, segments, 0.0))
         reg = " reg." if lam > 0 else ""
         out.append(Method(f"ours-{key}{'-reg' if lam > 0 else ''}", f"Ours in {name}{reg}", space, segments, lam))
+        if space == generator.default_space and tune_steps:
+            out.append(Method(f"ours-{key}{'-reg' if lam > 0 else ''}-tuned", f"Ours in {name}{reg} + tuning",
+                              space, segments, lam, int(tune_steps)))
     return out
 
 
 _lpips_distance = jax.jit(lambda lp, a, b: lp.distance(resize_for_lpips(a, LPIPS_RESOLUTION),
                                                        resize_for_lpips(b, LPIPS_RESOLUTION)))
+
+
+def _method_record(m: Method) -> dict:
+    record = dataclasses.asdict(m)
+    if not m.tune_steps:  # folders evaluated before tuning existed keep their settings
+        del record["tune_steps"]
+    return record
 
 
 def _measure(lp, ident, target, projection) -> dict:
@@ -134,7 +146,7 @@ def _target(photo: Path, resolution: int, align: bool, folder: Path) -> np.ndarr
 
 
 def evaluate(photos, generator=None, output_dir="out/evaluate", *, steps=500, segments=8, align=False,
-             identity=True, seed=0, progress=True) -> dict:
+             identity=True, seed=0, progress=True, tune_steps=0) -> dict:
     """Project every photo in `photos` (a folder, a glob or one file) with every method of
     `methods_for(generator, segments)`, measure, and write the tables and the scatter plot into
     `output_dir` (see the module docstring). Returns what table.json holds.
@@ -142,8 +154,10 @@ def evaluate(photos, generator=None, output_dir="out/evaluate", *, steps=500, se
     generator: an object, a checkpoint path, or None for the demo face generator.
     align: FFHQ-align each photo first (its largest face); without it, photos must be square and
         are resized to the generator's resolution.
-    identity: measure the identity distance (needs the 'evaluate' extra)."""
-    for name, v, low in (("steps", steps, 1), ("segments", segments, 2)):
+    identity: measure the identity distance (needs the 'evaluate' extra).
+    tune_steps: also run ours in the default space followed by that many steps of pivotal tuning (the
+        "+ tuning" row; tuning.TuningSettings' other defaults)."""
+    for name, v, low in (("steps", steps, 1), ("segments", segments, 2), ("tune_steps", tune_steps, 0)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
             raise ConfigError(f"{name} must be an integer >= {low}, got {v!r}")
     out = Path(output_dir)
@@ -151,11 +165,11 @@ def evaluate(photos, generator=None, output_dir="out/evaluate", *, steps=500, se
     if not rels:
         raise ConfigError(f"no image files found in {photos}")
     generator = resolve_generator(generator)
-    methods = methods_for(generator, int(segments))
+    methods = methods_for(generator, int(segments), int(tune_steps))
     config = {"version": RECORD_VERSION, "generator": fingerprint(generator), "resolution": generator.resolution,
               "steps": int(steps), "segments": int(segments), "align": bool(align), "seed": int(seed),
               "lpips": LPIPS_MEASURE, "l2": L2_MEASURE, "identity": IDENTITY_NAME if identity else None,
-              "methods": [dataclasses.asdict(m) for m in methods]}
+              "methods": [_method_record(m) for m in methods]}
     ident = IdentityModel() if identity else None  # fails before anything is written without the extra
     _check_folder(out, config)
     lp = load_lpips(LPIPS_NET)
@@ -180,7 +194,7 @@ def evaluate(photos, generator=None, output_dir="out/evaluate", *, steps=500, se
         for m in todo:
             label = f"{rel}, {m.label}"
             result = invert(target, generator, segments=m.segments, space=m.space, steps=int(steps),
-                            lambda_reg=m.lambda_reg, seed=int(seed),
+                            lambda_reg=m.lambda_reg, seed=int(seed), tune=m.tune_steps or None,
                             callback=lambda step, total, _: bar.update(done, f"{label}, step {step}/{total}"))
             record = {"version": RECORD_VERSION, "photo": rel, "photo_sha256": sha, "method": m.key,
                       **_measure(lp, ident, target, result.composite), "objective": result.final_losses,

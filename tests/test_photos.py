@@ -211,3 +211,16 @@ def test_edit_of_an_aligned_result_is_pasted_back(dcgan, tmp_path):
     np.testing.assert_array_equal(pasted[outside], photo[outside])
     assert np.abs(pasted[~outside].astype(int) - photo[~outside]).mean() > 5  # the generated face is in
     assert load_result(tmp_path / "edited").alignment == al.to_json()  # a further edit pastes back too
+
+
+def test_evaluate_adds_a_tuning_row(dcgan, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(astronaut(), folder / "astronaut.png")
+    table = evaluate(folder, dcgan[0], tmp_path / "eval", steps=2, segments=2, align=True, identity=False,
+                     tune_steps=3)
+    rows = {r["key"]: r for r in table["rows"]}
+    assert [r["label"] for r in table["rows"]] == ["Z", "Ours in Z", "Ours in Z + tuning"]
+    ours, tuned = (table["per_photo"]["astronaut.png"][k]["lpips"] for k in ("ours-z", "ours-z-tuned"))
+    assert tuned < ours  # the same projection (same settings, same seed), then tuned
+    assert rows["ours-z-tuned"]["segments"] == 2
