@@ -285,7 +285,7 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
     the size) or "none" (composite, masks and latents only; results.save_result); metrics.json and the
     manifest record it. A rerun with another store leaves the images already done as they are.
     tune: pivotal tuning of each batch after its inversion (as invert(tune=): steps or TuningSettings),
-    all images of the batch in one program on one device; each result keeps its own weight delta. The
+    all images of the batch in one program on the same devices; each result keeps its own weight delta. The
     tuning settings are part of what a rerun checks: results made without them (or with others) are
     done again."""
     t_start = time.perf_counter()
@@ -409,8 +409,8 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
                               "time": time.time()}
                     results.append((rel, result, record))
                 if tune is not None and results:  # the batch's real images, tuned together
-                    tuned = tune_results([r for _, r, _ in results], generator, tune,
-                                         lpips=inverter.lpips if inverter.mesh is None else None)
+                    tuned = tune_results([r for _, r, _ in results], generator, tune, lpips=inverter.lpips,
+                                         mesh=inverter.mesh)
                     seconds = time.perf_counter() - t0
                     for (rel, _, record), r in zip(results, tuned):
                         t = r.tuning["record"]

@@ -585,9 +585,9 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
             compile_seconds=compile_seconds, step_ms=step_ms))
         if generator.label is not None:
             results[-1].settings["label"] = int(generator.label)
-    if tune is not None:  # one batched program for all images, on one device
-        results = tune_results(results, generator, tune, lpips=inverter.lpips if inverter.mesh is None else None,
-                               progress=progress, callback=tune_callback)
+    if tune is not None:  # one batched program for all images, sharded like the inversion
+        results = tune_results(results, generator, tune, lpips=inverter.lpips, progress=progress,
+                               callback=tune_callback, mesh=inverter.mesh)
     return results
 
 

@@ -29,7 +29,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec as P
 
+try:  # jax >= 0.7
+    from jax import shard_map
+except ImportError:  # pragma: no cover
+    from jax.experimental.shard_map import shard_map
+
+from . import sharding
 from .deltas import STORE_DTYPES, apply_delta, cast_delta, delta_bytes, init_delta, params_bytes
 from .errors import ConfigError
 from .generators.protocol import fingerprint
@@ -182,22 +189,44 @@ def _programs(use_locality: bool, space, noise_mode, dtype, lpips_resolution):
             lambda d, c: apply_delta(base, d).synthesize(c, space, noise_mode=noise_mode, dtype=dtype))(deltas, codes)
         _PROGRAMS[key] = dict(
             init=jax.jit(optimizer.init),
-            step=jax.jit(step_fn, donate_argnums=(0, 1)),
-            render=jax.jit(render),
+            step=jax.jit(step_fn, donate_argnums=(0, 1)), step_fn=step_fn,
+            render=jax.jit(render), render_fn=render,
+            composite=jax.jit(composite),
+            distance=jax.jit(lambda lp, x, target_features: lp.distance_from_features(
+                lp.features(resize_for_lpips(x, lpips_resolution)), target_features)),
             features=jax.jit(lambda lp, x: lp.features(resize_for_lpips(x, lpips_resolution))))
     return _PROGRAMS[key]
 
 
+_SHARDED: dict = {}
+ROWS, SAME = P(sharding.DATA_AXIS), P()
+
+
+def _on_mesh(progs, name, mesh, in_specs, out_specs, donate=()):
+    """progs[name + '_fn'] run per device on its own rows (shard_map; ROWS: split over the data axis,
+    SAME: replicated). Per-image weights make vmapped convolutions grouped ones, which XLA's automatic
+    partitioning cannot split over devices; each device running its own rows is exact, since images
+    never interact (the loss is a sum over images, Adam elementwise)."""
+    flat = lambda tree: repr(jax.tree_util.tree_flatten(tree, is_leaf=lambda x: isinstance(x, P)))
+    key = (id(progs), name, mesh, flat(in_specs), flat(out_specs))
+    if key not in _SHARDED:
+        fn = shard_map(progs[name + "_fn"], mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+        _SHARDED[key] = jax.jit(fn, donate_argnums=donate)
+    return _SHARDED[key]
+
+
 # ---------------------------------------------------------------------------------------- the driver
 def tune_results(results, generator, settings: TuningSettings, *, lpips=None, progress=False,
-                 callback=None, image_seeds=None) -> list:
+                 callback=None, image_seeds=None, mesh=None) -> list:
     """Tune the generator for each of `results` (InversionResults of this generator), B at once in one
     program; returns new results: the composite and segment images rendered with the tuned weights,
     final_losses["lpips"] after tuning, and `tuning` = {"delta": ..., "record": ...}.
 
     The inversion's settings (space, noise, dtype, LPIPS net and resolution) are taken from the results,
     which must agree. image_seeds: each image's locality seed (default: settings.seed for every image, so
-    an image tunes the same in any batch). callback(step, steps, lpips [B]) after every step."""
+    an image tunes the same in any batch). callback(step, steps, lpips [B]) after every step. mesh
+    (sharding.data_mesh()): the images and their deltas are split over its devices, the networks
+    replicated; the batch is padded to whole rows per device with copies of the last image."""
     settings = settings.validate()
     if not results:
         raise ConfigError("no results to tune")
@@ -213,31 +242,49 @@ def tune_results(results, generator, settings: TuningSettings, *, lpips=None, pr
     count = len(results)
     lpips = lpips or load_lpips(first.get("lpips_net", "vgg"), compute_dtype=dtype)
     progs = _programs(settings.locality_weight > 0, space, noise_mode, dtype, lpips_resolution)
-    stack = lambda xs: jax.tree_util.tree_map(lambda *a: jnp.stack([jnp.asarray(x, jnp.float32) for x in a]), *xs)
-    targets = stack([r.target for r in results])
-    pool, spread = locality_pool(generator, space, seed=settings.seed)
+    pad = 0 if mesh is None else -count % len(mesh.local_devices)
+    rows = list(results) + [results[-1]] * pad
+    stack = lambda xs: jax.tree_util.tree_map(lambda *a: np.stack([np.asarray(x, np.float32) for x in a]), *xs)
     seeds = [settings.seed] * count if image_seeds is None else list(image_seeds)
-    batch = {"target": targets, "target_features": progs["features"](lpips, targets),
-             "codes": stack([r.latents["codes"] for r in results]), "masks": stack([r.masks for r in results]),
-             "image_keys": jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds]),
-             "pool": pool, "spread": jnp.float32(spread)}
-    statics = [r.static_mask for r in results]
+    per_image = {"target": stack([r.target for r in rows]), "codes": stack([r.latents["codes"] for r in rows]),
+                 "masks": stack([r.masks for r in rows]),
+                 "image_keys": np.stack([np.asarray(jax.random.PRNGKey(int(s))) for s in seeds + seeds[-1:] * pad])}
+    statics = [r.static_mask for r in rows]
     if any(s is not None for s in statics):
-        zeros = np.zeros(targets.shape[1:3], np.float32)
-        batch["static_mask"] = stack([zeros if s is None else s for s in statics])
+        zeros = np.zeros(per_image["target"].shape[1:3], np.float32)
+        per_image["static_mask"] = stack([zeros if s is None else s for s in statics])
+    pool, spread = locality_pool(generator, space, seed=settings.seed)
     one = init_delta(generator, settings.rank, settings.seed)
-    deltas = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(jnp.asarray(x), (count,) + x.shape) + 0.0, one)
-    opt_state = progs["init"](deltas)
+    deltas = jax.tree_util.tree_map(lambda x: np.broadcast_to(x, (len(rows),) + x.shape).copy(), one)
+    shared = {"pool": pool, "spread": np.float32(spread)}
     nets = (generator, lpips)
+    if mesh is None:
+        place, to_host = (lambda tree: jax.tree_util.tree_map(jnp.asarray, tree)), \
+            (lambda tree: jax.tree_util.tree_map(np.asarray, tree))
+        shared, batch_nets = place(shared), nets
+    else:
+        place, to_host = (lambda tree: sharding.shard_batch(tree, mesh)), sharding.local_rows
+        shared, batch_nets = sharding.replicate(shared, mesh), sharding.replicate(nets, mesh)
+    batch = {**place(per_image), **shared}
+    batch["target_features"] = progs["features"](batch_nets[1], batch["target"])
+    deltas = place(deltas)
+    opt_state = progs["init"](deltas)
     hyper = hyperparameters(settings)
     bar = Progress(settings.steps, unit="tuning steps") if progress else None
     before = None
     first_call = steady = 0.0
     done = 0
+    run_step, render = progs["step"], progs["render"]
+    if mesh is not None:
+        opt_specs = jax.tree_util.tree_map(lambda x: ROWS if np.ndim(x) else SAME, opt_state)
+        batch_specs = {k: SAME if k in shared else ROWS for k in batch}
+        run_step = _on_mesh(progs, "step", mesh, (ROWS, opt_specs, SAME, batch_specs, SAME, SAME),
+                            (ROWS, opt_specs, ROWS), donate=(0, 1))
+        render = _on_mesh(progs, "render", mesh, (SAME, ROWS, ROWS), ROWS)
     for step in range(settings.steps):
         t = time.perf_counter()
-        deltas, opt_state, parts = progs["step"](deltas, opt_state, nets, batch, jnp.int32(step), hyper)
-        lp = np.asarray(parts["lpips"])  # synchronises
+        deltas, opt_state, parts = run_step(deltas, opt_state, batch_nets, batch, np.int32(step), hyper)
+        lp = to_host(parts["lpips"])[:count]  # synchronises
         dt = time.perf_counter() - t
         first_call, steady = (dt, steady) if step == 0 else (first_call, steady + dt)
         done = step + 1
@@ -252,11 +299,11 @@ def tune_results(results, generator, settings: TuningSettings, *, lpips=None, pr
     step_ms = 1000.0 * steady / (done - 1) if done > 1 else None
     compile_seconds = max(first_call - (step_ms or 0.0) / 1000.0, 0.0)
     # The result is what a reload gives: the delta rounded to its storage dtype, rendered from that.
-    deltas = cast_delta(jax.tree_util.tree_map(np.asarray, deltas), settings.store)
-    imgs = np.asarray(progs["render"](generator, deltas, batch["codes"]))
-    out = composite(jnp.asarray(imgs), batch["masks"], batch["target"], batch.get("static_mask"))
-    after = np.asarray(lpips.distance_from_features(progs["features"](lpips, out), batch["target_features"]))
-    out = np.asarray(out)
+    deltas = cast_delta(to_host(deltas), settings.store)
+    imgs = render(batch_nets[0], place(deltas), batch["codes"])
+    out = progs["composite"](imgs, batch["masks"], batch["target"], batch.get("static_mask"))
+    after = to_host(progs["distance"](batch_nets[1], out, batch["target_features"]))[:count]
+    imgs, out = to_host(imgs)[:count], to_host(out)[:count]
     if not np.all(np.isfinite(out)):
         raise ConfigError("the tuning diverged (non-finite image); lower the tuning lr")
     base_fp = fingerprint(generator)

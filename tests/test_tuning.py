@@ -202,3 +202,38 @@ def test_the_editor_renders_a_tuned_result_with_its_delta(tiny_generator, tuned,
     session = EditorSession(tuned[0], tiny_generator, workdir=tmp_path)
     np.testing.assert_allclose(session.render(session.document), tuned[0].composite, atol=1e-4)
     assert session.edited_result().tuning is tuned[0].tuning  # an export stays tuned
+
+
+SHARDED = r"""
+import sys, numpy as np, jax
+jax.config.update("jax_default_matmul_precision", "highest")
+from chunkygan_jax.checkpoints import load_generator
+from chunkygan_jax.inversion import invert_batch
+from chunkygan_jax.sharding import data_mesh
+from chunkygan_jax.tuning import TuningSettings, tune_results
+g = load_generator(sys.argv[1])
+targets = list(np.load(sys.argv[2])["targets"])
+inv = invert_batch(targets, g, segments=2, steps=8, lpips_net="alex", lpips_resolution="full", masks="layout")
+tune = TuningSettings(steps=4, lr=0.05, rank=2)
+mesh = data_mesh(jax.devices())
+sharded = tune_results(inv, g, tune, mesh=mesh)  # 3 images on 2 devices: padded to 4
+alone = [tune_results([r], g, tune)[0] for r in inv]
+print(len(mesh.devices.flat), max(float(np.abs(a.composite - b.composite).max()) for a, b in zip(sharded, alone)))
+"""
+
+
+def test_tuning_sharded_over_devices_matches_one_device(tiny_checkpoint, tiny_generator, targets, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    np.savez(tmp_path / "t.npz", targets=np.stack(targets + targets[:1]))
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(root),
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    proc = subprocess.run([sys.executable, "-c", SHARDED, str(tiny_checkpoint), str(tmp_path / "t.npz")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    devices, worst = proc.stdout.split()[-2:]
+    assert int(devices) == 2 and float(worst) < 2e-4, proc.stdout
