@@ -30,10 +30,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--forms", default="loop,steps,steps:raw,unrolled")
     ap.add_argument("--out", default=None)
-    ap.add_argument("--smoke", action="store_true", help="16 px tiny generator, 2 segments, 1 round, 2 forms")
+    ap.add_argument("--smoke", action="store_true", help="16 px tiny generator, 2 segments, 1 round of steps:raw")
     args = ap.parse_args()
     if args.smoke:
-        args.segments, args.resolution, args.rounds, args.forms = 2, 16, 1, "loop,steps:raw"
+        args.segments, args.resolution, args.rounds, args.forms = 2, 16, 1, "steps:raw"
 
     import jax
     import numpy as np

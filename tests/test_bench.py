@@ -13,8 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import real_photos
-
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 GOLDEN = ROOT.parent / "shared" / "golden"
@@ -26,9 +24,8 @@ def env():
     return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), XLA_FLAGS=flags)
 
 
-def run(script, *args, cwd, stdin=None, tool=False):
-    path = ROOT / "bin" / script if tool else BENCH / script
-    proc = subprocess.run([sys.executable, str(path), *map(str, args)], input=stdin, capture_output=True, text=True,
+def run(script, *args, cwd, stdin=None):
+    proc = subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], input=stdin, capture_output=True, text=True,
                           env=env(), cwd=cwd, timeout=600)
     assert proc.returncode == 0, f"{script} {' '.join(map(str, args))}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout
@@ -50,14 +47,14 @@ CASES = {
     "loop_forms": ("loop_forms.py", ["--smoke"], "| steps:raw |"),
     "compile_prepare": ("compile_prepare.py", ["--smoke"], "compile_s_prepared"),
     "memory_estimate": ("memory_estimate.py", ["--smoke"], "| tiny | 2 | float32 |"),
-    "lpips_cost": ("lpips_cost.py", ["--size=16", "--runs=1", "--nets=vgg"], "vgg"),
+    "lpips_cost": ("lpips_cost.py", ["--size=32", "--runs=1", "--nets=alex"], "alex"),
     "parity_on_device": ("parity_on_device.py", ["--golden={golden}"], '"all_within_1e-4": true'),
     "segmenter_cost": ("segmenter_cost.py", ["--segments=2", "--steps=1", "--repeats=1", "--lpips=vgg",
                                              "--lpips_resolution=full", "--resolution=16"], "G^S learned"),
     "segmenter_samples": ("segmenter_samples.py", ["--generator={ckpt}", "--segments=2", "--samples=1",
                                                    "--metric_samples=2", "--output={out}/sheet.png"], "wrote"),
     "segmenter_real": ("segmenter_real.py", ["--generator={ckpt}", "--segments=2", "--steps=1", "--lpips_net=alex",
-                                             "--methods=1 code,G^S", "--output={out}/real.json",
+                                             "--methods=G^S", "--output={out}/real.json",
                                              "--sheet={out}/real.png"], "wrote"),
     "dataset_throughput": ("dataset_throughput.py", ["--devices=2", "--images=2", "--batch_size=2", "--segments=2",
                                                      "--steps=1", "--generator={ckpt}"], "images/s"),
@@ -65,34 +62,38 @@ CASES = {
                                  "float16"),
     "editor_latency": ("editor_latency.py", ["--generator={ckpt}", "--segments=2", "--repeats=1", "--warmup=1"],
                        "slider move"),
-    "photo_figure": ("photo_figure.py", ["{out}/report", "--output={out}/figure.png", "--size=32"], "wrote"),
-    "vs_official_ours": ("vs_official.py", [], ""),  # our worker alone, on the golden 64 px weights
+    "vs_official_ours": ("vs_official.py", [], ""),  # our worker alone (our_worker)
     "vs_official": ("vs_official.py", ["--official={official}", "--rounds=1", "--works=synth_fwd:1,step:2",
                                        "--resolution=32", "--channel_base=512", "--channel_max=32"], "| full ChunkyGAN"),
     "device_run": ("device_run.sh", [], ""),
 }
 
 
+# Scripts run by another test, where their input is made anyway.
+ELSEWHERE = {"photo_figure.py": "tests/test_photos.py::test_invert_align_end_to_end draws its --align report"}
+
+
 def test_every_bench_script_has_a_case():
     scripts = {p.name for p in BENCH.iterdir() if p.suffix in (".py", ".sh")}
-    assert scripts == {script for script, _, _ in CASES.values()}
+    assert scripts == {script for script, _, _ in CASES.values()} | set(ELSEWHERE)
 
 
 def our_worker(out):
     """vs_official.py's JAX worker through its own stdin protocol: setup (the masks the official side
-    reads), parity (3 full steps with learned logits) and one timed step, without torch."""
+    reads), parity (3 full steps with learned logits) and one timed step, without torch, on the golden
+    32 px weights."""
     from conftest import golden_state, load_golden
     from chunkygan_jax.generators import stylegan2_from_nvidia
 
-    data = load_golden("nvidia_P2")
+    data = load_golden("nvidia_P1")
     state = golden_state(data)
     np.savez(out / "state.npz", **state)
     g = stylegan2_from_nvidia(state, conv_clamp=256)
     ws = np.asarray(g.mapping(np.random.RandomState(0).randn(8, g.config.z_dim).astype(np.float32)))
     target = np.random.RandomState(1).uniform(-1, 1, (1, g.resolution, g.resolution, 3)).astype(np.float32)
     np.savez(out / "inputs.npz", ws=ws, target=target)
-    commands = [{"cmd": "setup"}, {"cmd": "parity"}, {"cmd": "time", "work": "step", "n": 2}]
-    stdout = run("vs_official.py", "--worker=jax", f"--tmp={out}", "--official=unused", "--resolution=64",
+    commands = [{"cmd": "setup"}, {"cmd": "parity"}, {"cmd": "time", "work": "step", "n": 2}]  # compiled once
+    stdout = run("vs_official.py", "--worker=jax", f"--tmp={out}", "--official=unused", f"--resolution={g.resolution}",
                  cwd=out, stdin="".join(json.dumps(c) + "\n" for c in commands))
     replies = [json.loads(line) for line in stdout.splitlines()]
     assert len(replies) == 3 and not any("error" in r for r in replies), replies
@@ -112,9 +113,5 @@ def test_bench_script_runs_at_its_smallest_setting(name, tiny_checkpoint, tmp_pa
         official, why = official_checkout()
         if official is None:
             pytest.skip(f"the official comparison: {why}")
-    if name == "photo_figure":  # it draws the output folder of bin/invert --align
-        run("invert", f"--image={real_photos.astronaut()}", "--align", f"--generator={tiny_checkpoint}",
-            f"--output_dir={tmp_path / 'report'}", "--steps=1", "--segments=2", "--masks=layout",
-            "--lpips_net=alex", "--lpips_resolution=full", cwd=tmp_path, tool=True)
     args = [a.format(ckpt=tiny_checkpoint, out=tmp_path, golden=GOLDEN, official=official) for a in args]
     assert expected in run(script, *args, cwd=tmp_path)
