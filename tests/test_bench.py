@@ -1,13 +1,14 @@
 """Every script in bench/ runs at its smallest setting, so that a change in the library cannot leave a
 benchmark broken unnoticed. The numbers are not checked (they are meaningless at these sizes), only that
 each script finishes and prints what it reports. XLA compiles without LLVM optimisation here: the
-programs are tiny and compiling is most of each run."""
+programs are tiny and compiling is most of each run. The cases run two at a time (see `started`)."""
 
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -101,17 +102,37 @@ def our_worker(out):
     assert np.isfinite(np.load(out / "parity_ours.npz")["losses"]).all()
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_bench_script_runs_at_its_smallest_setting(name, tiny_checkpoint, tmp_path):
-    script, args, expected = CASES[name]
+def skip_reason(name):
     if name == "device_run":
-        pytest.skip("needs an NVIDIA GPU; it runs parity_on_device.py and step.py, whose cases run here")
+        return "needs an NVIDIA GPU; it runs parity_on_device.py and step.py, whose cases run here"
+    if name == "vs_official" and official_checkout()[0] is None:
+        return f"the official comparison: {official_checkout()[1]}"
+    return None
+
+
+def run_case(name, checkpoint, out):
+    script, args, expected = CASES[name]
     if name == "vs_official_ours":
-        return our_worker(tmp_path)
-    official = None
-    if name == "vs_official":
-        official, why = official_checkout()
-        if official is None:
-            pytest.skip(f"the official comparison: {why}")
-    args = [a.format(ckpt=tiny_checkpoint, out=tmp_path, golden=GOLDEN, official=official) for a in args]
-    assert expected in run(script, *args, cwd=tmp_path)
+        return our_worker(out)
+    args = [a.format(ckpt=checkpoint, out=out, golden=GOLDEN, official=official_checkout()[0]) for a in args]
+    stdout = run(script, *args, cwd=out)
+    assert expected in stdout, stdout[-2000:]
+
+
+@pytest.fixture(scope="module")
+def started(request, tiny_checkpoint, tmp_path_factory):
+    """Every selected case that can run here, started at once and run two at a time: XLA compiles on one
+    core per process, and compiling is most of each case."""
+    test = "test_bench_script_runs_at_its_smallest_setting"
+    names = [item.callspec.params["name"] for item in request.session.items
+             if getattr(item, "originalname", None) == test and skip_reason(item.callspec.params["name"]) is None]
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        yield {name: pool.submit(run_case, name, tiny_checkpoint, tmp_path_factory.mktemp(name)) for name in names}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bench_script_runs_at_its_smallest_setting(name, started):
+    reason = skip_reason(name)
+    if reason:
+        pytest.skip(reason)
+    started[name].result()  # the case's own assertion error, if it failed
