@@ -4,10 +4,12 @@ outside it (`StyleGAN2.prepare`, what `Inverter` does) or inside it (the plain g
 backend. One sample of each per run: a second compile of the same program in one process is served from
 memory, so alternate the order between runs (--reverse).
 
-  CHUNKYGAN_JAX_COMPILATION_CACHE=0 python3 bench/compile_prepare.py --resolution=1024 --program=loop
-  CHUNKYGAN_JAX_COMPILATION_CACHE=0 python3 bench/compile_prepare.py --resolution=1024 --program=loop --reverse
+  python3 bench/compile_prepare.py --resolution=1024 --program=loop
+  python3 bench/compile_prepare.py --resolution=1024 --program=loop --reverse
+  python3 bench/compile_prepare.py --smoke      # the smallest run, to check that the script works
 
 256 px is the generator of bench/vs_official.py; 1024 px is NVIDIA's config-f shape (random weights).
+The persistent compilation cache is off here (nothing turns it on), so every compile is measured.
 """
 
 import argparse
@@ -25,7 +27,10 @@ def main():
     ap.add_argument("--segments", type=int, default=8)
     ap.add_argument("--program", choices=["loop", "steps"], default="loop")
     ap.add_argument("--reverse", action="store_true", help="compile the plain-generator variant first")
+    ap.add_argument("--smoke", action="store_true", help="16 px tiny generator, 2 segments")
     args = ap.parse_args()
+    if args.smoke:
+        args.resolution, args.segments = 16, 2
 
     import jax
     import jax.numpy as jnp
@@ -34,9 +39,11 @@ def main():
     from chunkygan_jax.generators import StyleGAN2, ffhq_config, random_params
     from chunkygan_jax.inversion import InversionSettings, Inverter
     from chunkygan_jax.lpips import random_lpips
+    from step import TINY
 
     r = args.resolution
-    cfg = ffhq_config(r) if r == 1024 else ffhq_config(r, channel_base=8192, channel_max=256)
+    cfg = ffhq_config(r, **TINY) if args.smoke else ffhq_config(r) if r == 1024 else \
+        ffhq_config(r, channel_base=8192, channel_max=256)
     generator = StyleGAN2(cfg, random_params(0, cfg))
     inv = Inverter(generator, InversionSettings(segments=args.segments, steps=100, lpips_resolution=256),
                    lpips=random_lpips("vgg"), loop=args.program)

@@ -3,13 +3,14 @@
 call driven by the host ("steps"), UNROLL steps per call ("unrolled"), and "steps" with the generator's
 weight-only preprocessing left inside the step ("steps:raw", what every step did before
 `StyleGAN2.prepare`). One process, interleaved rounds, medians; the first call of each form is its
-compile time (run with CHUNKYGAN_JAX_COMPILATION_CACHE=0 so that it compiles).
+compile time (the persistent compilation cache is off unless a program turns it on).
 
 The generator is the 256 px one of bench/vs_official.py (random weights, z = w = 512, 8 mapping
 layers, channel_base 8192, channel_max 256) and LPIPS-VGG has random weights of the real shape.
 
-  CHUNKYGAN_JAX_COMPILATION_CACHE=0 python3 bench/loop_forms.py --segments=1 --rounds=5
-  CHUNKYGAN_JAX_COMPILATION_CACHE=0 python3 bench/loop_forms.py --segments=8 --forms=loop,steps
+  python3 bench/loop_forms.py --segments=1 --rounds=5
+  python3 bench/loop_forms.py --segments=8 --forms=loop,steps
+  python3 bench/loop_forms.py --smoke        # the smallest run, to check that the script works
 """
 
 import argparse
@@ -29,7 +30,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--forms", default="loop,steps,steps:raw,unrolled")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--smoke", action="store_true", help="16 px tiny generator, 2 segments, 1 round of steps:raw")
     args = ap.parse_args()
+    if args.smoke:
+        args.segments, args.resolution, args.rounds, args.forms = 2, 16, 1, "steps:raw"
 
     import jax
     import numpy as np
@@ -37,8 +41,9 @@ def main():
     from chunkygan_jax.generators import StyleGAN2, ffhq_config, random_params
     from chunkygan_jax.inversion import UNROLL, InversionSettings, Inverter
     from chunkygan_jax.lpips import random_lpips
+    from step import TINY
 
-    cfg = ffhq_config(args.resolution, channel_base=8192, channel_max=256)
+    cfg = ffhq_config(args.resolution, **(TINY if args.smoke else dict(channel_base=8192, channel_max=256)))
     generator = StyleGAN2(cfg, random_params(0, cfg))
     lpips = random_lpips("vgg")
     settings = InversionSettings(segments=args.segments, steps=100_000, lpips_resolution=256)

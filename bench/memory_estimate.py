@@ -6,7 +6,8 @@ arguments), for FFHQ-shaped random-weight generators on this machine's first dev
   python3 bench/memory_estimate.py                        # 32 and 64 px, n = 2 and 8 (CPU: ~minutes)
   python3 bench/memory_estimate.py --configs=1024:8:bfloat16 --estimate_only
 
-A config is RES:N:DTYPE, or demo:N:DTYPE for the demo DCGAN (after bin/fetch_demo_generator).
+A config is RES:N:DTYPE, or demo:N:DTYPE for the demo DCGAN (after bin/fetch_demo_generator), or
+tiny:N:DTYPE for a narrow 16 px StyleGAN2 (--smoke: tiny:2:float32, to check that the script works).
 --estimate_only skips the compilation (1024 px compiles for minutes on CPU).
 """
 
@@ -21,7 +22,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default="32:2:float32,32:8:float32,64:2:float32,64:8:float32")
     ap.add_argument("--estimate_only", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="only tiny:2:float32")
     args = ap.parse_args()
+    if args.smoke:
+        args.configs = "tiny:2:float32"
 
     import jax
     import jax.numpy as jnp
@@ -31,6 +35,7 @@ def main():
     from chunkygan_jax.generators import StyleGAN2, ffhq_config, random_params
     from chunkygan_jax.inversion import InversionSettings, Inverter, available_memory, step_memory_bytes
     from chunkygan_jax.lpips import random_lpips
+    from step import TINY
 
     have, where = available_memory()
     print(f"device {jax.devices()[0].device_kind}; {where}: "
@@ -42,6 +47,9 @@ def main():
         n = int(n)
         if kind == "demo":
             g = load_demo_generator(fetch=False)
+        elif kind == "tiny":
+            cfg = ffhq_config(16, **TINY)
+            g = StyleGAN2(cfg, random_params(0, cfg))
         else:
             cfg = ffhq_config(int(kind))
             g = StyleGAN2(cfg, random_params(0, cfg))
@@ -51,7 +59,7 @@ def main():
         est = step_memory_bytes(g, s, 1)
         plan = None
         if not args.estimate_only:
-            inv = Inverter(g, s, lpips=random_lpips("vgg", compute_dtype=dtype))
+            inv = Inverter(g, s, lpips=random_lpips("vgg", compute_dtype=dtype), loop="loop")  # the loop's plan
             batch = inv.make_batch(np.zeros((1, res, res, 3), np.float32))
             st = inv.start(inv.initial_latents(1), 1)
             m = inv._run.lower(inv.nets, st.latents, st.opt_state, jnp.int32(0), jnp.asarray(st.history), batch,

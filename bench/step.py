@@ -13,8 +13,9 @@ memory is per configuration.
   python3 bench/step.py --preset=gpu --out=bench/results/gpu.json           # the performance table
   python3 bench/step.py --check_bf16 --check_resolution=256                 # bf16 and tf32 vs fp32 accuracy
 
-A config is RES:N:PHOTOS:DTYPE[:remat][:logits|:layout] (DTYPE: float32, tf32 or bfloat16) (default masks: G^S, X^S learned; the k-means
-head is fitted once per generator before timing and cached). Reported: compile seconds (time to the first step), median
+A config is RES:N:PHOTOS:DTYPE[:remat][:logits|:layout][:tiny] (DTYPE: float32, tf32 or bfloat16) (default masks: G^S, X^S learned; the k-means
+head is fitted once per generator before timing and cached; tiny: the narrow TINY generator instead of
+the config-f widths). --smoke is the smallest run, to check that the script works (tests/test_bench.py). Reported: compile seconds (time to the first step), median
 ms/step over --steps single steps after warm-up, ms/step inside one jitted multi-step loop, peak device
 memory (GPU/TPU; CPU reports the process's max RSS).
 """
@@ -36,6 +37,8 @@ PRESETS = {
             "1024:8:1:bfloat16:remat", "1024:8:1:bfloat16:logits"],
     "cpu": ["64:1:1:float32", "64:8:1:float32", "64:8:1:bfloat16", "64:8:4:float32", "64:8:1:float32:logits"],
 }
+# A narrow StyleGAN2 (with ffhq_config) for the benches' smoke runs: compiles in seconds at 16 px.
+TINY = dict(channel_base=256, channel_max=16, w_dim=16, mapping_layers=2)
 
 
 def parse(spec):
@@ -43,7 +46,8 @@ def parse(spec):
     extra = set(parts[4:])
     masks = [m for m in ("logits", "layout") if m in extra]
     return {"resolution": int(parts[0]), "segments": int(parts[1]), "photos": int(parts[2]),
-            "dtype": parts[3], "remat": "remat" in extra, "masks": masks[0] if masks else "segmenter"}
+            "dtype": parts[3], "remat": "remat" in extra, "masks": masks[0] if masks else "segmenter",
+            "tiny": "tiny" in extra}
 
 
 def build(cfg, lpips_mode, extra_steps):
@@ -55,7 +59,7 @@ def build(cfg, lpips_mode, extra_steps):
     from chunkygan_jax.lpips import load_lpips, random_lpips
     from chunkygan_jax.mask_sources import make_mask_source
 
-    gcfg = ffhq_config(cfg["resolution"])
+    gcfg = ffhq_config(cfg["resolution"], **(TINY if cfg["tiny"] else {}))
     generator = StyleGAN2(gcfg, random_params(0, gcfg))
     lp = None
     used = "real"
@@ -181,8 +185,12 @@ def main():
     ap.add_argument("--check_resolution", type=int, default=256)
     ap.add_argument("--check_steps", type=int, default=100)
     ap.add_argument("--out", default=None, help="write all results as JSON here")
+    ap.add_argument("--smoke", action="store_true", help="the smallest run (one tiny config, 1 step, random "
+                    "LPIPS weights), to check that the script works")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.smoke:
+        args.configs, args.preset, args.steps, args.loop_steps, args.lpips = "16:2:1:float32:tiny", None, 1, 1, "random"
 
     if args.one:
         print(json.dumps(run_one(parse(args.one), args.steps, args.loop_steps, args.lpips)))
@@ -199,6 +207,7 @@ def main():
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         else:
             err = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            print(proc.stderr[-3000:], file=sys.stderr)
             rows.append(dict(parse(spec), error=err))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         if args.out:  # write as we go: a run cut short still leaves the finished rows
@@ -215,6 +224,9 @@ def main():
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1))
+    failed = [r for r in rows if "error" in r]
+    if failed:
+        sys.exit(f"{len(failed)} of {len(rows)} configurations failed")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ On a machine that other jobs also use, torch's OpenMP threads slow down far more
 when the cores are oversubscribed, which flatters our wall-time ratio: `--single_thread` (one compute
 thread per side) and the CPU-time ratio are the comparisons that hold there. Our worker compiles from
 scratch (its persistent cache is off unless --cache), so "ours first call" is the compile time.
+The masks are free learned logits on both sides (masks='logits'), not invert()'s default G^S.
 """
 
 from __future__ import annotations
@@ -230,10 +231,14 @@ class JaxWorker:
         import jax.numpy as jnp
         import numpy as np
 
+        from chunkygan_jax import enable_compilation_cache
         from chunkygan_jax.generators import stylegan2_from_nvidia
         from chunkygan_jax.inversion import InversionSettings, Inverter
         from chunkygan_jax.lpips import random_lpips
+        from chunkygan_jax.mask_sources import make_mask_source
 
+        if self.args.cache:
+            enable_compilation_cache()
         self.jax, self.jnp, self.np = jax, jnp, np
         self.G = stylegan2_from_nvidia(dict(np.load(self.dir / "state.npz")), conv_clamp=256)
         inputs = np.load(self.dir / "inputs.npz")
@@ -246,8 +251,9 @@ class JaxWorker:
             for sub, leaf in (value.items() if isinstance(value, dict) else [(None, value)]):
                 saved[name if sub is None else f"{name}/{sub}"] = np.asarray(leaf)
         for n in (1, 2, 8):
+            masks = make_mask_source("logits", n, self.G.resolution)  # what the official side writes out
             inv = Inverter(self.G, InversionSettings(segments=n, steps=SCHEDULE_STEPS, lpips_resolution=256),
-                           lpips=self.lp, loop=self.args.loop)
+                           masks, lpips=self.lp, loop=self.args.loop)
             self.inverters[n] = inv
             if n > 1:
                 saved[f"logits{n}"] = np.asarray(inv.initial_latents(1)["mask_logits"][0])
@@ -320,12 +326,12 @@ class Worker:
         cmd = [sys.executable, __file__, f"--worker={kind}", f"--tmp={args.tmp}", f"--official={args.official}",
                f"--resolution={args.resolution}", f"--channel_base={args.channel_base}",
                f"--channel_max={args.channel_max}", f"--seed={args.seed}"] + \
-              ([f"--loop={args.loop}"] if args.loop else []) + (["--single_thread"] if args.single_thread else [])
+              ([f"--loop={args.loop}"] if args.loop else []) + (["--single_thread"] if args.single_thread else []) + \
+              (["--cache"] if args.cache else [])
         self.kind = kind
-        # our worker compiles from scratch, so that its first call is the compile time a new setup costs
+        # our worker compiles from scratch (no persistent cache unless --cache), so that its first call is
+        # the compile time a new setup costs
         env = dict(os.environ)
-        if kind == "jax" and not args.cache:
-            env["CHUNKYGAN_JAX_COMPILATION_CACHE"] = "0"
         if kind == "jax" and args.single_thread:
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                                 " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()

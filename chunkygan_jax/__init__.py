@@ -6,15 +6,12 @@ save_generator (checkpoints.py), resolve_generator (demo.py), InversionResult / 
 WORKSPACE.md. The names are imported on first use, so that a tool answers --help without loading
 the networks.
 
-Importing the package turns on JAX's persistent compilation cache (compilation_cache.py; opt out with
-CHUNKYGAN_JAX_COMPILATION_CACHE=0).
+Importing the package leaves JAX's configuration alone. `enable_compilation_cache()` turns on JAX's
+persistent compilation cache in the project's cache folder (compilation_cache.py); the tools in bin/
+call it.
 """
 
 import importlib
-
-from .compilation_cache import enable_compilation_cache as _enable_compilation_cache
-
-_enable_compilation_cache()
 
 _EXPORTS = {
     "errors": ["ChunkyGANError", "CheckpointError", "ConfigError", "ImageError", "ResourceError"],
@@ -25,6 +22,7 @@ _EXPORTS = {
     "inversion": ["InversionSettings", "Inverter", "invert", "invert_batch"],
     "tuning": ["TuningSettings", "tune_results"],
     "deltas": ["tuned_generator"],
+    "compilation_cache": ["enable_compilation_cache"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 from absl import flags
 
-from .compilation_cache import disable_compilation_cache
+from .compilation_cache import enable_compilation_cache
 from .errors import ChunkyGANError, ResourceError
 
 EXIT_USAGE = 2  # bad input or options: one line on stderr, nothing written
@@ -141,8 +141,8 @@ def run(main: Callable[[], int | None], argv: list[str] | None = None) -> None:
         fail(f"{_first_line(e)} (see --help)")
     if len(rest) > 1:
         fail(f"unexpected positional arguments {rest[1:]}; every option is a --flag (see --help)")
-    if not flags.FLAGS.compilation_cache:
-        disable_compilation_cache()
+    if flags.FLAGS.compilation_cache:  # the tools' one place to turn it on; the library never does
+        enable_compilation_cache()
     show_library_messages()
     try:
         code = main()

@@ -255,6 +255,11 @@ def _min_size(net: str) -> int:
     return next(n for n in range(1, 4096) if _feature_size(net, n) >= 1)
 
 
+# The smallest LPIPS resolution a policy may name: the smallest input any backbone accepts (VGG16's 16;
+# AlexNet needs 31, which its own image check reports).
+MIN_RESOLUTION = min(_min_size(net) for net in _NET_SPECS)
+
+
 @flax.struct.dataclass
 class LPIPS:
     """Pretrained LPIPS metric. Create with ``load_lpips``; a pytree, safe to pass into ``jit``.
@@ -387,14 +392,14 @@ def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 
 def parse_resolution(policy) -> int | str:
-    """The one reader of an LPIPS resolution policy (an option, a flag, a saved setting): a positive int
-    (also given as text) or "full" (also None). Anything else is a ConfigError."""
+    """The one reader of an LPIPS resolution policy (an option, a flag, a saved setting): an int from
+    MIN_RESOLUTION (16) up (also given as text) or "full" (also None). Anything else is a ConfigError."""
     if policy is None or (isinstance(policy, str) and policy.strip().lower() == "full"):
         return "full"
     if isinstance(policy, str) and policy.strip().isdigit():
         policy = int(policy.strip())
-    if isinstance(policy, bool) or not isinstance(policy, (int, np.integer)) or policy < 1:
-        raise ConfigError(f"lpips_resolution must be a positive integer or 'full', got {policy!r}")
+    if isinstance(policy, bool) or not isinstance(policy, (int, np.integer)) or policy < MIN_RESOLUTION:
+        raise ConfigError(f"lpips_resolution must be an integer >= {MIN_RESOLUTION} or 'full', got {policy!r}")
     return int(policy)
 
 

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from chunkygan_jax.errors import CheckpointError, ConfigError, ImageError
-from chunkygan_jax.lpips import LPIPS, _max_pool, _normalize, load_lpips, load_weight_pickle, resize_for_lpips
+from chunkygan_jax.lpips import (LPIPS, _max_pool, _normalize, load_lpips, load_weight_pickle, parse_resolution,
+                                 resize_for_lpips)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "lpips"
 
@@ -179,6 +180,9 @@ def test_resize_for_lpips():
     np.testing.assert_allclose(np.asarray(z), 0.25, atol=1e-6)
     with pytest.raises(ConfigError):
         resize_for_lpips(x, 0)
+    with pytest.raises(ConfigError, match=">= 16"):  # below what any backbone accepts, like bin/invert
+        parse_resolution("15")
+    assert parse_resolution("16") == 16 and parse_resolution(None) == "full"
     with pytest.raises(ConfigError):
         resize_for_lpips(x, "half")
     with pytest.raises(ImageError):

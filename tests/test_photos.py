@@ -162,6 +162,14 @@ def test_invert_align_end_to_end(dcgan, tmp_path, evaluation):
     assert np.abs(pasted[~outside].astype(int) - photo[~outside]).mean() > 5
     saved = json.loads((out / "result" / "result.json").read_text())
     assert saved["alignment"] == record and saved["photo"] == str(astronaut().resolve())
+    # bench/photo_figure.py draws this report: photo | aligned target | projection | masks | pasted
+    figure = tmp_path / "figure.png"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "photo_figure.py"), str(out), f"--output={figure}",
+                           "--size=32"], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with Image.open(figure) as im:
+        assert im.size == (5 * 32 + 4 * 4, 32)  # five panels 32 px wide (the photo is square), 4 px gaps
 
 
 def test_no_face_and_wrong_face_exit_2(tmp_path, dcgan):

@@ -1,20 +1,28 @@
 """What every image generator G^I offers, and its identity.
 
-A generator is a pytree (a flax struct: static `config`, array `params`) with
-  resolution, latent_spaces, default_space, default_lambda_reg,
+A generator is a pytree (a flax struct: static `config`, array `params`; `fingerprint` reads both) with
+  resolution, latent_spaces, default_space,
+  default_lambda_reg                 its weight of the codes' dispersion (StyleGAN2 1.0, the DCGAN 0),
   initial_codes(space, n)            the starting codes of n segments,
-  synthesize(codes, space, ...)      images [N, H, W, 3] in about [-1, 1],
-  check_space(space) (optional)      a specific error for a space it lacks.
+  synthesize(codes, space, *, noise_mode, key, dtype, remat)
+                                     images [N, H, W, 3] in about [-1, 1] (the DCGAN accepts and ignores
+                                     noise_mode, key and remat).
+What the library uses only where a generator has it (read with hasattr/getattr):
+  check_space(space)                 a specific error for a space it lacks (the DCGAN),
+  prepare(dtype)                     the generator with its weight-only preprocessing done once, which
+                                     the inversion's step then uses (StyleGAN2),
+  w_avg, mapping                     for the mean-latent term and the W-space tools (StyleGAN2).
 A generator that offers its intermediate features (what the segment generator G^S is built from) adds
+FEATURES_PROTOCOL (`offers_features` checks these names):
   segment_space                      the space of the segment code X^S ('w+' StyleGAN2, 'z' DCGAN);
                                      X^S starts at initial_codes(segment_space, 1)[0],
   feature_layers                     the resolutions it offers features at,
   feature_channels(layer)            their channel counts,
   features(codes, layers, noise_mode=...)  {layer: [N, r, r, C]} for codes of segment_space,
-  sample_codes(num, seed)            random samples' codes of segment_space (numpy),
-  checkerboard_features              whether features carry the period-2 pattern of transposed
-                                     convolutions (phi filters it out; see segmenter/features.py).
-StyleGAN2 adds mapping and W/W+/S conversions; the DCGAN works in z alone.
+  sample_codes(num, seed)            random samples' codes of segment_space (numpy);
+and may set checkerboard_features (default False): whether features carry the period-2 pattern of
+transposed convolutions (phi filters it out; see segmenter/features.py).
+StyleGAN2 adds the W/W+/S conversions; the DCGAN works in z alone.
 A conditional generator (StyleGAN2 with c_dim > 0) has num_classes > 0 and with_label(k); only a
 generator bound to a class (`bind_label`) offers the protocol above.
 """
