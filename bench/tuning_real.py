@@ -12,10 +12,12 @@ segments, 500 steps, G^S masks). Then:
     the untuned projection;
   - timing: the batch of all photos in one program against each photo tuned alone (same settings, run
     side by side in this process; compile time reported apart from the steady time per step);
-  - a sheet: photo | segments | segments + tuning | the edit on both.
+  - a sheet: photo | segments | segments + tuning | the edit on both; and the same pasted back into
+    each photo (--pasted_sheet).
 
 Usage: python3 bench/tuning_real.py [--steps 500] [--tune_steps 100] [--rank 4] [--lr 0.01]
-           [--output bench/results/tuning_real.json] [--sheet docs/images/tuning_real.png] [--overwrite]
+           [--output bench/results/tuning_real.json] [--sheet docs/images/tuning_real.png]
+           [--pasted_sheet docs/images/tuning_real_pasted.png] [--overwrite]
 """
 
 import argparse
@@ -25,12 +27,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from chunkygan_jax import deltas, io  # noqa: E402
-from chunkygan_jax.align import align  # noqa: E402
+from chunkygan_jax.align import align, load_photo, paste_back  # noqa: E402
 from chunkygan_jax.demo import resolve_generator  # noqa: E402
 from chunkygan_jax.editing import DirectionEdit, edit_result, resolve_direction  # noqa: E402
 from chunkygan_jax.editing.sheets import tile_sheet  # noqa: E402
@@ -57,16 +60,19 @@ def main() -> None:
     ap.add_argument("--no_alone", action="store_true", help="skip tuning each photo alone (the timing baseline)")
     ap.add_argument("--output", default="bench/results/tuning_real.json")
     ap.add_argument("--sheet", default="docs/images/tuning_real.png")
+    ap.add_argument("--pasted_sheet", default="docs/images/tuning_real_pasted.png",
+                    help="the same columns pasted back into each photo (at half the photo's size)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --sheet / --output")
     args = ap.parse_args()
-    for path in (args.output, args.sheet):  # before the long work, not after it
+    for path in (args.output, args.sheet, args.pasted_sheet):  # before the long work, not after it
         if path and Path(path).exists() and not args.overwrite:
             ap.error(f"{path} exists; pass --overwrite to replace it")
     settings = TuningSettings(steps=args.tune_steps, rank=args.rank, lr=args.lr,
                               locality_weight=args.locality_weight, store=args.store).validate()
 
     g = resolve_generator(args.generator)
-    photos = {name: align(getattr(real_photos, name)(), g.resolution)[0] for name in PHOTOS}
+    found = {name: align(getattr(real_photos, name)(), g.resolution) for name in PHOTOS}
+    photos = {name: crop for name, (crop, _) in found.items()}
     t0 = time.perf_counter()
     inverted = invert_batch(list(photos.values()), g, segments=args.segments, steps=args.steps, progress_every=0)
     print(f"inverted {len(photos)} photos in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -89,7 +95,7 @@ def main() -> None:
 
     ident = IdentityModel()
     direction = resolve_direction("pca:0", g)
-    rows, sheet = [], []
+    rows, sheet, pasted = [], [], []
     for name, before, after in zip(photos, inverted, tuned):
         target = photos[name]
         id_before, id_after = ident.distances(target, [before.clipped, after.clipped])
@@ -106,18 +112,24 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
         k = sheet_scale(g.resolution)
-        sheet.append([enlarge(io.to_uint8(x), k) for x in (before.target, before.clipped, after.clipped,
-                                                            e_before.clipped, e_after.clipped)])
+        shown = (before.target, before.clipped, after.clipped, e_before.clipped, e_after.clipped)
+        sheet.append([enlarge(io.to_uint8(x), k) for x in shown])
+        photo = getattr(real_photos, name)()
+        full = [np.asarray(load_photo(photo))] + [paste_back(photo, io.to_uint8(x), found[name][1]) for x in shown[1:]]
+        pasted.append([np.asarray(Image.fromarray(x).resize((x.shape[1] // 2, x.shape[0] // 2), Image.Resampling.LANCZOS))
+                       for x in full])
     per_image_alone = (sum(a["seconds"] for a in alone) / len(alone)) if alone else None
     record = {"settings": settings.to_dict(), "inversion": {"segments": args.segments, "steps": args.steps},
               "generator": args.generator or "demo", "rows": rows, "batch": batch, "alone": alone,
               "per_image_batched_s": batch_seconds / len(rows), "per_image_alone_s": per_image_alone,
               "batched_over_alone": (batch_seconds / len(rows) / per_image_alone) if alone else None}
-    for path in (args.output, args.sheet):
+    for path in (args.output, args.sheet, args.pasted_sheet):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(record, indent=2))
     io.save_png(args.sheet, tile_sheet(sheet, col_labels=["photo", "segments", "segments + tuning",
                                                           "pca:0 x3", "pca:0 x3, tuned"]), overwrite=True)
+    io.save_png(args.pasted_sheet, tile_sheet(pasted, col_labels=["photo", "segments", "segments + tuning",
+                                                                  "pca:0 x3", "pca:0 x3, tuned"]), overwrite=True)
     print(json.dumps({k: v for k, v in record.items() if k != "rows"}, indent=1))
 
 

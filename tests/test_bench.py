@@ -68,7 +68,8 @@ CASES = {
     "foreign_parity": ("foreign_parity.py", [], "tf_f32"),
     "tuning_real": ("tuning_real.py", ["--generator={ckpt}", "--segments=2", "--steps=1", "--tune_steps=2",
                                        "--rank=1", "--no_alone", "--output={out}/tuning.json",
-                                       "--sheet={out}/tuning.png"], "per_image_batched_s"),
+                                       "--sheet={out}/tuning.png", "--pasted_sheet={out}/pasted.png"],
+                    "per_image_batched_s"),
     "vs_official_ours": ("vs_official.py", [], ""),  # our worker alone (our_worker)
     "vs_official": ("vs_official.py", ["--official={official}", "--rounds=1", "--works=synth_fwd:1,step:2",
                                        "--resolution=32", "--channel_base=512", "--channel_max=32"], "| full ChunkyGAN"),
