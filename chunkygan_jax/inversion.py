@@ -377,7 +377,6 @@ class Inverter:
         self._has_static = static_mask
         self._programs = _programs(dataclasses.replace(s, seed=0), mesh)  # the seed only moves the layout
         self.nets = (self._programs["prepare"](self.generator), self.lpips, self.mask_source)
-        self.optimizer = self._programs["optimizer"]
         backend = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
         self.loop = loop or default_loop_form(backend)
         if self.loop not in LOOP_FORMS:

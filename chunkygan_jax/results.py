@@ -107,12 +107,6 @@ class InversionResult:
         return save_result(self, directory, overwrite=overwrite, store=store)
 
 
-def save_latents(path, latents, *, overwrite: bool = False) -> None:
-    with atomic_path(Path(path), overwrite=overwrite) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **flatten_tree(latents))
-
-
 def load_latents(path) -> dict:
     try:
         with np.load(path, allow_pickle=False) as data:
