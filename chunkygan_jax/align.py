@@ -61,10 +61,11 @@ from PIL import Image, ImageFilter
 
 from .errors import ConfigError, ImageError
 
-__all__ = ["Alignment", "Face", "detect_faces", "find_alignment", "ffhq_quad", "align_image", "align",
-           "paste_back", "load_photo", "BLENDS"]
+__all__ = ["Alignment", "Face", "detect_faces", "find_alignment", "find_alignments", "ffhq_quad", "align_image",
+           "align", "paste_back", "paste_all", "load_photo", "photo_mode", "as_mode", "BLENDS", "PASTES"]
 
 BLENDS = ("feather", "poisson")
+PASTES = ("residual", "projection")  # an edit pasted as (photo + edit - projection), or the edit itself
 
 # Face-mesh indices (MediaPipe's canonical face model). "left"/"right" are the sides of the image:
 # the eye on the image's left is the subject's right eye.
@@ -399,6 +400,44 @@ def _find_alignment(rgb: np.ndarray, face, name: str) -> Alignment:
                      photo_size=(rgb.shape[1], rgb.shape[0]))
 
 
+def find_alignments(photo, *, min_face: float = MIN_FACE) -> tuple[list[Alignment], list[dict]]:
+    """Every face in the photo: (the alignments of the faces whose landmarks were placed, ordered left to
+    right; the others as {"face", "box", "reason"}). `face` numbers every face found, as `face=K` does.
+    Raises ImageError when there is no face at all."""
+    rgb = load_photo(photo)
+    faces = detect_faces(rgb, min_face=min_face)
+    if not faces:
+        raise ImageError(f"no face found in {_photo_name(photo)}")
+    found, skipped = [], []
+    for i, f in enumerate(faces):
+        lm = _face_landmarks(rgb, f)
+        if lm is None:
+            skipped.append({"face": i, "box": [round(float(v), 1) for v in f.box],
+                            "reason": "its eyes and mouth could not be located (turned too far away, or not a face?)"})
+            continue
+        quad = ffhq_quad(lm["eye_left"], lm["eye_right"], lm["mouth_left"], lm["mouth_right"])
+        found.append(Alignment(quad=quad, landmarks=lm, face=i, faces_found=len(faces),
+                               photo_size=(rgb.shape[1], rgb.shape[0])))
+    return found, skipped
+
+
+def photo_mode(photo) -> str:
+    """"grey" for a greyscale photo (mode L, or equal channels everywhere), else "rgb"."""
+    rgb = load_photo(photo)
+    return "grey" if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]) else "rgb"
+
+
+def as_mode(image: np.ndarray, mode: str) -> np.ndarray:
+    """A uint8 [H, W, 3] image as a photo of `mode` shows it: for "grey", its luminance (ITU-R 601-2, as
+    PIL's mode L) in all three channels; "rgb" unchanged."""
+    if mode == "rgb":
+        return image
+    if mode != "grey":
+        raise ConfigError(f"photo mode must be 'rgb' or 'grey', got {mode!r}")
+    grey = np.asarray(Image.fromarray(np.asarray(image, np.uint8)).convert("L"))
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
 # ----------------------------------------------------------------------------------------------------
 # The quad and the resampling
 
@@ -542,7 +581,7 @@ def _smoothstep(t):
 
 
 def paste_back(photo, generated, alignment: Alignment, *, blend: str = "feather", feather: float = 0.1,
-               poisson_tol: float = 1e-4) -> np.ndarray:
+               poisson_tol: float = 1e-4, reference=None) -> np.ndarray:
     """Warp a generated aligned image back into the photo at the photo's full resolution.
 
     photo: what `alignment` was computed on (path, PIL image or array), at its own size.
@@ -551,6 +590,10 @@ def paste_back(photo, generated, alignment: Alignment, *, blend: str = "feather"
         outer `feather` fraction of the quad's side; "poisson" solves a Poisson equation (gradient
         domain, `blending.poisson_blend`) on the quad's bounding box, with the inner part of the quad
         (where the feathered mask is above 0.5) as the domain.
+    reference: the residual paste of an edit. `generated` is the edit and `reference` the unedited
+        projection (same size); what goes into the photo is the photo plus the warped difference of the
+        two, so the photo's own detail stays wherever the edit changes nothing (an edit equal to its
+        reference gives the photo back bit for bit).
     Returns uint8 [H, W, 3]. Pixels outside the quad are bit-identical to the photo."""
     if blend not in BLENDS:
         raise ConfigError(f"blend must be one of {BLENDS}, got {blend!r}")
@@ -566,6 +609,11 @@ def paste_back(photo, generated, alignment: Alignment, *, blend: str = "feather"
     if gen.shape[:2] != (r, r):
         raise ImageError(f"the generated image must be square, got {gen.shape[1]}x{gen.shape[0]}")
 
+    ref = None
+    if reference is not None:
+        ref = load_photo(reference, alpha="drop")
+        if ref.shape != gen.shape:
+            raise ImageError(f"the reference image is {ref.shape[1]}x{ref.shape[0]}, the edit {r}x{r}")
     quad = np.asarray(alignment.quad, np.float64)
     # the quad's bounding box in the photo, one pixel wider for the resampling footprint
     bx0, by0 = max(math.floor(quad[:, 0].min()) - 1, 0), max(math.floor(quad[:, 1].min()) - 1, 0)
@@ -579,16 +627,23 @@ def paste_back(photo, generated, alignment: Alignment, *, blend: str = "feather"
     if side < r:
         s = max(int(math.ceil(side)), 2)
         gen = np.asarray(Image.fromarray(gen).resize((s, s), Image.Resampling.LANCZOS))
+        ref = None if ref is None else np.asarray(Image.fromarray(ref).resize((s, s), Image.Resampling.LANCZOS))
         r = s
     # photo edge coordinates -> generated edge coordinates; the generated image is edge-padded by 2 px
     # so that samples near its border do not pull in black
     m_inv = np.linalg.inv(_quad_to_affine(quad, r))
     shift = np.array([[1, 0, 2], [0, 1, 2], [0, 0, 1]], np.float64) @ m_inv @ np.array(
         [[1, 0, bx0], [0, 1, by0], [0, 0, 1]], np.float64)
-    padded = np.pad(gen, ((2, 2), (2, 2), (0, 0)), mode="edge")
-    warped = np.asarray(Image.fromarray(padded).transform((bx1 - bx0, by1 - by0), Image.Transform.AFFINE,
-                                                          _pil_affine(shift), resample=Image.Resampling.BICUBIC),
-                        np.float32)
+
+    def warp(image):
+        padded = np.pad(image, ((2, 2), (2, 2), (0, 0)), mode="edge")
+        return np.asarray(Image.fromarray(padded).transform((bx1 - bx0, by1 - by0), Image.Transform.AFFINE,
+                                                            _pil_affine(shift), resample=Image.Resampling.BICUBIC),
+                          np.float32)
+    warped = warp(gen)
+    dst = rgb[by0:by1, bx0:bx1].astype(np.float32)
+    if ref is not None:  # the photo plus the edit's change: the photo's own detail stays
+        warped = dst + (warped - warp(ref))
 
     # the mask, analytically at each photo pixel's centre: (u, v) in [0, 1]^2 inside the quad
     ys, xs = np.mgrid[by0:by1, bx0:bx1].astype(np.float64) + 0.5
@@ -597,7 +652,6 @@ def paste_back(photo, generated, alignment: Alignment, *, blend: str = "feather"
     edge = np.minimum(np.minimum(u, 1.0 - u), np.minimum(v, 1.0 - v))
     mask = _smoothstep(edge / feather).astype(np.float32)  # 0 on and outside the quad's boundary
 
-    dst = rgb[by0:by1, bx0:bx1].astype(np.float32)
     if blend == "feather":
         blended = dst + (warped - dst) * mask[..., None]
     else:
@@ -607,4 +661,18 @@ def paste_back(photo, generated, alignment: Alignment, *, blend: str = "feather"
         blended = (blended + 1.0) * 127.5
     region = np.clip(np.round(blended), 0, 255).astype(np.uint8)
     out[by0:by1, bx0:bx1] = np.where((mask > 0)[..., None], region, rgb[by0:by1, bx0:bx1])
+    return out
+
+
+def paste_all(photo, generated, alignments, *, references=None, blend: str = "feather",
+              feather: float = 0.1) -> np.ndarray:
+    """Several faces pasted back into one photo, one after the other (`paste_back` each): a face pasted
+    later is feathered into the photo as the earlier ones left it, so overlapping crops blend without a
+    seam. references: per face, the unedited projection of a residual paste, or None."""
+    if len(generated) != len(alignments) or (references is not None and len(references) != len(alignments)):
+        raise ConfigError(f"{len(generated)} images for {len(alignments)} faces")
+    out = load_photo(photo)
+    for i, (image, alignment) in enumerate(zip(generated, alignments)):
+        out = paste_back(out, image, alignment, blend=blend, feather=feather,
+                         reference=None if references is None else references[i])
     return out
