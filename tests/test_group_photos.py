@@ -22,8 +22,8 @@ from chunkygan_jax.editing import edit_saved_result
 from chunkygan_jax.errors import ConfigError
 from chunkygan_jax.generators.dcgan import DCGAN, DCGANConfig, random_params
 from chunkygan_jax.groups import load_group
-from chunkygan_jax.inversion import invert
 from chunkygan_jax.report import write_report
+from chunkygan_jax.results import InversionResult
 
 from real_photos import astronaut, group_photo, outside_quad
 
@@ -81,7 +81,7 @@ def test_single_face_detection_time():
 # --face=all: one batch, one pasted photo; edits of all faces or some; the residual paste; greyscale
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--steps=2", "--segments=2"]
+TINY = ["--steps=2", "--segments=2", "--lpips_net=alex", "--lpips_resolution=full"]  # cheap programs
 
 
 def run_tool(tool, *args):
@@ -103,7 +103,8 @@ def dcgan(tmp_path_factory):
 def group(dcgan, tmp_path_factory):
     folder = tmp_path_factory.mktemp("group")
     photo, truth = group_photo(1000, 700, [1 / 20, 1 / 14, 1 / 10, 1 / 16], 7)
-    Image.fromarray(photo).save(folder / "group.png")
+    photo = np.repeat(np.asarray(Image.fromarray(photo).convert("L"))[..., None], 3, axis=-1)  # a grey photo
+    Image.fromarray(photo[..., 0]).save(folder / "group.png")
     out = folder / "out"
     proc = run_tool("invert", f"--image={folder / 'group.png'}", "--align", "--face=all",
                     f"--generator={dcgan[1]}", f"--output_dir={out}", *TINY)
@@ -123,12 +124,13 @@ def test_face_all_one_batch_one_pasted_photo(group):
     photo, truth, out = group
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["batch"] == 4 and metrics["faces_found"] == 4 and metrics["skipped"] == []
-    assert [f["face"] for f in metrics["faces"]] == [0, 1, 2, 3] and metrics["mode"] == "rgb"
+    assert [f["face"] for f in metrics["faces"]] == [0, 1, 2, 3] and metrics["mode"] == "grey"
     quads = [np.array(f["quad"]) for f in metrics["faces"]]
     for q, f in zip(quads, sorted(truth, key=lambda b: b[0] + b[2])):  # each quad around its true face
         cx, cy = q.mean(0)
         assert f[0] <= cx <= f[2] and f[1] <= cy <= f[3]
     pasted = np.asarray(Image.open(out / "pasted.png").convert("RGB"))
+    assert (pasted == pasted[..., :1]).all()  # a grey photo gets grey faces back
     outside = outside_all(quads, *photo.shape[:2])
     np.testing.assert_array_equal(pasted[outside], photo[outside])  # only the 4 quads change
     for q in quads:
@@ -137,7 +139,9 @@ def test_face_all_one_batch_one_pasted_photo(group):
     for k in range(4):  # each face's own report, its result an ordinary saved result
         face = json.loads((out / f"face_{k}" / "metrics.json").read_text())
         assert face["alignment"]["face"] == k and face["alignment"]["quad"] == metrics["faces"][k]["quad"]
-        assert (out / f"face_{k}" / "result" / "result.json").is_file()
+        assert face["mode"] == "grey" and (out / f"face_{k}" / "result" / "result.json").is_file()
+        projection = np.asarray(Image.open(out / f"face_{k}" / "projection.png").convert("RGB"))
+        assert (projection == projection[..., :1]).all()
     group_record = load_group(out)
     assert group_record.faces == [0, 1, 2, 3] and group_record.photo_size == (1000, 700)
 
@@ -186,17 +190,35 @@ def test_residual_paste_keeps_the_photos_detail(dcgan):
     np.testing.assert_array_equal(A.paste_back(photo, projection, al, reference=projection), photo)
 
 
-def test_greyscale_photo_gives_grey_projection_and_paste(dcgan, tmp_path):
+def test_greyscale_single_face_report(dcgan, tmp_path):
+    # bin/invert --align of one face: a result marked grey (as invert marks a photo with equal channels)
+    # is written and pasted in grey; outside the quad the photo is untouched
+    g, checkpoint = dcgan
     grey = np.asarray(Image.open(astronaut()).convert("L"))
     Image.fromarray(grey).save(tmp_path / "grey.png")
     assert A.photo_mode(tmp_path / "grey.png") == "grey" and A.photo_mode(astronaut()) == "rgb"
-    result = invert(tmp_path / "grey.png", dcgan[0], align=True, steps=2, segments=2)
-    assert result.settings["photo_mode"] == "grey"
+    target, al = A.align(tmp_path / "grey.png", g.resolution, output="float")
+    codes = np.asarray(g.initial_codes("z", 2))
+    images = np.asarray(g.synthesize(codes, "z"))
+    masks = np.zeros((2, 32, 32), np.float32)
+    masks[0, :, :16], masks[1, :, 16:] = 1, 1
+    result = InversionResult(target=target, composite=(images * masks[..., None]).sum(0), segment_images=images,
+                             masks=masks, latents={"codes": codes}, loss_history=np.zeros(1, np.float32),
+                             final_losses={}, settings={"space": "z", "generator": str(checkpoint),
+                                                        "photo_mode": "grey"},
+                             alignment=al.to_json(), photo=str(tmp_path / "grey.png"))
     write_report(result, tmp_path / "out")
     for name in ("projection.png", "pasted.png"):
         img = np.asarray(Image.open(tmp_path / "out" / name).convert("RGB"))
-        assert (img[..., 0] == img[..., 1]).all() and (img[..., 0] == img[..., 2]).all(), name
+        assert (img == img[..., :1]).all(), name
+    assert not (cio.to_uint8(result.composite) == cio.to_uint8(result.composite)[..., :1]).all()  # it was colour
     pasted = np.asarray(Image.open(tmp_path / "out" / "pasted.png").convert("L"))
-    outside = outside_quad(np.array(result.alignment["quad"]), 512, 512, 1.0)
+    outside = outside_quad(al.quad, 512, 512, 1.0)
     np.testing.assert_array_equal(pasted[outside], grey[outside])
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["mode"] == "grey"
+    # an edit of it is grey too, written and pasted
+    np.save(tmp_path / "d.npy", np.full(g.config.z_dim, 3.0, np.float32))
+    edit_saved_result(tmp_path / "out" / "result", tmp_path / "edit.png", direction=tmp_path / "d.npy")
+    for name in ("edit.png", "edit_pasted.png"):
+        img = np.asarray(Image.open(tmp_path / name).convert("RGB"))
+        assert (img == img[..., :1]).all(), name
