@@ -222,3 +222,26 @@ def test_greyscale_single_face_report(dcgan, tmp_path):
     for name in ("edit.png", "edit_pasted.png"):
         img = np.asarray(Image.open(tmp_path / name).convert("RGB"))
         assert (img == img[..., :1]).all(), name
+
+
+def test_face_all_refusals_and_too_small_faces(dcgan, tmp_path):
+    from chunkygan_jax.errors import ChunkyGANError, ImageError
+    from chunkygan_jax.groups import GROUP_FILE
+    from chunkygan_jax.inversion import invert
+
+    with pytest.raises(ConfigError, match="face must be a face number, None"):
+        invert(astronaut(), dcgan[0], align=True, face="every")
+    with pytest.raises(ConfigError, match="pass align=True"):
+        invert(astronaut(), dcgan[0], face="all")
+    # a 256 px generator and a 128 px photo: the face's square (about 44 px) is under a quarter of 256
+    cfg = DCGANConfig(z_dim=4, channels=(4, 4, 4, 4, 4, 4))
+    big = DCGAN(config=cfg, params=random_params(0, cfg))
+    small = np.asarray(Image.open(astronaut()).resize((128, 128), Image.LANCZOS))
+    with pytest.raises(ImageError, match=r"no face to invert among the 1 found \(face 0: the face is \d+ px wide, "
+                                         r"under a quarter of the generator's 256 px"):
+        invert(small, big, align=True, face="all")
+    # a hostile group record: face numbers are numbers, never paths
+    (tmp_path / GROUP_FILE).write_text(json.dumps({"kind": "face group", "photo": None, "photo_size": [8, 8],
+                                                   "mode": "rgb", "faces": ["../../etc"], "skipped": []}))
+    with pytest.raises(ChunkyGANError, match="not a face group record"):
+        load_group(tmp_path)
