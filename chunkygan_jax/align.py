@@ -370,17 +370,19 @@ def _face_landmarks(rgb: np.ndarray, face: Face) -> dict | None:
             zip(("eye_left", "eye_right", "mouth_left", "mouth_right"), p)}
 
 
-def find_alignment(photo, *, face: int | None = None) -> Alignment:
+def find_alignment(photo, *, face: int | None = None, min_face: float = MIN_FACE) -> Alignment:
     """Detect the faces in `photo` and compute the FFHQ quad of one of them.
 
     face: index among the faces ordered left to right (0 = leftmost); None picks the largest.
+    min_face: the smallest face looked for (`detect_faces`); 0.1 skips the tiles (about 40 ms less on
+        a 512 px photo) and finds faces down to about 1/12 of the photo's longer side.
     Raises ImageError when there is no face, when `face` is out of range, or when the chosen face's
     landmarks cannot be placed (a face turned far away, or a false detection)."""
-    return _find_alignment(load_photo(photo), face, _photo_name(photo))
+    return _find_alignment(load_photo(photo), face, _photo_name(photo), min_face)
 
 
-def _find_alignment(rgb: np.ndarray, face, name: str) -> Alignment:
-    faces = detect_faces(rgb)
+def _find_alignment(rgb: np.ndarray, face, name: str, min_face: float = MIN_FACE) -> Alignment:
+    faces = detect_faces(rgb, min_face=min_face)
     if not faces:
         raise ImageError(f"no face found in {name}")
     if face is None:
