@@ -200,7 +200,7 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
         else:
             edited = edit_result(result, gen, edits_at(value), blend=blend, mask_source=mask_source)
             image = edited.composite
-        images.append(io.to_uint8(image))
+        images.append(as_mode(io.to_uint8(image), settings.get("photo_mode", "rgb")))  # grey photo: grey edit
 
     what = [f"direction {_name(direction)}" + ("" if strengths else f" x {strength:g}")] if direction is not None else []
     what = ", ".join(what + [f"s {t}" for t in s_edits]) or "no edit"
@@ -210,7 +210,7 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
         return f"{kind} edit ({what}, blend {blend}) at {len(strengths)} strengths " \
                f"{strengths[0]:g}..{strengths[-1]:g} -> {output}"
     mode = settings.get("photo_mode", "rgb")
-    io.save_png(output, as_mode(images[0], mode), overwrite=overwrite)
+    io.save_png(output, images[0], overwrite=overwrite)
     note = ""
     if pasted and Path(result.photo).is_file():
         alignment = Alignment.from_json(result.alignment)
@@ -220,14 +220,14 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
             unedited = current_image(result) if region else edit_result(result, gen, [], blend=blend,
                                                                          mask_source=mask_source).composite
             reference = as_mode(io.to_uint8(unedited), mode)
-        io.save_png(pasted, paste_back(result.photo, as_mode(images[0], mode), alignment, reference=reference),
+        io.save_png(pasted, paste_back(result.photo, images[0], alignment, reference=reference),
                     overwrite=overwrite)
         note = f", pasted into the photo ({how}) -> {pasted}"
     elif pasted:
         note = f" (the photo {result.photo} is gone: no pasted image)"
     edited.alignment, edited.photo, edited.tuning = result.alignment, result.photo, result.tuning
     if compare is not None:
-        before = io.to_uint8(current_image(result) if region else result.composite)
+        before = as_mode(io.to_uint8(current_image(result) if region else result.composite), mode)
         io.save_png(compare, tile_sheet([[before, images[0], changed_pixels(before, images[0])]],
                                         col_labels=["input" if region else "projection", "edit", "changed pixels"]),
                     overwrite=overwrite)
