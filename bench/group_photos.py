@@ -87,7 +87,8 @@ def timing(args):
            "batch_s": round(batch_s, 2), "batch_per_face_s": round(batch_s / len(group.results), 2),
            "batch_compile_s": round(group.results[0].compile_seconds, 2),
            "batch_ms_per_step": round(group.results[0].step_ms or 0, 1),
-           "single_s": [round(s, 2) for s in singles], "single_ms_per_step": round(last.step_ms or 0, 1), "single_mean_s": round(float(np.mean(singles)), 2),
+           "single_s": [round(s, 2) for s in singles], "single_ms_per_step": round(last.step_ms or 0, 1),
+           "single_mean_s": round(float(np.mean(singles)), 2),
            "ratio": round(batch_s / len(group.results) / float(np.mean(singles)), 3)}
     print(json.dumps(row), flush=True)
     return row
