@@ -41,11 +41,11 @@ from .demo import resolve_generator
 from .errors import ConfigError, ImageError, ResourceError
 from .generators.protocol import bind_label
 from .generators.stylegan2 import sample_ws
+from .groups import FaceGroup
 from .lpips import load_lpips, resize_for_lpips
 from .mask_sources import make_mask_source, mask_source_record
 from .masks import composite, source_masks
 from .progress import Progress
-from .groups import FaceGroup
 from .results import InversionResult, Snapshot
 from .tuning import as_tuning, tune_results
 
