@@ -19,6 +19,7 @@ _EXPORTS = {
     "checkpoints": ["load_generator", "save_generator"],
     "demo": ["resolve_generator"],
     "results": ["InversionResult", "load_result"],
+    "groups": ["FaceGroup", "load_group"],
     "inversion": ["InversionSettings", "Inverter", "invert", "invert_batch"],
     "tuning": ["TuningSettings", "tune_results"],
     "deltas": ["tuned_generator"],

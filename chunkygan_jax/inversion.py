@@ -34,13 +34,14 @@ import numpy as np
 import optax
 
 from . import io, sharding
-from .align import Alignment, align_image, load_photo
+from .align import Alignment, align_image, find_alignments, load_photo, photo_mode
 from .align import align as align_photo
 from .compute import COMPUTE_DTYPES
 from .demo import resolve_generator
 from .errors import ConfigError, ImageError, ResourceError
 from .generators.protocol import bind_label
 from .generators.stylegan2 import sample_ws
+from .groups import FaceGroup
 from .lpips import load_lpips, resize_for_lpips
 from .mask_sources import make_mask_source, mask_source_record
 from .masks import composite, source_masks
@@ -595,7 +596,7 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
            segmenter=None, learn_masks=None, static_mask=None, seed=0, noise_mode="const", dtype="float32",
            callback=None, progress_every=25, progress=False, snapshot_steps=(), crop="none", alpha="refuse",
            upscale=False, initial_codes=None, align=False, face=None, tune=None,
-           tune_callback=None, label=None) -> InversionResult:
+           tune_callback=None, label=None) -> InversionResult | FaceGroup:
     """Reconstruct one photo as `segments` latent codes blended by soft masks (ChunkyGAN).
 
     image: a path or an array ([H, W, 3] uint8, or float in [-1, 1]) at the generator's resolution;
@@ -605,6 +606,12 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
         crop (`chunkygan_jax.align`); an `Alignment` found earlier on this photo is used as it is. The
         result then records `alignment` (its JSON form) and `photo` (the path, when `image` is one), so
         that the projection or an edit can be pasted back (`align.paste_back`).
+    face: with align=True, the face to invert (None: the largest), or "all": every face found is
+        aligned and all are inverted as one batch (one jitted program; with `tune`, tuned together), and
+        a `groups.FaceGroup` is returned. Faces whose quad is under a quarter of the generator's
+        resolution are skipped (listed in its `skipped` with the reason) unless upscale=True.
+    A greyscale photo (equal channels) records settings["photo_mode"] = "grey": what is shown of the
+    result (projection.png, pasted photos, edits) is then its luminance (`align.as_mode`).
     generator: a generator object, a checkpoint path (ours, NVIDIA .pkl, rosinality .pt), or None for
         the demo face generator.
     space: 'w', 'w+' (default for StyleGAN2) or 's'; codes start at w_avg.
@@ -633,6 +640,19 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
     step) and `step_ms` (the steady time per step) are measured apart; `seconds` is the whole call,
     one-off work such as loading LPIPS and the snapshots included.
     """
+    batch_options = dict(segments=segments, space=space, steps=steps, lr=lr, lambda_reg=lambda_reg,
+                         l2_weight=l2_weight, mean_latent_weight=mean_latent_weight, lpips_net=lpips_net,
+                         lpips_resolution=lpips_resolution, masks=masks, segmenter=segmenter,
+                         learn_masks=learn_masks, seed=seed, noise_mode=noise_mode, dtype=dtype, callback=callback,
+                         progress_every=progress_every, progress=progress, snapshot_steps=snapshot_steps,
+                         crop=crop, alpha=alpha, upscale=upscale, tune=tune, tune_callback=tune_callback,
+                         label=label)
+    if isinstance(face, str):
+        if face != "all":
+            raise ConfigError(f"face must be a face number, None (the largest) or 'all', got {face!r}")
+        if align is not True:
+            raise ConfigError("face='all' finds every face; pass align=True")
+        return _invert_faces(image, resolve_generator(generator), static_mask, initial_codes, batch_options)
     alignment = None
     if align is not False and align is not None:
         generator = resolve_generator(generator)
@@ -640,17 +660,51 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
     elif face is not None:
         raise ConfigError("face= chooses the face to align; pass align=True too")
     init = None if initial_codes is None else jax.tree_util.tree_map(lambda x: np.asarray(x)[None], initial_codes)
-    result = invert_batch([image], generator, segments=segments, space=space, steps=steps, lr=lr,
-                         lambda_reg=lambda_reg, l2_weight=l2_weight, mean_latent_weight=mean_latent_weight,
-                         lpips_net=lpips_net, lpips_resolution=lpips_resolution, masks=masks,
-                         segmenter=segmenter, learn_masks=learn_masks, static_masks=[static_mask], seed=seed,
-                         noise_mode=noise_mode, dtype=dtype, callback=callback, progress_every=progress_every,
-                         progress=progress, snapshot_steps=snapshot_steps, crop=crop,
-                         alpha=alpha, upscale=upscale, initial_codes=init, tune=tune,
-                         tune_callback=tune_callback, label=label)[0]
+    result = invert_batch([image], generator, static_masks=[static_mask], initial_codes=init, **batch_options)[0]
     if alignment is not None:
         result.alignment, result.photo = alignment
+    if _is_grey(result.target):
+        result.settings["photo_mode"] = "grey"
     return result
+
+
+def _is_grey(target) -> bool:
+    t = np.asarray(target)
+    return bool(np.array_equal(t[..., 0], t[..., 1]) and np.array_equal(t[..., 0], t[..., 2]))
+
+
+def _invert_faces(photo, generator, static_mask, initial_codes, options) -> FaceGroup:
+    """invert(face="all"): every face aligned, too small ones skipped, the rest inverted as one batch."""
+    if static_mask is not None:
+        raise ConfigError("static_mask is one image's; it does not apply to face='all'")
+    rgb = load_photo(photo)
+    found, skipped = find_alignments(rgb)
+    res, upscale = generator.resolution, options["upscale"]
+    images, kept = [], []
+    for al in found:
+        if al.side < res / 4 and not upscale:
+            skipped.append({"face": al.face, "quad": al.to_json()["quad"],
+                            "reason": f"the face is {al.side:.0f} px wide, under a quarter of the generator's "
+                                      f"{res} px (upscale=True, or --upscale, inverts it anyway)"})
+            continue
+        images.append(align_image(rgb, al, res, output="float"))
+        kept.append(al)
+    skipped.sort(key=lambda d: d["face"])
+    name = str(photo) if isinstance(photo, (str, os.PathLike)) else "the image"
+    if not kept:
+        why = "; ".join(f"face {d['face']}: {d['reason']}" for d in skipped)
+        raise ImageError(f"{name}: no face to invert among the {len(skipped)} found ({why})")
+    init = None if initial_codes is None else jax.tree_util.tree_map(
+        lambda x: np.repeat(np.asarray(x)[None], len(images), axis=0), initial_codes)
+    results = invert_batch(images, generator, initial_codes=init, **options)
+    path = str(Path(photo).resolve()) if isinstance(photo, (str, os.PathLike)) else None
+    mode = photo_mode(rgb)
+    for r, al in zip(results, kept):
+        r.alignment, r.photo = al.to_json(), path
+        if mode == "grey":
+            r.settings["photo_mode"] = "grey"
+    return FaceGroup(results=results, skipped=skipped, photo=path, photo_size=(rgb.shape[1], rgb.shape[0]),
+                     mode=mode, faces_found=kept[0].faces_found)
 
 
 def _aligned(photo, resolution, align, face):

@@ -14,9 +14,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import io
-from .align import Alignment, paste_back
+from .align import Alignment, as_mode, paste_all, paste_back
 from .errors import ChunkyGANError
 from .files import atomic_path
+from .groups import face_folder, write_group_record
 from .masks import color_code, mask_coherence, palette
 from .results import save_result
 
@@ -104,34 +105,86 @@ def write_report(result, directory, *, extra_metrics=None, photo=None, blend="fe
 
     For an aligned photo (result.alignment), also pasted.png: the projection warped back into the photo
     (`photo`, else the path the result records) at its full size, blended with `blend` ("feather" or
-    "poisson"); metrics.json then holds the alignment. An existing report is replaced only with
-    overwrite=True (files.atomic_path's rules); `inputs` (the photo, masks...) may be neither the
-    directory nor inside it."""
+    "poisson"); metrics.json then holds the alignment. The result of a greyscale photo
+    (settings["photo_mode"] "grey") is shown in grey: projection.png, side_by_side.png and pasted.png.
+    An existing report is replaced only with overwrite=True (files.atomic_path's rules); `inputs` (the
+    photo, masks...) may be neither the directory nor inside it."""
     directory = Path(directory)
-    k = sheet_scale(result.composite.shape[0])
     pasted = None
     if result.alignment is not None and (photo is not None or result.photo):
-        pasted = paste_back(photo if photo is not None else result.photo, result.image_uint8(),
+        pasted = paste_back(photo if photo is not None else result.photo, shown(result),
                             Alignment.from_json(result.alignment), blend=blend)
-    segments = result.require_segment_images("the report's segments.png")
+    result.require_segment_images("the report's segments.png")
     with atomic_path(directory, is_dir=True, overwrite=overwrite, kind=REPORT_KIND, inputs=inputs) as tmp:
         if pasted is not None:
             io.save_png(tmp / "pasted.png", pasted)
-        io.save_png(tmp / "projection.png", result.image_uint8())
-        io.save_png(tmp / "side_by_side.png",
-                    enlarge(np.concatenate([io.to_uint8(result.target), result.image_uint8()], axis=1), k))
-        io.save_png(tmp / "masks.png", masks_sheet(result.masks))
-        io.save_png(tmp / "segments.png", enlarge(np.concatenate([io.to_uint8(x) for x in segments], axis=1), k))
-        if result.snapshots:
-            io.save_png(tmp / "progression.png", progression_sheet(result))
-        save_result(result, tmp / "result")
-        steps = len(result.loss_history)
-        metrics = {"final_losses": result.final_losses, "steps": steps, "seconds": result.seconds,
-                   "compile_seconds": result.compile_seconds, "ms_per_step": result.step_ms,
-                   "settings": result.settings, "mask_coherence": mask_coherence(result.masks),
-                   **({"alignment": result.alignment, "photo": result.photo} if result.alignment else {}),
-                   # pivotal tuning: its steps, LPIPS before and after, the delta's size in bytes, timing
-                   **({"tuning": result.tuning["record"]} if result.tuning is not None else {}),
-                   **(extra_metrics or {})}
+        _write_face(result, tmp, extra_metrics)
+    return directory
+
+
+def shown(result) -> np.ndarray:
+    """The projection as the photo shows it: uint8, in grey for a greyscale photo."""
+    return as_mode(result.image_uint8(), result.settings.get("photo_mode", "rgb"))
+
+
+def _metrics(result) -> dict:
+    return {"final_losses": result.final_losses, "steps": len(result.loss_history), "seconds": result.seconds,
+            "compile_seconds": result.compile_seconds, "ms_per_step": result.step_ms,
+            "settings": result.settings, "mask_coherence": mask_coherence(result.masks),
+            "mode": result.settings.get("photo_mode", "rgb"),
+            **({"alignment": result.alignment, "photo": result.photo} if result.alignment else {}),
+            # pivotal tuning: its steps, LPIPS before and after, the delta's size in bytes, timing
+            **({"tuning": result.tuning["record"]} if result.tuning is not None else {})}
+
+
+def _write_face(result, folder: Path, extra_metrics=None) -> None:
+    """One result's report files into `folder` (which exists)."""
+    k = sheet_scale(result.composite.shape[0])
+    mode = result.settings.get("photo_mode", "rgb")
+    segments = result.require_segment_images("the report's segments.png")
+    io.save_png(folder / "projection.png", shown(result))
+    io.save_png(folder / "side_by_side.png",
+                enlarge(np.concatenate([io.to_uint8(result.target), shown(result)], axis=1), k))
+    io.save_png(folder / "masks.png", masks_sheet(result.masks))
+    io.save_png(folder / "segments.png", enlarge(np.concatenate([as_mode(io.to_uint8(x), mode) for x in segments],
+                                                                axis=1), k))
+    if result.snapshots:
+        io.save_png(folder / "progression.png", progression_sheet(result))
+    save_result(result, folder / "result")
+    (folder / "metrics.json").write_text(json.dumps({**_metrics(result), **(extra_metrics or {})}, indent=2))
+
+
+def write_group_report(group, directory, *, photo=None, blend="feather", overwrite: bool = False,
+                       inputs=()) -> Path:
+    """The report of a group photo (`groups.FaceGroup`), written atomically: pasted.png (every face's
+    projection pasted into the photo, one after the other: overlapping crops blend without a seam),
+    metrics.json (each face's number, quad, losses and report folder; the faces skipped and why; the
+    timing of the one batch), group.json (what bin/edit reads) and one face's report per face in
+    face_K/ (as `write_report` writes it, without pasted.png)."""
+    directory = Path(directory)
+    source = photo if photo is not None else group.photo
+    pasted = None
+    if source is not None:
+        pasted = paste_all(source, [shown(r) for r in group.results], group.alignments(), blend=blend)
+    for r in group.results:
+        r.require_segment_images("the report's segments.png")
+    first = group.results[0]
+    with atomic_path(directory, is_dir=True, overwrite=overwrite, kind=REPORT_KIND, inputs=inputs) as tmp:
+        if pasted is not None:
+            io.save_png(tmp / "pasted.png", pasted)
+        faces = []
+        for r in group.results:
+            folder = tmp / face_folder(r.alignment["face"])
+            folder.mkdir()
+            _write_face(r, folder)
+            faces.append({"face": int(r.alignment["face"]), "quad": r.alignment["quad"],
+                          "report": face_folder(r.alignment["face"]), "final_losses": r.final_losses,
+                          **({"tuning": r.tuning["record"]} if r.tuning is not None else {})})
+        write_group_record(group, tmp)
+        metrics = {"photo": group.photo, "photo_size": list(group.photo_size), "mode": group.mode,
+                   "faces_found": group.faces_found, "faces": faces, "skipped": group.skipped,
+                   "batch": len(group.results), "steps": len(first.loss_history), "seconds": first.seconds,
+                   "compile_seconds": first.compile_seconds, "ms_per_step": first.step_ms,
+                   "settings": first.settings}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return directory

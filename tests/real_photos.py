@@ -50,3 +50,47 @@ def outside_quad(quad, h, w, margin):
             n = -n  # the outward normal
         dist = np.maximum(dist, (xs - a[0]) * n[0] + (ys - a[1]) * n[1])
     return dist > margin
+
+
+# Each portrait's face box [x0, y0, x1, y1] in the photo: dlib's frontal detector's box (no upsampling).
+_FACE_BOXES = {"astronaut": (179, 83, 267, 171), "grace_hopper": (161, 137, 377, 353)}
+
+
+def group_photo(width, height, faces, seed=0):
+    """A group photo made of the real portraits: `faces` lists each face's width as a fraction of the
+    photo's longer side (astronaut and Grace Hopper in turn); each portrait is cut around its face (a
+    square 3.2x the face's box), scaled, and placed at a random free spot on a plain background.
+    Returns (uint8 [height, width, 3], the true face boxes [x0, y0, x1, y1] in photo pixels)."""
+    from PIL import Image
+
+    from chunkygan_jax.align import load_photo
+
+    sources = []
+    for name, path in (("astronaut", astronaut()), ("grace_hopper", grace_hopper())):
+        x0, y0, x1, y1 = _FACE_BOXES[name]
+        half, cx, cy = 1.6 * (x1 - x0), (x0 + x1) / 2, (y0 + y1) / 2
+        photo = load_photo(path)
+        cut = (max(int(cx - half), 0), max(int(cy - half), 0))
+        crop = photo[cut[1]:int(cy + half), cut[0]:int(cx + half)]
+        sources.append((crop, (x0 - cut[0], y0 - cut[1], x1 - cut[0], y1 - cut[1])))
+    rng = np.random.default_rng(seed)
+    canvas = np.empty((height, width, 3), np.uint8)
+    canvas[:] = rng.integers(90, 210, 3)
+    taken = np.zeros((height, width), bool)
+    boxes, longer = [], max(width, height)
+    for i, fraction in enumerate(faces):
+        crop, box = sources[i % 2]
+        scale = fraction * longer / (box[2] - box[0])
+        im = np.asarray(Image.fromarray(crop).resize((round(crop.shape[1] * scale), round(crop.shape[0] * scale)),
+                                                     Image.LANCZOS))
+        h, w = im.shape[:2]
+        for _ in range(500):
+            x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
+            if not taken[y:y + h, x:x + w].any():
+                break
+        else:
+            raise ValueError("no free spot for a portrait: a larger photo or fewer faces")
+        taken[y:y + h, x:x + w] = True
+        canvas[y:y + h, x:x + w] = im
+        boxes.append(tuple(v * scale + o for v, o in zip(box, (x, y, x, y))))
+    return canvas, boxes

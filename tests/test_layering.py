@@ -14,7 +14,7 @@ LAYERS = [
     ["errors", "trees", "files", "progress", "safe_pickle", "compilation_cache", "compute"],
     ["io", "lpips", "blending", "sharding", "generators", "identity"],
     ["converters", "masks", "align", "deltas"],
-    ["checkpoints", "results"],
+    ["checkpoints", "results", "groups"],
     ["demo", "segmenter"],
     ["mask_sources", "tuning"],
     ["inversion"],

@@ -208,8 +208,8 @@ def test_edit_of_an_aligned_result_is_pasted_back(dcgan, tmp_path):
     result.save(tmp_path / "result")
     np.save(tmp_path / "d.npy", np.full(g.config.z_dim, 3.0, np.float32))
     summary = edit_saved_result(tmp_path / "result", tmp_path / "edit.png", direction=tmp_path / "d.npy",
-                                output_latents=tmp_path / "edited")
-    assert str(tmp_path / "edit_pasted.png") in summary
+                                output_latents=tmp_path / "edited", paste="projection")
+    assert f"pasted into the photo (projection) -> {tmp_path / 'edit_pasted.png'}" in summary
     edit = np.asarray(Image.open(tmp_path / "edit.png").convert("RGB"))
     pasted = np.asarray(Image.open(tmp_path / "edit_pasted.png").convert("RGB"))
     photo = A.load_photo(astronaut())
@@ -219,6 +219,16 @@ def test_edit_of_an_aligned_result_is_pasted_back(dcgan, tmp_path):
     np.testing.assert_array_equal(pasted[outside], photo[outside])
     assert np.abs(pasted[~outside].astype(int) - photo[~outside]).mean() > 5  # the generated face is in
     assert load_result(tmp_path / "edited").alignment == al.to_json()  # a further edit pastes back too
+    # by default (the face, 174 px, is larger than the generator's 32 px) the edit's change is pasted as a
+    # residual onto the photo: photo + warped (edit - unedited projection)
+    summary = edit_saved_result(tmp_path / "result", tmp_path / "res.png", direction=tmp_path / "d.npy")
+    assert "pasted into the photo (residual)" in summary
+    from chunkygan_jax.editing import edit_result
+    unedited = io.to_uint8(edit_result(load_result(tmp_path / "result"), g, []).composite)
+    residual = np.asarray(Image.open(tmp_path / "res_pasted.png").convert("RGB"))
+    np.testing.assert_array_equal(residual, A.paste_back(photo, edit, A.Alignment.from_json(al.to_json()),
+                                                         reference=unedited))
+    np.testing.assert_array_equal(residual[outside], photo[outside])
 
 
 def test_evaluate_adds_a_tuning_row(dcgan, tmp_path):

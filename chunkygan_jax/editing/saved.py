@@ -2,7 +2,13 @@
 result's own record unless given, and the outputs may never replace an input. Also what there is to look
 at: a strip of one edit at several strengths (a sweep), and for edits limited to some segments or a
 region a side-by-side (before | edit | changed pixels). A result of an aligned photo also gets its edit
-pasted back into the photo (NAME_pasted.png next to the output)."""
+pasted back into the photo (NAME_pasted.png next to the output); the report folder of a group photo
+(`bin/invert --face=all`) gets its edit applied to every face, or to some, and pasted into one photo.
+
+The paste of an edit is "residual" by default whenever the face in the photo is larger than the
+generator's images: the photo plus the upsampled change the edit makes to the projection, so the photo's
+own detail stays where the edit changes nothing; "projection" pastes the edited projection itself.
+A result of a greyscale photo is edited in colour and shown (written and pasted) in grey."""
 
 from __future__ import annotations
 
@@ -11,11 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from .. import io
-from ..align import Alignment, paste_back
+from ..align import PASTES, Alignment, as_mode, paste_all, paste_back
 from ..deltas import tuned_generator
 from ..demo import resolve_generator
 from ..errors import ConfigError
 from ..files import check_writable
+from ..groups import is_group, load_group
 from ..generators.protocol import bind_label
 from ..lpips import parse_resolution
 from ..mask_sources import segmenter_for_result
@@ -83,7 +90,8 @@ def check_outputs(output, output_latents, latents_dir, inputs, *, compare=None, 
 def edit_saved_result(latents_dir, output, *, generator=None, direction=None, strength=1.0, layers=None,
                       segments="all", s_edits=(), region=None, blend="mask", steps=100, space=None,
                       lpips_net=None, lpips_resolution=None, segment_code=None, segmenter=None,
-                      output_latents=None, sweep=None, pca_samples=None, overwrite=False) -> str:
+                      output_latents=None, sweep=None, pca_samples=None, overwrite=False, faces="all",
+                      paste=None) -> str:
     """Edit the result saved in `latents_dir` and write the image to `output` (and the edited result to
     `output_latents`). Without `region` the result's own codes are edited and recomposited with its
     masks; with `region` one segment is projected into the region of the result's current image,
@@ -98,7 +106,25 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
     None: whenever the result has one (its masks came from a segment generator) and the edit is a global
     direction. The masks are then recomputed by the segmenter that made them: `segmenter` (a directory)
     if given, else the one the result records (its directory, or the k-means cache); one that is not the
-    recorded segmenter, or belongs to another generator, is refused."""
+    recorded segmenter, or belongs to another generator, is refused.
+
+    paste: how the edit goes into the photo of an aligned result: "residual" or "projection" (PASTES);
+    None: residual where the face in the photo is larger than the generator's images.
+    A group's report folder (`groups.is_group`): the edit is applied to `faces` ("all" or face numbers
+    like "0,2") and `output` is the photo with every edited face pasted in (see `edit_group`)."""
+    if paste is not None and paste not in PASTES:
+        raise ConfigError(f"paste must be one of {', '.join(PASTES)}, got {paste!r}")
+    if is_group(latents_dir):
+        if region or sweep is not None or output_latents:
+            raise ConfigError("a group photo takes global edits (--direction, --s_edit) written as one pasted "
+                              "photo; --region, --sweep and --output_latents apply to one face's result "
+                              "(its face_K/result folder)")
+        return edit_group(latents_dir, output, faces=faces, generator=generator, direction=direction,
+                          strength=strength, layers=layers, segments=segments, s_edits=s_edits, blend=blend,
+                          segment_code=segment_code, segmenter=segmenter, pca_samples=pca_samples,
+                          overwrite=overwrite, paste=paste)
+    if faces not in ("all", None):
+        raise ConfigError("--faces chooses faces of a group photo (bin/invert --face=all); this is one result")
     result = load_result(latents_dir)
     gen_path = generator or result.settings.get("generator")
     if not gen_path:
@@ -174,7 +200,7 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
         else:
             edited = edit_result(result, gen, edits_at(value), blend=blend, mask_source=mask_source)
             image = edited.composite
-        images.append(io.to_uint8(image))
+        images.append(as_mode(io.to_uint8(image), settings.get("photo_mode", "rgb")))  # grey photo: grey edit
 
     what = [f"direction {_name(direction)}" + ("" if strengths else f" x {strength:g}")] if direction is not None else []
     what = ", ".join(what + [f"s {t}" for t in s_edits]) or "no edit"
@@ -183,17 +209,25 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
         io.save_png(output, tile_sheet([images], col_labels=[f"{v:g}" for v in strengths]), overwrite=overwrite)
         return f"{kind} edit ({what}, blend {blend}) at {len(strengths)} strengths " \
                f"{strengths[0]:g}..{strengths[-1]:g} -> {output}"
+    mode = settings.get("photo_mode", "rgb")
     io.save_png(output, images[0], overwrite=overwrite)
     note = ""
     if pasted and Path(result.photo).is_file():
-        io.save_png(pasted, paste_back(result.photo, images[0], Alignment.from_json(result.alignment)),
+        alignment = Alignment.from_json(result.alignment)
+        how = paste or default_paste(alignment, gen.resolution)
+        reference = None
+        if how == "residual":
+            unedited = current_image(result) if region else edit_result(result, gen, [], blend=blend,
+                                                                         mask_source=mask_source).composite
+            reference = as_mode(io.to_uint8(unedited), mode)
+        io.save_png(pasted, paste_back(result.photo, images[0], alignment, reference=reference),
                     overwrite=overwrite)
-        note = f", pasted into the photo -> {pasted}"
+        note = f", pasted into the photo ({how}) -> {pasted}"
     elif pasted:
         note = f" (the photo {result.photo} is gone: no pasted image)"
     edited.alignment, edited.photo, edited.tuning = result.alignment, result.photo, result.tuning
     if compare is not None:
-        before = io.to_uint8(current_image(result) if region else result.composite)
+        before = as_mode(io.to_uint8(current_image(result) if region else result.composite), mode)
         io.save_png(compare, tile_sheet([[before, images[0], changed_pixels(before, images[0])]],
                                         col_labels=["input" if region else "projection", "edit", "changed pixels"]),
                     overwrite=overwrite)
@@ -203,6 +237,85 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
     return (f"{kind} edit ({what}, blend {blend}) -> {output}" + note
             + (f", side-by-side -> {compare}" if compare else "")
             + (f", latents -> {output_latents}" if output_latents else ""))
+
+
+def default_paste(alignment, resolution) -> str:
+    """"residual" where the face in the photo is larger than the generator's images, else "projection"."""
+    return "residual" if alignment.side > resolution else "projection"
+
+
+def _mask_source_for(result, gen, segment_code, segmenter, codes):
+    if not segment_code:
+        return None
+    record = result.settings.get("masks")
+    if record is None and segmenter:  # a result saved before the mask source was recorded
+        return load_segmenter(segmenter, gen).with_hardening(1.0)  # made before annealing
+    return segmenter_for_result(record, gen, count_segments(codes), segmenter=segmenter)
+
+
+def edit_group(group_dir, output, *, faces="all", generator=None, direction=None, strength=1.0, layers=None,
+               segments="all", s_edits=(), blend="mask", segment_code=None, segmenter=None, pca_samples=None,
+               overwrite=False, paste=None) -> str:
+    """One global edit applied to the faces `faces` ("all", "0,2" or a list of face numbers) of a group
+    photo's report folder, each face's result edited as `edit_saved_result` does, and every edited face
+    pasted into the photo, written to `output`. Faces not chosen keep the photo's own pixels. Returns a
+    one-line summary."""
+    group = load_group(group_dir)
+    if faces in ("all", None):
+        chosen = list(group.faces)
+    else:
+        try:
+            chosen = [int(f) for f in (faces.split(",") if isinstance(faces, str) else faces)]
+        except (TypeError, ValueError):
+            raise ConfigError(f"faces must be 'all' or face numbers like 0,2; got {faces!r}") from None
+        missing = sorted(set(chosen) - set(group.faces))
+        if missing or not chosen:
+            raise ConfigError(f"face{'s' if len(missing) != 1 else ''} {', '.join(map(str, missing)) or '(none)'} "
+                              f"not in this group (inverted faces: {', '.join(map(str, group.faces))})")
+    if group.photo is None or not Path(group.photo).is_file():
+        raise ConfigError(f"the group's photo {group.photo} is gone: nothing to paste the edit into")
+    first = group.results[0]
+    gen_path = generator or first.settings.get("generator")
+    if not gen_path:
+        raise ConfigError(f"{group_dir} records no generator; pass --generator=PATH")
+    inputs = [Path(p) for p in (direction, gen_path, segmenter, group.photo)
+              if isinstance(p, (str, Path)) and p != "demo" and not is_pca_spec(p)]
+    check_outputs(output, None, group_dir, inputs, overwrite=overwrite)
+    if layers is not None and direction is None:
+        raise ConfigError("--layers applies to a --direction")
+    segments = parse_segments(segments) if isinstance(segments, str) else segments
+    gen = bind_label(resolve_generator(gen_path), first.settings.get("label"))
+    if first.target.shape[:2] != (gen.resolution,) * 2:
+        raise ConfigError(f"the results are {first.target.shape[0]} px but the generator makes "
+                          f"{gen.resolution} px")
+    d = None if direction is None else resolve_direction(direction, gen, samples=pca_samples)
+    images, references, alignments, ways = [], [], [], []
+    for result in group.results:
+        if int(result.alignment["face"]) not in chosen:
+            continue
+        codes = result.latents["codes"]
+        latent_space(gen, codes)
+        segment_indices(segments, count_segments(codes))
+        moves = segment_code if segment_code is not None else bool("segment_code" in result.latents and d is not None)
+        if moves and d is None:
+            raise ConfigError("--segment_code moves the segment code along a --direction; give one")
+        source = _mask_source_for(result, gen, moves, segmenter, codes)
+        edits = ([DirectionEdit(d, strength, layers, segments, moves, _name(direction))] if d is not None else []) \
+            + [parse_s_edit(text, segments) for text in s_edits]
+        mode = result.settings.get("photo_mode", "rgb")
+        alignment = Alignment.from_json(result.alignment)
+        how = paste or default_paste(alignment, gen.resolution)
+        images.append(as_mode(io.to_uint8(edit_result(result, gen, edits, blend=blend, mask_source=source).composite),
+                              mode))
+        references.append(as_mode(io.to_uint8(edit_result(result, gen, [], blend=blend, mask_source=source).composite),
+                                  mode) if how == "residual" else None)
+        alignments.append(alignment)
+        ways.append(how)
+    io.save_png(output, paste_all(group.photo, images, alignments, references=references), overwrite=overwrite)
+    what = [f"direction {_name(direction)} x {strength:g}"] if direction is not None else []
+    what = ", ".join(what + [f"s {t}" for t in s_edits]) or "no edit"
+    return (f"edit ({what}) of face{'s' if len(chosen) != 1 else ''} {', '.join(map(str, sorted(chosen)))} pasted "
+            f"({', '.join(sorted(set(ways)))}) into the photo -> {output}")
 
 
 def _name(direction) -> str:
