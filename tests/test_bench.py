@@ -70,6 +70,9 @@ CASES = {
                                        "--rank=1", "--no_alone", "--output={out}/tuning.json",
                                        "--sheet={out}/tuning.png", "--pasted_sheet={out}/pasted.png"],
                     "per_image_batched_s"),
+    "group_photos": ("group_photos.py", ["--generator={ckpt}", "--steps=1", "--segments=2"], '"ours"'),
+    "group_figure": ("group_figure.py", ["{root}/docs/images/group_edit.png", "{root}/docs/images/group_edit.png",
+                                         "--output={out}/figure.png", "--width=64"], "wrote"),
     "vs_official_ours": ("vs_official.py", [], ""),  # our worker alone (our_worker)
     "vs_official": ("vs_official.py", ["--official={official}", "--rounds=1", "--works=synth_fwd:1,step:2",
                                        "--resolution=32", "--channel_base=512", "--channel_max=32"], "| full ChunkyGAN"),
@@ -121,7 +124,8 @@ def run_case(name, checkpoint, out):
     script, args, expected = CASES[name]
     if name == "vs_official_ours":
         return our_worker(out)
-    args = [a.format(ckpt=checkpoint, out=out, golden=GOLDEN, official=official_checkout()[0]) for a in args]
+    args = [a.format(ckpt=checkpoint, out=out, golden=GOLDEN, official=official_checkout()[0], root=ROOT)
+            for a in args]
     stdout = run(script, *args, cwd=out)
     assert expected in stdout, stdout[-2000:]
 
