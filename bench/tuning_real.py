@@ -32,7 +32,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from chunkygan_jax import deltas, io  # noqa: E402
+from chunkygan_jax import io  # noqa: E402
 from chunkygan_jax.align import align, load_photo, paste_back  # noqa: E402
 from chunkygan_jax.demo import resolve_generator  # noqa: E402
 from chunkygan_jax.editing import DirectionEdit, edit_result, resolve_direction  # noqa: E402

