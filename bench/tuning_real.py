@@ -10,8 +10,9 @@ segments, 500 steps, G^S masks). Then:
     against the aligned photo, before and after;
   - editability: the mean absolute pixel change of the `pca:0` edit at strength 3 on the tuned and on
     the untuned projection;
-  - timing: the batch of all photos in one program against each photo tuned alone (same settings, run
-    side by side in this process; compile time reported apart from the steady time per step);
+  - timing: the batch of all photos in one program against each photo tuned alone, in interleaved rounds
+    (same settings, side by side in this process): the steady ms/step per image of each (compile time is
+    reported apart, for the main run);
   - a sheet: photo | segments | segments + tuning | the edit on both; and the same pasted back into
     each photo (--pasted_sheet).
 
@@ -21,6 +22,7 @@ Usage: python3 bench/tuning_real.py [--steps 500] [--tune_steps 100] [--rank 4] 
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -57,7 +59,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=d.lr)
     ap.add_argument("--locality_weight", type=float, default=d.locality_weight)
     ap.add_argument("--store", default=d.store)
-    ap.add_argument("--no_alone", action="store_true", help="skip tuning each photo alone (the timing baseline)")
+    ap.add_argument("--rounds", type=int, default=3, help="timing rounds of batched against alone (0: none)")
+    ap.add_argument("--timing_steps", type=int, default=10, help="tuning steps of each timed run")
     ap.add_argument("--output", default="bench/results/tuning_real.json")
     ap.add_argument("--sheet", default="docs/images/tuning_real.png")
     ap.add_argument("--pasted_sheet", default="docs/images/tuning_real_pasted.png",
@@ -84,14 +87,19 @@ def main() -> None:
     batch = {"seconds": batch_seconds, "compile_seconds": rec0["compile_seconds"], "step_ms": rec0["step_ms"]}
     print(f"tuned the batch in {batch_seconds:.1f} s ({rec0['compile_seconds']:.1f} s compiling, "
           f"{rec0['step_ms']:.0f} ms/step)", flush=True)
-    alone = []
-    if not args.no_alone:
-        for r in inverted:
-            t0 = time.perf_counter()
-            one = tune_results([r], g, settings)[0].tuning["record"]
-            alone.append({"seconds": time.perf_counter() - t0, "compile_seconds": one["compile_seconds"],
-                          "step_ms": one["step_ms"]})
-            print(f"  alone: {alone[-1]}", flush=True)
+    # Timing, batched against alone: `rounds` rounds, each the batch once and then each photo alone, with
+    # `timing_steps` steps (compiled once before); the steady ms/step per image, so that a change of the
+    # machine's load between the two sides is spread over both.
+    timing = dataclasses.replace(settings, steps=args.timing_steps)
+    rounds = []
+    if args.rounds:
+        tune_results(inverted, g, timing)  # compile both programs first
+        tune_results(inverted[:1], g, timing)
+    for k in range(args.rounds):
+        b = tune_results(inverted, g, timing)[0].tuning["record"]["step_ms"] / len(inverted)
+        a = [tune_results([r], g, timing)[0].tuning["record"]["step_ms"] for r in inverted]
+        rounds.append({"batched_ms_per_image_step": b, "alone_ms_per_step": a, "ratio": b / float(np.mean(a))})
+        print(f"  round {k}: {rounds[-1]}", flush=True)
 
     ident = IdentityModel()
     direction = resolve_direction("pca:0", g)
@@ -118,11 +126,9 @@ def main() -> None:
         full = [np.asarray(load_photo(photo))] + [paste_back(photo, io.to_uint8(x), found[name][1]) for x in shown[1:]]
         pasted.append([np.asarray(Image.fromarray(x).resize((x.shape[1] // 2, x.shape[0] // 2), Image.Resampling.LANCZOS))
                        for x in full])
-    per_image_alone = (sum(a["seconds"] for a in alone) / len(alone)) if alone else None
     record = {"settings": settings.to_dict(), "inversion": {"segments": args.segments, "steps": args.steps},
-              "generator": args.generator or "demo", "rows": rows, "batch": batch, "alone": alone,
-              "per_image_batched_s": batch_seconds / len(rows), "per_image_alone_s": per_image_alone,
-              "batched_over_alone": (batch_seconds / len(rows) / per_image_alone) if alone else None}
+              "generator": args.generator or "demo", "rows": rows, "batch": batch, "timing_rounds": rounds,
+              "batched_over_alone": float(np.median([r["ratio"] for r in rounds])) if rounds else None}
     for path in (args.output, args.sheet, args.pasted_sheet):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(record, indent=2))
