@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -513,8 +514,10 @@ def test_bin_editor_serves_a_saved_result_and_refuses_bad_input(g, tiny_checkpoi
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     tool = [sys.executable, str(ROOT / "bin" / "editor")]
     saved = make_result(g, settings={"generator": str(tiny_checkpoint)}).save(tmp_path / "result")
-    proc = subprocess.Popen(tool + [f"--latents={saved}", f"--workdir={tmp_path / 'work'}"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    cwd = tmp_path / "cwd"  # no --workdir: the exports' folder goes under the cache, never here
+    cwd.mkdir()
+    proc = subprocess.Popen(tool + [f"--latents={saved}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=cwd)
     try:
         # while it starts: --help, and a command line without a result or a photo
         help_ = subprocess.run(tool + ["--help"], capture_output=True, text=True, env=env, timeout=120)
@@ -535,13 +538,19 @@ def test_bin_editor_serves_a_saved_result_and_refuses_bad_input(g, tiny_checkpoi
         base, token = url.split("/?token=")
         with urllib.request.urlopen(f"{base}/api/state?token={token}", timeout=30) as resp:
             state = json.loads(resp.read())
-        assert state["segments"] == 3 and state["workdir"] == str((tmp_path / "work").resolve())
+        workdir = Path(state["workdir"])
+        assert state["segments"] == 3 and workdir.parent == (Path(os.environ["CHUNKYGAN_CACHE"]) / "editor").resolve()
+        assert workdir.is_dir() and list(cwd.iterdir()) == []
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(f"{base}/api/state", timeout=30)
         assert e.value.code == 403
+        proc.send_signal(signal.SIGINT)  # stops the server; nothing was exported: the folder goes too
+        out, _ = proc.communicate(timeout=60)
+        assert "nothing exported: removed" in out and not workdir.exists() and list(cwd.iterdir()) == []
     finally:
-        proc.terminate()
-        proc.wait(30)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
 
 
 # ------------------------------------------------------------------------------------------ hostile and concurrent use
