@@ -709,6 +709,30 @@ def test_uploaded_arrays_are_checked_before_allocation_and_bounded(editor, g):
     assert status == 400 and "holds 252 bytes" in body["error"]
 
 
+def test_a_global_edit_keeps_the_segment_code_and_the_masks_as_the_api_does(g, directions, tmp_path):
+    """The one rule for global edits (docs/editing.md): X^S and the masks stay as the inversion left them,
+    in the editor as in `editing.edit_result` and bin/edit; the segment images move."""
+    from chunkygan_jax.editing import DirectionEdit
+    from chunkygan_jax.results import load_result
+
+    result = make_result(g)
+    xs = np.random.RandomState(7).randn(g.num_ws, g.w_dim).astype(np.float32)
+    result.latents["segment_code"] = xs
+    session = EditorSession(result, g, workdir=tmp_path, directions=directions, pca=0)
+    ident = next(d["id"] for d in session.state()["directions"] if "dir0" in d["id"])
+    session.commit({"kind": "direction", "direction": ident, "strength": 3.0, "target": "all"})
+    assert session.export("global")["files"] == ["global.png", "global_result"]
+    out = load_result(tmp_path / "global_result")
+    np.testing.assert_array_equal(out.latents["segment_code"], xs)
+    np.testing.assert_array_equal(out.masks, result.masks)
+    api = editing.edit_result(result, g, [DirectionEdit(np.load(directions / "dir0.npy"), 3.0)])
+    np.testing.assert_array_equal(api.latents["segment_code"], xs)
+    np.testing.assert_allclose(out.composite, api.composite, atol=1e-5)
+    np.testing.assert_allclose(session.render(), api.composite, atol=1e-4)  # what the page shows
+    assert np.abs(out.composite - result.composite).max() > 0.05  # the edit did change the image
+    session.close()
+
+
 def test_the_largest_edit_of_the_largest_direction_stays_finite(g, tmp_path):
     from chunkygan_jax.editor.session import MAX_DIRECTION_VALUE, MAX_STRENGTH
     session = EditorSession(make_result(g), g, workdir=tmp_path, pca=0)
