@@ -127,8 +127,8 @@ def test_the_table_check_catches_a_planted_error():
     text = doc.read_text()
     assert "| astronaut | G^S (the default) | 0.1146 |" in text
     planted = text.replace("| astronaut | G^S (the default) | 0.1146 |", "| astronaut | G^S (the default) | 0.1246 |")
-    assert table_problems(doc, planted) == [next(p for p in table_problems(doc, planted))]
-    assert "0.1246" in table_problems(doc, planted)[0]
+    problems = table_problems(doc, planted)
+    assert len(problems) == 1 and "0.1246" in problems[0] and "segmenter_real.json" in problems[0]
 
 
 # ------------------------------------------------------------------------------------------ command lines

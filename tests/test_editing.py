@@ -96,8 +96,8 @@ def test_w_codes_are_broadcast_and_the_segment_code_can_follow(g, direction):
     assert editing.apply_direction(w, g, direction, 2.0)["segment_code"] is w["segment_code"]
     kept = editing.apply_edits(w, g, [editing.DirectionEdit(direction, 2.0)])
     assert kept["segment_code"] is w["segment_code"]
-    np.testing.assert_allclose(np.asarray(kept["codes"]) - np.asarray(w["codes"]), np.broadcast_to(2.0 * direction, (2, g.num_ws, g.w_dim)),
-                               rtol=1e-5, atol=1e-5)  # the image codes did move, on every row
+    moved = np.asarray(kept["codes"]) - np.asarray(w["codes"])  # the image codes did move, on every row
+    np.testing.assert_allclose(moved, np.broadcast_to(2.0 * direction, moved.shape), rtol=1e-5, atol=1e-5)
 
 
 def test_masks_follow_the_segment_code_with_a_mask_source(g, projection, direction):
