@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from chunkygan_jax.editor.launch import open_session  # noqa: E402
+from chunkygan_jax.editor.launch import open_session, remove_if_empty  # noqa: E402
 from chunkygan_jax.editor.server import RunningEditor  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -39,12 +39,14 @@ def main() -> None:
             page = browser.new_page(viewport={"width": 1240, "height": 800}, bypass_csp=True)
             page.goto(editor.url)
             page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+            page.get_by_label("Segment masks").check()  # the masks over the edited image
             page.wait_for_timeout(3000)  # the edited image loads after the page is ready
             page.screenshot(path=args.output)
             browser.close()
     finally:
         editor.stop()
         session.close()
+        remove_if_empty(session.workdir)  # nothing was exported
     print(f"wrote {args.output}")
 
 
