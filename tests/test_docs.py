@@ -168,16 +168,29 @@ def _concrete(word: str) -> str:
 _LOADED: dict = {}
 
 
-def tool_flags(tool: str):
-    """Load bin/TOOL's flags into absl's FLAGS under the module name docs_<tool> (its main() is not run);
-    unloads the previous tool's first."""
-    if tool in _LOADED:
-        return _LOADED[tool]
+def _unload():
     for name, added in list(_LOADED.items()):
         for flag in added:
             if flag in flags.FLAGS:
                 delattr(flags.FLAGS, flag)
         del _LOADED[name]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _leave_absl_flags_as_found():
+    parsed = flags.FLAGS.is_parsed()
+    yield
+    _unload()
+    if parsed:  # the shared flags keep their defaults, as parsed from an empty command line
+        flags.FLAGS.mark_as_parsed()
+
+
+def tool_flags(tool: str):
+    """Load bin/TOOL's flags into absl's FLAGS under the module name docs_<tool> (its main() is not run);
+    unloads the previous tool's first."""
+    if tool in _LOADED:
+        return _LOADED[tool]
+    _unload()
     before = set(flags.FLAGS)
     runpy.run_path(str(ROOT / "bin" / tool), run_name=f"docs_{tool}")
     _LOADED[tool] = sorted(set(flags.FLAGS) - before)
