@@ -13,8 +13,14 @@ Each projection is measured against its target with
     paper's ArcFace (see identity.py).
 The measurement is the same for every method, whatever the objective's own LPIPS settings.
 
+Ours gets its masks from `masks=` (default: the segment generator G^S; 'logits', 'layout') and
+`segmenter=` (a trained head's directory; default the k-means head), as invert() does.
+
 The output folder holds
-  evaluation.json                 the settings; a rerun with other settings is refused
+  evaluation.json                 every setting that changes a result (the generator, steps, segments,
+                                  alignment, seed, the mask source and its segmenter, the measures); a
+                                  rerun with other settings, or in a folder whose settings predate
+                                  any of them, is refused
   images/<photo>/target.png       what the methods reconstruct (the aligned crop with align=True)
   images/<photo>/alignment.json   where that crop lies in the photo (align=True)
   images/<photo>/<method>.png     the projection
@@ -44,6 +50,7 @@ from .identity import NAME as IDENTITY_NAME
 from .identity import IdentityModel
 from .inversion import invert
 from .lpips import load_lpips, resize_for_lpips
+from .mask_sources import MASK_KINDS, make_mask_source, mask_kind, mask_source_record
 from .progress import Progress
 
 __all__ = ["Method", "methods_for", "evaluate", "LPIPS_MEASURE"]
@@ -127,12 +134,21 @@ def _check_folder(out: Path, config: dict) -> None:
             raise ConfigError(f"{record}: unreadable ({e}); choose another output folder") from None
         changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
         if changed:
-            raise ConfigError(f"{out} holds an evaluation with other settings ({', '.join(changed)}); choose "
-                              "another output folder")
+            was = _masks_text(old.get("masks")) if "masks" in changed else None
+            masks = f"; its masks: {was}, these: {_masks_text(config.get('masks'))}" if was else ""
+            raise ConfigError(f"{out} holds an evaluation with other settings ({', '.join(changed)}{masks}); its runs "
+                              "would mix with these in one table: choose another output folder")
         return
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} exists and is not an evaluation folder; choose another output folder")
     _write_json(record, config)
+
+
+def _masks_text(record) -> str:
+    if not isinstance(record, dict):
+        return "not recorded (made before the mask source was)"
+    seg = f" {record.get('head')} head {str(record.get('segmenter'))[:12]}" if record.get("kind") == "segmenter" else ""
+    return f"{record.get('kind')}{seg}, {'learned' if record.get('learned') else 'fixed'}"
 
 
 def _target(photo: Path, resolution: int, align: bool, folder: Path) -> np.ndarray:
@@ -146,7 +162,7 @@ def _target(photo: Path, resolution: int, align: bool, folder: Path) -> np.ndarr
 
 
 def evaluate(photos, generator=None, output_dir="out/evaluate", *, steps=500, segments=8, align=False,
-             identity=True, seed=0, progress=True, tune_steps=0) -> dict:
+             identity=True, seed=0, masks=None, segmenter=None, progress=True, tune_steps=0) -> dict:
     """Project every photo in `photos` (a folder, a glob or one file) with every method of
     `methods_for(generator, segments)`, measure, and write the tables and the scatter plot into
     `output_dir` (see the module docstring). Returns what table.json holds.
@@ -155,6 +171,8 @@ def evaluate(photos, generator=None, output_dir="out/evaluate", *, steps=500, se
     align: FFHQ-align each photo first (its largest face); without it, photos must be square and
         are resized to the generator's resolution.
     identity: measure the identity distance (needs the 'evaluate' extra).
+    masks, segmenter: ours' mask source, a name of `mask_sources.MASK_KINDS` (None: the generator's
+        default, G^S where it offers its features) and a trained head's directory for G^S.
     tune_steps: also run ours in the default space followed by that many steps of pivotal tuning (the
         "+ tuning" row; tuning.TuningSettings' other defaults)."""
     for name, v, low in (("steps", steps, 1), ("segments", segments, 2), ("tune_steps", tune_steps, 0)):
@@ -164,12 +182,17 @@ def evaluate(photos, generator=None, output_dir="out/evaluate", *, steps=500, se
     root, rels = list_images(photos, exclude=[out])
     if not rels:
         raise ConfigError(f"no image files found in {photos}")
+    if masks is not None and (not isinstance(masks, str) or mask_kind(masks) is None):
+        raise ConfigError(f"masks must be one of {', '.join(MASK_KINDS)} for an evaluation, got {masks!r}")
     generator = resolve_generator(generator)
     methods = methods_for(generator, int(segments), int(tune_steps))
+    source = make_mask_source(masks, int(segments), generator.resolution, seed=int(seed), generator=generator,
+                              segmenter=segmenter)  # checked (and the k-means head fitted) before any run
+    mask_record = mask_source_record(masks, source, generator, int(segments), segmenter=segmenter)
     config = {"version": RECORD_VERSION, "generator": fingerprint(generator), "resolution": generator.resolution,
               "steps": int(steps), "segments": int(segments), "align": bool(align), "seed": int(seed),
               "lpips": LPIPS_MEASURE, "l2": L2_MEASURE, "identity": IDENTITY_NAME if identity else None,
-              "methods": [_method_record(m) for m in methods]}
+              "methods": [_method_record(m) for m in methods], "masks": mask_record}
     ident = IdentityModel() if identity else None  # fails before anything is written without the extra
     _check_folder(out, config)
     lp = load_lpips(LPIPS_NET)
@@ -195,6 +218,7 @@ def evaluate(photos, generator=None, output_dir="out/evaluate", *, steps=500, se
             label = f"{rel}, {m.label}"
             result = invert(target, generator, segments=m.segments, space=m.space, steps=int(steps),
                             lambda_reg=m.lambda_reg, seed=int(seed), tune=m.tune_steps or None,
+                            **({"masks": masks, "segmenter": segmenter} if m.segments > 1 else {}),
                             callback=lambda step, total, _: bar.update(done, f"{label}, step {step}/{total}"))
             record = {"version": RECORD_VERSION, "photo": rel, "photo_sha256": sha, "method": m.key,
                       **_measure(lp, ident, target, result.composite), "objective": result.final_losses,
@@ -250,7 +274,7 @@ def _markdown(table) -> str:
               f"{cell(r, 'identity')} | {cell(r, 'l2')} |" for r in rows]
     identity = cfg["identity"] or "identity: not measured"
     lines += ["", f"- {cfg['lpips']}.", f"- L2: {cfg['l2']}.", f"- {identity[0].upper()}{identity[1:]}.",
-              "- Global projection uses 1 code; ours uses the segments above, learned masks."]
+              f"- Global projection uses 1 code; ours uses the segments above, masks: {_masks_text(cfg.get('masks'))}."]
     if table["failed"]:
         lines += ["", "Photos left out:"] + [f"- {r}: {why}" for r, why in table["failed"].items()]
     return "\n".join(lines) + "\n"

@@ -107,8 +107,9 @@ def _bomb(path, side=20000):
     return path
 
 
-def test_edit_moves_the_segment_code_and_refuses_another_segmenter(inverted, tiny_generator, tmp_path):
-    """bin/edit on a G^S result: the direction moves X^S too and the masks are the recorded segmenter's
+def test_edit_keeps_the_segment_code_unless_asked_and_refuses_another_segmenter(inverted, tiny_generator, tmp_path):
+    """bin/edit on a G^S result: a global direction keeps X^S and the masks by default (the rule of the API
+    and the editor too); with --segment_code it moves X^S and the masks are the recorded segmenter's
     masks for the moved code; a segmenter that did not make the result is refused (exit 2, one line)."""
     from chunkygan_jax import segmenter as seg_lib
     from chunkygan_jax.results import load_result
@@ -122,9 +123,16 @@ def test_edit_moves_the_segment_code_and_refuses_another_segmenter(inverted, tin
         return run(f"--latents={out / 'result'}", f"--direction={tmp_path / 'd.npy'}", "--strength=3", *args,
                    tool="edit")
 
-    proc = edit(f"--output={tmp_path / 'e.png'}", f"--output_latents={tmp_path / 'e'}")
+    proc = edit(f"--output={tmp_path / 'k.png'}", f"--output_latents={tmp_path / 'k'}")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    before, after = load_result(out / "result"), load_result(tmp_path / "e")
+    before, kept = load_result(out / "result"), load_result(tmp_path / "k")
+    np.testing.assert_array_equal(kept.latents["segment_code"], before.latents["segment_code"])
+    np.testing.assert_array_equal(kept.masks, before.masks)
+    assert np.abs(kept.composite - before.composite).max() > 1e-2  # the codes moved
+
+    proc = edit(f"--output={tmp_path / 'e.png'}", f"--output_latents={tmp_path / 'e'}", "--segment_code")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    after = load_result(tmp_path / "e")
     np.testing.assert_allclose(after.latents["segment_code"] - before.latents["segment_code"], 3 * direction,
                                atol=1e-5)
     seg = seg_lib.kmeans_segmenter(g, 2)  # the cached head the result records (same cache folder)
@@ -132,7 +140,7 @@ def test_edit_moves_the_segment_code_and_refuses_another_segmenter(inverted, tin
     assert np.abs(after.masks - before.masks).max() > 1e-3  # the segments followed the edit
 
     seg_lib.save_segmenter(seg_lib.fit_kmeans(g, 2, seed=1), tmp_path / "other")
-    bad = edit(f"--output={tmp_path / 'f.png'}", f"--segmenter={tmp_path / 'other'}")
+    bad = edit(f"--output={tmp_path / 'f.png'}", f"--segmenter={tmp_path / 'other'}", "--segment_code")
     one_line(bad, 2, "is not the segmenter that made this result")
     assert not (tmp_path / "f.png").exists()
 

@@ -92,7 +92,12 @@ def test_w_codes_are_broadcast_and_the_segment_code_can_follow(g, direction):
     xs = np.asarray(out["segment_code"])
     np.testing.assert_allclose(xs[1:3], 2.0 * direction[1:3], rtol=1e-6)
     assert not xs[:1].any() and not xs[3:].any()
+    # the rule of every global edit (API, bin/edit, editor): X^S stays unless asked
     assert editing.apply_direction(w, g, direction, 2.0)["segment_code"] is w["segment_code"]
+    kept = editing.apply_edits(w, g, [editing.DirectionEdit(direction, 2.0)])
+    assert kept["segment_code"] is w["segment_code"]
+    moved = np.asarray(kept["codes"]) - np.asarray(w["codes"])  # the image codes did move, on every row
+    np.testing.assert_allclose(moved, np.broadcast_to(2.0 * direction, moved.shape), rtol=1e-5, atol=1e-5)
 
 
 def test_masks_follow_the_segment_code_with_a_mask_source(g, projection, direction):

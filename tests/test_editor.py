@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -513,8 +514,10 @@ def test_bin_editor_serves_a_saved_result_and_refuses_bad_input(g, tiny_checkpoi
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     tool = [sys.executable, str(ROOT / "bin" / "editor")]
     saved = make_result(g, settings={"generator": str(tiny_checkpoint)}).save(tmp_path / "result")
-    proc = subprocess.Popen(tool + [f"--latents={saved}", f"--workdir={tmp_path / 'work'}"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    cwd = tmp_path / "cwd"  # no --workdir: the exports' folder goes under the cache, never here
+    cwd.mkdir()
+    proc = subprocess.Popen(tool + [f"--latents={saved}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=cwd)
     try:
         # while it starts: --help, and a command line without a result or a photo
         help_ = subprocess.run(tool + ["--help"], capture_output=True, text=True, env=env, timeout=120)
@@ -535,13 +538,19 @@ def test_bin_editor_serves_a_saved_result_and_refuses_bad_input(g, tiny_checkpoi
         base, token = url.split("/?token=")
         with urllib.request.urlopen(f"{base}/api/state?token={token}", timeout=30) as resp:
             state = json.loads(resp.read())
-        assert state["segments"] == 3 and state["workdir"] == str((tmp_path / "work").resolve())
+        workdir = Path(state["workdir"])
+        assert state["segments"] == 3 and workdir.parent == (Path(os.environ["CHUNKYGAN_CACHE"]) / "editor").resolve()
+        assert workdir.is_dir() and list(cwd.iterdir()) == []
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(f"{base}/api/state", timeout=30)
         assert e.value.code == 403
+        proc.send_signal(signal.SIGINT)  # stops the server; nothing was exported: the folder goes too
+        out, _ = proc.communicate(timeout=60)
+        assert "nothing exported: removed" in out and not workdir.exists() and list(cwd.iterdir()) == []
     finally:
-        proc.terminate()
-        proc.wait(30)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
 
 
 # ------------------------------------------------------------------------------------------ hostile and concurrent use
@@ -698,6 +707,30 @@ def test_uploaded_arrays_are_checked_before_allocation_and_bounded(editor, g):
     np.save(buf, np.ones(g.w_dim, np.float32))
     status, body = upload(buf.getvalue()[:-4])  # one value short
     assert status == 400 and "holds 252 bytes" in body["error"]
+
+
+def test_a_global_edit_keeps_the_segment_code_and_the_masks_as_the_api_does(g, directions, tmp_path):
+    """The one rule for global edits (docs/editing.md): X^S and the masks stay as the inversion left them,
+    in the editor as in `editing.edit_result` and bin/edit; the segment images move."""
+    from chunkygan_jax.editing import DirectionEdit
+    from chunkygan_jax.results import load_result
+
+    result = make_result(g)
+    xs = np.random.RandomState(7).randn(g.num_ws, g.w_dim).astype(np.float32)
+    result.latents["segment_code"] = xs
+    session = EditorSession(result, g, workdir=tmp_path, directions=directions, pca=0)
+    ident = next(d["id"] for d in session.state()["directions"] if "dir0" in d["id"])
+    session.commit({"kind": "direction", "direction": ident, "strength": 3.0, "target": "all"})
+    assert session.export("global")["files"] == ["global.png", "global_result"]
+    out = load_result(tmp_path / "global_result")
+    np.testing.assert_array_equal(out.latents["segment_code"], xs)
+    np.testing.assert_array_equal(out.masks, result.masks)
+    api = editing.edit_result(result, g, [DirectionEdit(np.load(directions / "dir0.npy"), 3.0)])
+    np.testing.assert_array_equal(api.latents["segment_code"], xs)
+    np.testing.assert_allclose(out.composite, api.composite, atol=1e-5)
+    np.testing.assert_allclose(session.render(), api.composite, atol=1e-4)  # what the page shows
+    assert np.abs(out.composite - result.composite).max() > 0.05  # the edit did change the image
+    session.close()
 
 
 def test_the_largest_edit_of_the_largest_direction_stays_finite(g, tmp_path):

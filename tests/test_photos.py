@@ -103,6 +103,30 @@ def test_evaluate_resumes_and_refuses_other_settings(evaluation, dcgan, photos):
                     "--steps=3", "--segments=2")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "other settings (steps)" in proc.stderr
     assert {p: p.stat().st_mtime_ns for p in images.rglob("*-z.json")} == after
+    # another mask source: refused, naming both
+    proc = run_tool("evaluate", f"--photos={photos}", f"--generator={dcgan[1]}", f"--output_dir={out}", "--align",
+                    *TINY, "--masks=logits")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert "other settings (masks; its masks: segmenter kmeans head" in proc.stderr and "these: logits" in proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in images.rglob("*-z.json")} == after
+
+
+def test_evaluate_records_the_mask_source_and_refuses_a_folder_that_predates_it(evaluation, dcgan, photos,
+                                                                                 tmp_path):
+    table, out = evaluation
+    record = table["config"]["masks"]
+    assert record["kind"] == "segmenter" and record["head"] == "kmeans" and record["learned"] is True
+    assert record["segments"] == 2 and "masks: segmenter kmeans head" in (out / "table.md").read_text()
+    # a folder written before the mask source was recorded (its runs may have used logits): refused
+    old = json.loads((out / "evaluation.json").read_text())
+    del old["masks"]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "evaluation.json").write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match=r"other settings \(masks; its masks: not recorded"):
+        evaluate(photos, dcgan[0], tmp_path / "old", steps=2, segments=2, align=True)
+    with pytest.raises(ConfigError, match="masks must be one of"):
+        evaluate(photos, dcgan[0], tmp_path / "new", steps=2, segments=2, masks="kmeans-ish")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
 
 
 def test_identity_proxy_orders_faces():

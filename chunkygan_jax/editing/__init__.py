@@ -7,8 +7,8 @@ jit (strengths may be traced; layer ranges, channels and segment choices are sta
 
   - `apply_direction`: codes[s, lo:hi] += strength * d[lo:hi] for the chosen segments s, as the authors'
     tool does: W codes [n, 1, w_dim] are first broadcast to W+ [n, num_ws, w_dim]. A z-space generator's
-    codes [n, z_dim] take directions of shape (z_dim,) and have no layers. Optionally the segment
-    generator's code X^S moves too, so that the masks follow geometric edits.
+    codes [n, z_dim] take directions of shape (z_dim,) and have no layers. The segment generator's
+    code X^S stays (the rule of every global edit: docs/editing.md); `segment_code=True` moves it too.
   - `apply_style_edits`: s[layer][s, channel] += strength, a raw additive offset in StyleSpace (the
     generator's style order, ToRGB layers included); W/W+ codes are converted to S first.
   - `apply_edits`: a list of `DirectionEdit` / `StyleEdit`, directions first, then style edits (the tool's

@@ -89,7 +89,7 @@ def check_outputs(output, output_latents, latents_dir, inputs, *, compare=None, 
 
 def edit_saved_result(latents_dir, output, *, generator=None, direction=None, strength=1.0, layers=None,
                       segments="all", s_edits=(), region=None, blend="mask", steps=100, space=None,
-                      lpips_net=None, lpips_resolution=None, segment_code=None, segmenter=None,
+                      lpips_net=None, lpips_resolution=None, segment_code=False, segmenter=None,
                       output_latents=None, sweep=None, pca_samples=None, overwrite=False, faces="all",
                       paste=None) -> str:
     """Edit the result saved in `latents_dir` and write the image to `output` (and the edited result to
@@ -102,9 +102,10 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
     next to `output`. Existing outputs are replaced only with `overwrite` (files.py's rules). Returns a
     one-line summary.
 
-    segment_code: move the segment code X^S with the direction so that the masks follow (paper sec. 4);
-    None: whenever the result has one (its masks came from a segment generator) and the edit is a global
-    direction. The masks are then recomputed by the segmenter that made them: `segmenter` (a directory)
+    segment_code: also move the segment code X^S with a global direction, so that the masks are recomputed
+    for the moved code (paper sec. 4). Off by default, as in `apply_direction`, `DirectionEdit` and the
+    editor: on real photos the moved masks fit the edited segments worse than the kept ones
+    (docs/editing.md, "Global edits and the segment code"). The masks are then recomputed by the segmenter that made them: `segmenter` (a directory)
     if given, else the one the result records (its directory, or the k-means cache); one that is not the
     recorded segmenter, or belongs to another generator, is refused.
 
@@ -147,8 +148,6 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
         raise ConfigError("--sweep varies the strength of a --direction; give one")
     if strengths is not None and output_latents:
         raise ConfigError("--output_latents saves one edit; it does not go with --sweep")
-    if segment_code is None:
-        segment_code = bool("segment_code" in result.latents and direction is not None and not region)
     if segment_code and direction is None:
         raise ConfigError("--segment_code moves the segment code along a --direction; give one")
     if segmenter and not segment_code:

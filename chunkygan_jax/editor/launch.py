@@ -12,18 +12,20 @@ from pathlib import Path
 from ..demo import resolve_generator
 from ..generators.protocol import bind_label
 from ..errors import ConfigError
+from ..files import cache_root
 from ..inversion import invert
 from ..progress import Progress
 from ..results import load_result
 from .session import EditorSession
 
-__all__ = ["make_workdir", "open_session"]
+__all__ = ["make_workdir", "open_session", "remove_if_empty"]
 
 
 def make_workdir(workdir=None) -> Path:
     """The given folder (created if missing; it may already hold files, which the editor never
-    replaces), or a new folder editor-YYYYmmdd-HHMMSS under the current directory (a temporary
-    folder if the current directory is not writable)."""
+    replaces), or a new folder <cache>/editor/YYYYmmdd-HHMMSS (`files.cache_root`): never a new folder
+    in the current directory unless asked for. `bin/editor` prints where it is and removes it at the
+    end if nothing was exported into it."""
     if workdir is not None:
         path = Path(workdir)
         if path.exists() and not path.is_dir():
@@ -33,17 +35,29 @@ def make_workdir(workdir=None) -> Path:
         except OSError as e:
             raise ConfigError(f"cannot create the working folder {workdir}: {e.strerror or e}") from None
         return path.resolve()
+    parent = cache_root() / "editor"
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for k in range(1, 1000):
-        path = Path.cwd() / (f"editor-{stamp}" if k == 1 else f"editor-{stamp}-{k}")
-        try:
-            path.mkdir()
-            return path.resolve()
-        except FileExistsError:
-            continue
-        except OSError:
-            break
-    return Path(tempfile.mkdtemp(prefix="chunkygan-editor-")).resolve()
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for k in range(1, 1000):
+            path = parent / (stamp if k == 1 else f"{stamp}-{k}")
+            try:
+                path.mkdir()
+                return path.resolve()
+            except FileExistsError:
+                continue
+    except OSError:
+        pass
+    return Path(tempfile.mkdtemp(prefix="chunkygan-editor-")).resolve()  # the cache is not writable
+
+
+def remove_if_empty(folder) -> bool:
+    """Remove a default working folder that nothing was exported into (never one that holds anything)."""
+    try:
+        Path(folder).rmdir()  # fails on a folder that is not empty
+        return True
+    except OSError:
+        return False
 
 
 def _generator_record(spec) -> str:

@@ -31,7 +31,7 @@ segmenter's and an edit's are the final ones (a = hardening); `with_hardening(1.
 masks(params) -> [n, R, R]; it is a pytree (generator and head are leaves, the layer choice is static), so
 an inversion passes it to its jitted step as an argument (never closed over: its weights are not baked
 into the program as constants) and optimises X^S with the segment codes. Because X^S lives in the
-generator's own space, an edit direction can move it (`masks_for_code`) so that the segments follow.
+generator's own space, an edit direction can move it on request (`masks_for_code`; edits keep it by default).
 
 Checkpoints (trained heads and the k-means cache) are directories with `head.npz` and `segmenter.json`
 (format version, head kind, n, layers, temperature, fit/training settings and the generator's identity:

@@ -1,0 +1,54 @@
+"""The editor screenshot of README.md and docs/editor.md: a saved result opened in the editor, an edit on
+one segment and a global one committed, the masks shown over the edited image; headless Chromium through
+Playwright (as tests/test_editor.py drives it).
+
+    bin/invert --image=astronaut.png --align --segments=8 --output_dir=out/astronaut
+    python3 bench/editor_screenshot.py out/astronaut/result [--output docs/images/editor.png]
+"""
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from chunkygan_jax.editor.launch import open_session, remove_if_empty  # noqa: E402
+from chunkygan_jax.editor.server import RunningEditor  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("latents")
+    ap.add_argument("--output", default="docs/images/editor.png")
+    args = ap.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    session = open_session(latents=args.latents, workdir=tempfile.mkdtemp(prefix="editor-shot-"), pca=6)
+    biggest = int(np.argmax(np.asarray(session.masks).sum(axis=(1, 2))))  # the largest segment
+    session.commit({"kind": "direction", "direction": "pca:0", "strength": 2.0, "target": {"segments": [biggest]}})
+    session.commit({"kind": "direction", "direction": "pca:2", "strength": -2.0, "target": "all"})
+    editor = RunningEditor(session)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+            page = browser.new_page(viewport={"width": 1240, "height": 800}, bypass_csp=True)
+            page.goto(editor.url)
+            page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+            page.get_by_label("Segment masks").check()  # the masks over the edited image
+            page.wait_for_timeout(3000)  # the edited image loads after the page is ready
+            page.screenshot(path=args.output)
+            browser.close()
+    finally:
+        editor.stop()
+        session.close()
+        remove_if_empty(session.workdir)  # nothing was exported
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
