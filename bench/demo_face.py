@@ -27,17 +27,19 @@ RUNS = [("8 segments, lambda_reg 1", dict(segments=8, lambda_reg=1.0)),
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--output", default="bench/results/demo_face.json")
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--generator", default=None, help="another generator than the demo one (a checkpoint)")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args()
     if Path(args.output).exists() and not args.overwrite:
         ap.error(f"{args.output} exists; pass --overwrite to replace it")
-    g = resolve_generator(None)
+    g = resolve_generator(args.generator)
     rows = []
     for name, opts in RUNS:
-        r = invert(str(ROOT / "examples" / "face.png"), g, steps=100, **opts)
+        r = invert(str(ROOT / "examples" / "face.png"), g, steps=args.steps, **opts)
         rows.append({"run": name, **opts, "lpips": r.final_losses["lpips"], "masks": r.settings["masks"]["kind"]})
         print(f"{name:36s} lpips {rows[-1]['lpips']:.4f}", flush=True)
-    record = {"generator": "demo", "image": "examples/face.png", "steps": 100, "lpips_net": "vgg",
+    record = {"generator": args.generator or "demo", "image": "examples/face.png", "steps": args.steps, "lpips_net": "vgg",
               "command": "python3 bench/demo_face.py " + " ".join(sys.argv[1:]), "rows": rows}
     Path(args.output).write_text(json.dumps(record, indent=1) + "\n")
 

@@ -50,11 +50,12 @@ def main() -> None:
     ap.add_argument("--directions", default="0,1,2,3")
     ap.add_argument("--strengths", default="-3,3")
     ap.add_argument("--output", default="bench/results/global_edit_masks.json")
+    ap.add_argument("--generator", default=None, help="another generator than the demo one (a checkpoint)")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args()
     if Path(args.output).exists() and not args.overwrite:
         ap.error(f"{args.output} exists; pass --overwrite to replace it")
-    g = resolve_generator(None)
+    g = resolve_generator(args.generator)
     lp = load_lpips("vgg")
     photos = {name: align(getattr(real_photos, name)(), g.resolution)[0] for name in PHOTOS}
     t0 = time.perf_counter()

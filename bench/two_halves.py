@@ -26,6 +26,7 @@ from conftest import load_golden, scaled_rgb_state  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--output", default="bench/results/two_halves_cpu.json")
+    ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args()
     if Path(args.output).exists() and not args.overwrite:
@@ -37,7 +38,7 @@ def main() -> None:
     left = np.zeros((r, r), np.float32)
     left[:, : r // 2] = 1.0
     target = np.clip(left[..., None] * imgs[0] + (1 - left[..., None]) * imgs[1], -1, 1)
-    common = dict(steps=100, lambda_reg=0.0, lpips_net="alex", lpips_resolution="full", progress_every=0)
+    common = dict(steps=args.steps, lambda_reg=0.0, lpips_net="alex", lpips_resolution="full", progress_every=0)
     runs = {"global W+ (n = 1)": dict(segments=1),
             "n = 2, masks = the true halves": dict(segments=2, masks=np.stack([left, 1 - left])),
             "n = 2, default masks (G^S, X^S learned)": dict(segments=2)}
@@ -48,7 +49,7 @@ def main() -> None:
     for row in rows:
         row["vs_global"] = row["lpips"] / rows[0]["lpips"]
         print(f"{row['run']:42s} lpips {row['lpips']:.4f}  {row['vs_global']:.2f}x")
-    record = {"command": "python3 bench/two_halves.py " + " ".join(sys.argv[1:]), "steps": 100,
+    record = {"command": "python3 bench/two_halves.py " + " ".join(sys.argv[1:]), "steps": args.steps,
               "lpips": "alex, full resolution", "lambda_reg": 0.0, "rows": rows}
     Path(args.output).write_text(json.dumps(record, indent=1) + "\n")
 

@@ -73,6 +73,12 @@ CASES = {
     "group_photos": ("group_photos.py", ["--generator={ckpt}", "--steps=1", "--segments=2"], '"ours"'),
     "group_figure": ("group_figure.py", ["{root}/docs/images/group_edit.png", "{root}/docs/images/group_edit.png",
                                          "--output={out}/figure.png", "--width=64"], "wrote"),
+    "two_halves": ("two_halves.py", ["--steps=1", "--output={out}/two_halves.json"], "true halves"),
+    "demo_face": ("demo_face.py", ["--steps=1", "--generator={ckpt}", "--output={out}/demo_face.json"], "lpips"),
+    "global_edit_masks": ("global_edit_masks.py", ["--generator={ckpt}", "--steps=1", "--segments=2",
+                                                   "--directions=0", "--strengths=3",
+                                                   "--output={out}/global_edit_masks.json"], "relabelled"),
+    "editor_screenshot": ("editor_screenshot.py", ["{out}/result", "--output={out}/editor.png"], "wrote"),
     "vs_official_ours": ("vs_official.py", [], ""),  # our worker alone (our_worker)
     "vs_official": ("vs_official.py", ["--official={official}", "--rounds=1", "--works=synth_fwd:1,step:2",
                                        "--resolution=32", "--channel_base=512", "--channel_max=32"], "| full ChunkyGAN"),
@@ -124,6 +130,14 @@ def run_case(name, checkpoint, out):
     script, args, expected = CASES[name]
     if name == "vs_official_ours":
         return our_worker(out)
+    if name == "editor_screenshot":  # a saved result to open
+        from chunkygan_jax.checkpoints import load_generator
+        from chunkygan_jax.inversion import invert
+
+        result = invert(np.zeros((32, 32, 3), np.float32), load_generator(checkpoint), segments=2, steps=1,
+                        lpips_net="alex", lpips_resolution="full")
+        result.settings["generator"] = str(checkpoint)
+        result.save(out / "result")
     args = [a.format(ckpt=checkpoint, out=out, golden=GOLDEN, official=official_checkout()[0], root=ROOT)
             for a in args]
     stdout = run(script, *args, cwd=out)
