@@ -38,6 +38,7 @@ EXIT_STATUSES = """exit status:
 _OUT_OF_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.ENOMEM}
 
 TUNING_FLAGS = ("tune_rank", "tune_lr", "tune_locality_weight", "tune_lpips_threshold")
+TUNING_FLAG_NAMES = ("tune_steps",) + TUNING_FLAGS  # a tool declares them key flags: its --help lists them
 
 
 def define_tuning_flags() -> None:
