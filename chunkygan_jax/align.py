@@ -99,7 +99,8 @@ class Alignment:
     landmarks: {"eye_left", "eye_right", "mouth_left", "mouth_right"} -> (x, y); left/right are the
         image's sides.
     face: index of the face used, among the faces found ordered left to right by box centre.
-    faces_found: how many faces the detector found.
+    faces_found: how many faces the detector found (for the largest face, those the whole-photo pass
+        found; faces too small for it are looked for when a face is asked for by number, or all).
     photo_size: (width, height) of the photo as displayed.
     """
     quad: np.ndarray
@@ -259,6 +260,7 @@ def _nms(faces: list[Face], iou_max=0.5) -> list[Face]:
 MIN_FACE = 1 / 20   # the smallest face `detect_faces` looks for, as a fraction of the photo's longer side
 _FINDS = 0.11       # the full-range detector finds faces down to about 6-8% of its input's longer side;
                     # tiles are sized for 11%, a margin that measured recall needs
+WHOLE_PHOTO = 0.1  # a min_face at which detect_faces runs on the whole photo only (no tiles)
 _TILE_OVERLAP = 0.15  # tiles overlap by this fraction of the photo's longer side: a face the whole-photo
                       # pass can miss (under about 8% of it) lies whole inside some tile
 _TILE_INPUT = 384   # tiles are shrunk (by an integer factor) towards this before detection
@@ -373,16 +375,21 @@ def _face_landmarks(rgb: np.ndarray, face: Face) -> dict | None:
 def find_alignment(photo, *, face: int | None = None, min_face: float = MIN_FACE) -> Alignment:
     """Detect the faces in `photo` and compute the FFHQ quad of one of them.
 
-    face: index among the faces ordered left to right (0 = leftmost); None picks the largest.
-    min_face: the smallest face looked for (`detect_faces`); 0.1 skips the tiles (about 40 ms less on
-        a 512 px photo) and finds faces down to about 1/12 of the photo's longer side.
+    face: index among the faces ordered left to right (0 = leftmost); None picks the largest (found by
+        the whole-photo pass alone, unless it finds none: the tiles look for smaller faces).
+    min_face: the smallest face looked for (`detect_faces`) when a face is asked for by number; 0.1
+        skips the tiles (about 40 ms less on a 512 px photo) and finds faces down to about 1/12 of the
+        photo's longer side.
     Raises ImageError when there is no face, when `face` is out of range, or when the chosen face's
     landmarks cannot be placed (a face turned far away, or a false detection)."""
     return _find_alignment(load_photo(photo), face, _photo_name(photo), min_face)
 
 
 def _find_alignment(rgb: np.ndarray, face, name: str, min_face: float = MIN_FACE) -> Alignment:
-    faces = detect_faces(rgb, min_face=min_face)
+    # The largest face (face=None) is one the whole-photo pass finds: the tiles look for smaller ones, so
+    # they run only when that pass finds none, or when a face is asked for by its number.
+    faces = detect_faces(rgb, min_face=max(min_face, WHOLE_PHOTO)) if face is None else []
+    faces = faces or detect_faces(rgb, min_face=min_face)
     if not faces:
         raise ImageError(f"no face found in {name}")
     if face is None:
