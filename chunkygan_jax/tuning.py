@@ -35,6 +35,7 @@ from .errors import ConfigError
 from .generators.protocol import fingerprint
 from .lpips import load_lpips, resize_for_lpips
 from .masks import composite
+from .noise import drawer
 from .progress import Progress
 
 LOCALITY_POOL = 256  # random samples' codes the locality term draws its directions from
@@ -122,6 +123,11 @@ def hyperparameters(settings: TuningSettings) -> dict:
         "threshold": jnp.float32(-1.0 if settings.lpips_threshold is None else settings.lpips_threshold)}
 
 
+def with_noise(generator, noise):
+    """`generator` drawing with a result's noise ({layer: [1, res, res]}), or as it is for None."""
+    return generator if noise is None else drawer(generator, {"noise": noise})
+
+
 def make_step(*, use_locality: bool, space: str, noise_mode: str, dtype: str, lpips_resolution):
     """step(deltas, opt_state, nets, batch, step, hyper) -> (deltas, opt_state, parts), for B images at once.
 
@@ -136,7 +142,8 @@ def make_step(*, use_locality: bool, space: str, noise_mode: str, dtype: str, lp
     def loss_fn(deltas, nets, batch, step, hyper):
         base, lpips = nets
 
-        def one(delta, codes, key):
+        def one(delta, codes, noise, key):
+            base = with_noise(nets[0], noise)  # a result's own optimised noise, if it has one
             tuned = apply_delta(base, delta)
             imgs = synth(tuned, codes)
             if not use_locality:
@@ -145,7 +152,7 @@ def make_step(*, use_locality: bool, space: str, noise_mode: str, dtype: str, lp
                               jax.random.fold_in(key, step))
             return imgs, synth(tuned, near)[0], jax.lax.stop_gradient(synth(base, near)[0])
 
-        imgs, near_tuned, near_base = jax.vmap(one)(deltas, batch["codes"], batch["image_keys"])
+        imgs, near_tuned, near_base = jax.vmap(one)(deltas, batch["codes"], batch.get("noise"), batch["image_keys"])
         out = composite(imgs, batch["masks"], batch["target"], batch.get("static_mask"))
         lp = lpips.distance_from_features(feats(lpips, out), batch["target_features"])
         l2 = jnp.mean(jnp.square(out - batch["target"]), axis=(1, 2, 3))
@@ -178,8 +185,9 @@ def _programs(use_locality: bool, space, noise_mode, dtype, lpips_resolution):
     if key not in _PROGRAMS:  # jax caches each program's compilations by shapes (batch, rank, generator)
         optimizer, step_fn = make_step(use_locality=use_locality, space=space, noise_mode=noise_mode, dtype=dtype,
                                        lpips_resolution=lpips_resolution)
-        render = lambda base, deltas, codes: jax.vmap(
-            lambda d, c: apply_delta(base, d).synthesize(c, space, noise_mode=noise_mode, dtype=dtype))(deltas, codes)
+        render = lambda base, deltas, codes, noise: jax.vmap(
+            lambda d, c, z: apply_delta(with_noise(base, z), d).synthesize(c, space, noise_mode=noise_mode, dtype=dtype))(
+            deltas, codes, noise)
         _PROGRAMS[key] = dict(
             init=jax.jit(optimizer.init),
             step=jax.jit(step_fn, donate_argnums=(0, 1)),
@@ -205,6 +213,8 @@ def tune_results(results, generator, settings: TuningSettings, *, lpips=None, pr
     keys = ("space", "noise_mode", "dtype", "lpips_net", "lpips_resolution")
     if any(tuple(r.settings.get(k) for k in keys) != tuple(first.get(k) for k in keys) for r in results):
         raise ConfigError("results tuned together must share space, noise mode, dtype and LPIPS settings")
+    if len({"noise" in r.latents for r in results}) > 1:
+        raise ConfigError("results tuned together must all have optimised noise, or none")
     if any(r.tuning is not None for r in results):
         raise ConfigError("a result is already tuned; tune the untuned result again instead")
     space, noise_mode, dtype = first["space"], first.get("noise_mode", "const"), first.get("dtype", "float32")
@@ -221,6 +231,8 @@ def tune_results(results, generator, settings: TuningSettings, *, lpips=None, pr
              "codes": stack([r.latents["codes"] for r in results]), "masks": stack([r.masks for r in results]),
              "image_keys": jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds]),
              "pool": pool, "spread": jnp.float32(spread)}
+    if "noise" in results[0].latents:  # each image renders with its own noise, as its inversion did
+        batch["noise"] = stack([r.latents["noise"] for r in results])
     statics = [r.static_mask for r in results]
     if any(s is not None for s in statics):
         zeros = np.zeros(targets.shape[1:3], np.float32)
@@ -253,7 +265,7 @@ def tune_results(results, generator, settings: TuningSettings, *, lpips=None, pr
     compile_seconds = max(first_call - (step_ms or 0.0) / 1000.0, 0.0)
     # The result is what a reload gives: the delta rounded to its storage dtype, rendered from that.
     deltas = cast_delta(jax.tree_util.tree_map(np.asarray, deltas), settings.store)
-    imgs = np.asarray(progs["render"](generator, deltas, batch["codes"]))
+    imgs = np.asarray(progs["render"](generator, deltas, batch["codes"], batch.get("noise")))
     out = composite(jnp.asarray(imgs), batch["masks"], batch["target"], batch.get("static_mask"))
     after = np.asarray(lpips.distance_from_features(progs["features"](lpips, out), batch["target_features"]))
     out = np.asarray(out)
