@@ -2,7 +2,12 @@
 its segments (what results store), and with each segment's own noise, on images the generator drew with
 noise of its own (random noise, not its constant buffers). The numbers of docs/inversion.md.
 
-  python3 bench/noise_sharing.py --generator=tiny --seeds=0,1,2,3 --steps=60 --segments=4
+  python3 bench/noise_sharing.py --generator=tiny --steps=60 --segments=2 --noise_scale=10 --masks=logits \
+      --noise_reg_weight=100
+
+The fixture generators are the tests' (tests/conftest.py, golden random weights); --noise_scale multiplies
+their noise strengths, so that noise draws a visible part of the image. Each row runs the Inverter directly
+(per-segment noise is a measurement setting of InversionSettings, not an option of invert()).
 """
 
 import argparse
@@ -56,7 +61,7 @@ def main():
     ap.add_argument("--generator", default="tiny", choices=["tiny", "small"])
     ap.add_argument("--seeds", default="0,1,2,3")
     ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--segments", type=int, default=4)
+    ap.add_argument("--segments", type=int, default=2)
     ap.add_argument("--noise_reg_weight", type=float, default=1e5)
     ap.add_argument("--noise_scale", type=float, default=1.0, help="scale the fixture's noise strengths")
     ap.add_argument("--lpips_net", default="vgg", choices=["vgg", "alex"])
