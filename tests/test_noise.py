@@ -103,14 +103,14 @@ def drawn_with_random_noise(g, seeds):
 def test_optimize_noise_lowers_the_final_lpips():
     """Samples drawn with noise other than the constant buffers: optimising the noise fits them better, on
     average over the seeds, with the regulariser's weight scaled to this 32 px generator: 1e5 * (32/1024)^2
-    (docs/inversion.md). Measured: mean LPIPS 0.218 without, 0.209 with."""
+    (docs/inversion.md). Measured: mean LPIPS 0.188 without, 0.174 with (lower for every seed)."""
     g = noisy_fixture()
     targets = drawn_with_random_noise(g, [0, 1, 2])
-    opts = dict(segments=1, steps=30, lpips_net="vgg", lpips_resolution="full", masks="logits", lambda_reg=0.0)
+    opts = dict(segments=1, steps=40, lpips_net="vgg", lpips_resolution="full", masks="logits", lambda_reg=0.0)
     plain = [r.final_losses["lpips"] for r in invert_batch(targets, g, **opts)]
     noisy = invert_batch(targets, g, **opts, optimize_noise=True, noise_reg_weight=100.0)
     lpips = [r.final_losses["lpips"] for r in noisy]
-    assert np.mean(lpips) < 0.98 * np.mean(plain), (plain, lpips)
+    assert np.mean(lpips) < 0.97 * np.mean(plain), (plain, lpips)
     for r in noisy:  # renormalised after every step: each buffer has mean 0 and mean square 1
         for v in r.latents["noise"].values():
             assert abs(float(np.mean(v))) < 1e-4 and abs(float(np.mean(np.square(v))) - 1.0) < 1e-3
