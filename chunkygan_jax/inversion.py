@@ -4,6 +4,7 @@
     L = LPIPS(I, O) + l2_weight * mean((O - I)^2)
         + lambda_reg * sum_i ||X_i - mean_j X_j||^2                     (paper's dispersion term)
         + mean_latent_weight * mean(((w - w_avg) / w_std)^2)            (the authors' tool's term)
+        + noise_reg_weight * NVIDIA's noise regulariser                 (with optimize_noise; noise.py)
 
 Everything for B images runs as one jitted step: the B*n codes go through the generator as ONE batch,
 masks blend them, LPIPS compares with target features computed once. The loss is a sum over images and
@@ -45,6 +46,7 @@ from .groups import FaceGroup
 from .lpips import load_lpips, resize_for_lpips
 from .mask_sources import make_mask_source, mask_source_record
 from .masks import composite, source_masks
+from .noise import DEFAULT_NOISE_REG_WEIGHT, initial_noise, mask_params, normalize, regularizer, require_noise
 from .progress import Progress
 from .results import InversionResult, Snapshot
 from .tuning import as_tuning, tune_results
@@ -85,6 +87,11 @@ class InversionSettings:
     noise_mode: str = "const"
     dtype: str = "float32"
     remat: bool = False  # recompute synthesis blocks in the backward pass (memory at 1024 px)
+    optimize_noise: bool = False  # the generator's noise buffers are optimised too (noise.py)
+    noise_reg_weight: float = DEFAULT_NOISE_REG_WEIGHT
+    # One noise per image, shared by its segments (what results store and render); True gives each segment
+    # its own, for the measurement in docs/inversion.md (bench/noise_sharing.py) only.
+    noise_per_segment: bool = False
 
     def validate(self, generator) -> "InversionSettings":
         space = SPACE_ALIASES.get(self.space, self.space)
@@ -97,7 +104,7 @@ class InversionSettings:
             raise ConfigError(f"segments must be an integer >= 1, got {self.segments!r}")
         if not isinstance(self.steps, (int, np.integer)) or self.steps < 1:
             raise ConfigError(f"steps must be an integer >= 1, got {self.steps!r}")
-        for name in ("lr", "lambda_reg", "l2_weight", "mean_latent_weight"):
+        for name in ("lr", "lambda_reg", "l2_weight", "mean_latent_weight", "noise_reg_weight"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -108,6 +115,13 @@ class InversionSettings:
             # projection, and every later edit would move pixels the edit never asked to move.
             raise ConfigError(f"noise_mode must be one of {', '.join(NOISE_MODES)} for an inversion (fixed "
                               f"noise, so that the codes reproduce their image), got {self.noise_mode!r}")
+        if not isinstance(self.optimize_noise, (bool, np.bool_)):
+            raise ConfigError(f"optimize_noise must be True or False, got {self.optimize_noise!r}")
+        if self.optimize_noise:
+            require_noise(generator)
+            if self.noise_mode != "const":
+                raise ConfigError(f"optimize_noise optimises the constant noise buffers: noise_mode must be "
+                                  f"'const', got {self.noise_mode!r}")
         if self.mean_latent_weight > 0 and not hasattr(generator, "w_avg"):
             raise ConfigError("mean_latent_weight needs a StyleGAN generator (W space)")
         if self.mean_latent_weight > 0 and space == "s":
@@ -154,11 +168,14 @@ def make_loss_fn(settings: InversionSettings):
         b, n = jax.tree_util.tree_leaves(codes)[0].shape[:2]
         flat = jax.tree_util.tree_map(lambda x: x.reshape((b * n,) + x.shape[2:]), codes)
         extra = {"remat": True} if settings.remat else {}
+        if "noise" in latents:  # [B, 1 or n, res, res] per layer -> one buffer per segment image
+            extra["noise"] = {k: jnp.broadcast_to(v, (b, n) + v.shape[2:]).reshape((b * n,) + v.shape[2:])
+                              for k, v in latents["noise"].items()}
         imgs = generator.synthesize(flat, space, noise_mode=settings.noise_mode, dtype=dtype, **extra)
         imgs = imgs.reshape((b, n) + imgs.shape[1:])
-        mask_params = {k: v for k, v in latents.items() if k != "codes"}
-        if mask_params:
-            seg_masks = jax.vmap(lambda p: source_masks(mask_source, p, progress))(mask_params)
+        params = mask_params(latents)
+        if params:
+            seg_masks = jax.vmap(lambda p: source_masks(mask_source, p, progress))(params)
         else:
             fixed = source_masks(mask_source, {}, progress)
             seg_masks = jnp.broadcast_to(fixed, (b,) + fixed.shape)
@@ -184,6 +201,10 @@ def make_loss_fn(settings: InversionSettings):
             ml = jax.vmap(lambda c: _mean_latent_term(generator, c, space, batch["w_std"]))(latents["codes"])
             total = total + settings.mean_latent_weight * ml
             parts["mean_latent"] = ml
+        if "noise" in latents:  # summed over the buffers, and over the segments of per-segment noise
+            reg = jnp.sum(regularizer(latents["noise"]), axis=1)
+            total = total + settings.noise_reg_weight * reg
+            parts["noise_reg"] = reg
         parts["total"] = total
         return jnp.sum(total), parts
 
@@ -200,10 +221,11 @@ MASK_ADAM_EPS = 1e-6
 
 def make_optimizer(settings: InversionSettings):
     schedule = nvidia_lr_schedule(settings.lr, settings.steps)
-    labels = lambda latents: {k: jax.tree_util.tree_map(lambda _: "codes" if k == "codes" else "masks", v)
-                              for k, v in latents.items()}
-    return optax.multi_transform({"codes": optax.adam(schedule), "masks": optax.adam(schedule, eps=MASK_ADAM_EPS)},
-                                 labels)
+    # noise: plain Adam with the codes' schedule, as NVIDIA's projector optimises its buffers
+    label = lambda k: k if k in ("codes", "noise") else "masks"
+    labels = lambda latents: {k: jax.tree_util.tree_map(lambda _: label(k), v) for k, v in latents.items()}
+    return optax.multi_transform({"codes": optax.adam(schedule), "noise": optax.adam(schedule),
+                                  "masks": optax.adam(schedule, eps=MASK_ADAM_EPS)}, labels)
 
 
 LOOP_FORMS = ("loop", "steps", "unrolled")
@@ -231,7 +253,10 @@ def _programs(settings: InversionSettings, mesh):
         progress = step.astype(jnp.float32) / settings.steps  # what annealing mask sources follow
         (_, parts), grads = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)(nets, latents, batch, progress)
         updates, opt_state = optimizer.update(grads, opt_state, latents)
-        return optax.apply_updates(latents, updates), opt_state, parts["total"]
+        latents = optax.apply_updates(latents, updates)
+        if "noise" in latents:  # renormalised after every step, as in NVIDIA's projector
+            latents = dict(latents, noise=normalize(latents["noise"]))
+        return latents, opt_state, parts["total"]
 
     def run(nets, latents, opt_state, step, history, batch, count):
         def body(_, carry):
@@ -403,6 +428,9 @@ class Inverter:
         else:
             codes = jax.tree_util.tree_map(jnp.asarray, initial_codes)
         latents = {"codes": codes}
+        if s.optimize_noise:
+            noise = initial_noise(self.generator, s.segments if s.noise_per_segment else 1)
+            latents["noise"] = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (batch_size,) + x.shape), noise)
         mask_params = self.mask_source.init(s.segments)
         latents.update(jax.tree_util.tree_map(
             lambda x: jnp.broadcast_to(x, (batch_size,) + x.shape), mask_params))
@@ -493,7 +521,8 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
                  masks=None, segmenter=None, learn_masks=None, static_masks=None, seed=0, noise_mode="const",
                  dtype="float32", callback: Callable | None = None, progress_every=25, progress=False,
                  snapshot_steps=(), crop="none", alpha="refuse", upscale=False, inverter: Inverter | None = None,
-                 initial_codes=None, mesh=None, tune=None, tune_callback=None, label=None) -> list[InversionResult]:
+                 initial_codes=None, mesh=None, tune=None, tune_callback=None, label=None, optimize_noise=False,
+                 noise_reg_weight=DEFAULT_NOISE_REG_WEIGHT) -> list[InversionResult]:
     """Invert B images at once (one jitted step for all B x n segments). See `invert` for options;
     `static_masks` is a list (one per image, or None). `mesh` (sharding.data_mesh()) shards the
     images over its devices; the batch is padded to a multiple of this process's devices with copies
@@ -506,7 +535,8 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
     settings = InversionSettings(segments=segments, space=space, steps=steps, lr=lr, lambda_reg=lambda_reg,
                                  l2_weight=l2_weight, mean_latent_weight=mean_latent_weight,
                                  lpips_net=lpips_net, lpips_resolution=lpips_resolution, seed=seed,
-                                 noise_mode=noise_mode, dtype=dtype).validate(generator)
+                                 noise_mode=noise_mode, dtype=dtype, optimize_noise=optimize_noise,
+                                 noise_reg_weight=noise_reg_weight).validate(generator)
     if not images:
         raise ConfigError("no images to invert")
     tune = as_tuning(tune)  # checked before any work
@@ -596,7 +626,8 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
            segmenter=None, learn_masks=None, static_mask=None, seed=0, noise_mode="const", dtype="float32",
            callback=None, progress_every=25, progress=False, snapshot_steps=(), crop="none", alpha="refuse",
            upscale=False, initial_codes=None, align=False, face=None, tune=None,
-           tune_callback=None, label=None) -> InversionResult | FaceGroup:
+           tune_callback=None, label=None, optimize_noise=False,
+           noise_reg_weight=DEFAULT_NOISE_REG_WEIGHT) -> InversionResult | FaceGroup:
     """Reconstruct one photo as `segments` latent codes blended by soft masks (ChunkyGAN).
 
     image: a path or an array ([H, W, 3] uint8, or float in [-1, 1]) at the generator's resolution;
@@ -630,6 +661,11 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
     progress: print a progress line (progress.Progress: steps done, rate, ETA, loss) on stderr.
     snapshot_steps: steps at which the composite and masks are kept (for a progression sheet).
     noise_mode: 'const' (the generator's fixed noise) or 'none'.
+    optimize_noise: optimise the generator's noise buffers too, as NVIDIA's projector does (StyleGAN2
+        only): one noise per image, shared by its segments, starting from the generator's buffers, with
+        NVIDIA's multi-scale regulariser (weight `noise_reg_weight`, NVIDIA's 1e5 by default) and
+        renormalised after every step. The result keeps it in latents["noise"], and every edit renders
+        with it (noise.drawer).
     label: the class of a conditional generator (c_dim > 0), required there and refused elsewhere; the
         result records it in settings["label"].
     tune: pivotal tuning after the inversion (tuning.py): a number of steps or a `TuningSettings`; None or
@@ -646,7 +682,7 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
                          learn_masks=learn_masks, seed=seed, noise_mode=noise_mode, dtype=dtype, callback=callback,
                          progress_every=progress_every, progress=progress, snapshot_steps=snapshot_steps,
                          crop=crop, alpha=alpha, upscale=upscale, tune=tune, tune_callback=tune_callback,
-                         label=label)
+                         label=label, optimize_noise=optimize_noise, noise_reg_weight=noise_reg_weight)
     if isinstance(face, str):
         if face != "all":
             raise ConfigError(f"face must be a face number, None (the largest) or 'all', got {face!r}")

@@ -41,6 +41,7 @@ from .errors import ConfigError
 from .generators.protocol import fingerprint
 from .lpips import load_lpips, resize_for_lpips
 from .masks import composite
+from .noise import drawer
 from .progress import Progress
 
 LOCALITY_POOL = 256  # random samples' codes the locality term draws its directions from
@@ -128,6 +129,11 @@ def hyperparameters(settings: TuningSettings) -> dict:
         "threshold": jnp.float32(-1.0 if settings.lpips_threshold is None else settings.lpips_threshold)}
 
 
+def with_noise(generator, noise):
+    """`generator` drawing with a result's noise ({layer: [1, res, res]}), or as it is for None."""
+    return generator if noise is None else drawer(generator, {"noise": noise})
+
+
 def make_step(*, use_locality: bool, space: str, noise_mode: str, dtype: str, lpips_resolution):
     """step(deltas, opt_state, nets, batch, step, hyper) -> (deltas, opt_state, parts), for B images at once.
 
@@ -142,7 +148,8 @@ def make_step(*, use_locality: bool, space: str, noise_mode: str, dtype: str, lp
     def loss_fn(deltas, nets, batch, step, hyper):
         base, lpips = nets
 
-        def one(delta, codes, key):
+        def one(delta, codes, noise, key):
+            base = with_noise(nets[0], noise)  # a result's own optimised noise, if it has one
             tuned = apply_delta(base, delta)
             imgs = synth(tuned, codes)
             if not use_locality:
@@ -151,7 +158,7 @@ def make_step(*, use_locality: bool, space: str, noise_mode: str, dtype: str, lp
                               jax.random.fold_in(key, step))
             return imgs, synth(tuned, near)[0], jax.lax.stop_gradient(synth(base, near)[0])
 
-        imgs, near_tuned, near_base = jax.vmap(one)(deltas, batch["codes"], batch["image_keys"])
+        imgs, near_tuned, near_base = jax.vmap(one)(deltas, batch["codes"], batch.get("noise"), batch["image_keys"])
         out = composite(imgs, batch["masks"], batch["target"], batch.get("static_mask"))
         lp = lpips.distance_from_features(feats(lpips, out), batch["target_features"])
         l2 = jnp.mean(jnp.square(out - batch["target"]), axis=(1, 2, 3))
@@ -184,8 +191,9 @@ def _programs(use_locality: bool, space, noise_mode, dtype, lpips_resolution):
     if key not in _PROGRAMS:  # jax caches each program's compilations by shapes (batch, rank, generator)
         optimizer, step_fn = make_step(use_locality=use_locality, space=space, noise_mode=noise_mode, dtype=dtype,
                                        lpips_resolution=lpips_resolution)
-        render = lambda base, deltas, codes: jax.vmap(
-            lambda d, c: apply_delta(base, d).synthesize(c, space, noise_mode=noise_mode, dtype=dtype))(deltas, codes)
+        render = lambda base, deltas, codes, noise: jax.vmap(
+            lambda d, c, z: apply_delta(with_noise(base, z), d).synthesize(c, space, noise_mode=noise_mode, dtype=dtype))(
+            deltas, codes, noise)
         _PROGRAMS[key] = dict(
             init=jax.jit(optimizer.init),
             step=jax.jit(step_fn, donate_argnums=(0, 1)), step_fn=step_fn,
@@ -233,6 +241,8 @@ def tune_results(results, generator, settings: TuningSettings, *, lpips=None, pr
     keys = ("space", "noise_mode", "dtype", "lpips_net", "lpips_resolution")
     if any(tuple(r.settings.get(k) for k in keys) != tuple(first.get(k) for k in keys) for r in results):
         raise ConfigError("results tuned together must share space, noise mode, dtype and LPIPS settings")
+    if len({"noise" in r.latents for r in results}) > 1:
+        raise ConfigError("results tuned together must all have optimised noise, or none")
     if any(r.tuning is not None for r in results):
         raise ConfigError("a result is already tuned; tune the untuned result again instead")
     space, noise_mode, dtype = first["space"], first.get("noise_mode", "const"), first.get("dtype", "float32")
@@ -248,6 +258,8 @@ def tune_results(results, generator, settings: TuningSettings, *, lpips=None, pr
     per_image = {"target": stack([r.target for r in rows]), "codes": stack([r.latents["codes"] for r in rows]),
                  "masks": stack([r.masks for r in rows]),
                  "image_keys": np.stack([np.asarray(jax.random.PRNGKey(int(s))) for s in seeds + seeds[-1:] * pad])}
+    if "noise" in results[0].latents:  # each image renders with its own noise, as its inversion did
+        per_image["noise"] = stack([r.latents["noise"] for r in rows])
     statics = [r.static_mask for r in rows]
     if any(s is not None for s in statics):
         zeros = np.zeros(per_image["target"].shape[1:3], np.float32)
@@ -279,7 +291,7 @@ def tune_results(results, generator, settings: TuningSettings, *, lpips=None, pr
         batch_specs = {k: SAME if k in shared else ROWS for k in batch}
         run_step = _on_mesh(progs, "step", mesh, (ROWS, opt_specs, SAME, batch_specs, SAME, SAME),
                             (ROWS, opt_specs, ROWS), donate=(0, 1))
-        render = _on_mesh(progs, "render", mesh, (SAME, ROWS, ROWS), ROWS)
+        render = _on_mesh(progs, "render", mesh, (SAME, ROWS, ROWS, None if "noise" not in batch else ROWS), ROWS)
     for step in range(settings.steps):
         t = time.perf_counter()
         deltas, opt_state, parts = run_step(deltas, opt_state, batch_nets, batch, np.int32(step), hyper)
@@ -299,7 +311,7 @@ def tune_results(results, generator, settings: TuningSettings, *, lpips=None, pr
     compile_seconds = max(first_call - (step_ms or 0.0) / 1000.0, 0.0)
     # The result is what a reload gives: the delta rounded to its storage dtype, rendered from that.
     deltas = cast_delta(to_host(deltas), settings.store)
-    imgs = render(batch_nets[0], place(deltas), batch["codes"])
+    imgs = render(batch_nets[0], place(deltas), batch["codes"], batch.get("noise"))
     out = progs["composite"](imgs, batch["masks"], batch["target"], batch.get("static_mask"))
     after = to_host(progs["distance"](batch_nets[1], out, batch["target_features"]))[:count]
     imgs, out = to_host(imgs)[:count], to_host(out)[:count]

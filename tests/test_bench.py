@@ -79,6 +79,7 @@ CASES = {
                                                    "--directions=0", "--strengths=3",
                                                    "--output={out}/global_edit_masks.json"], "relabelled"),
     "editor_screenshot": ("editor_screenshot.py", ["{out}/result", "--output={out}/editor.png"], "wrote"),
+    "noise_sharing": ("noise_sharing.py", ["--seeds=0", "--steps=2", "--lpips_net=alex"], "| setting |"),
     "vs_official_ours": ("vs_official.py", [], ""),  # our worker alone (our_worker)
     "vs_official": ("vs_official.py", ["--official={official}", "--rounds=1", "--works=synth_fwd:1,step:2",
                                        "--resolution=32", "--channel_base=512", "--channel_max=32"], "| full ChunkyGAN"),

@@ -10,6 +10,7 @@ from ..blending import poisson_blend
 from ..deltas import tuned_generator
 from ..errors import ConfigError
 from ..masks import composite
+from ..noise import drawer, mask_params
 from ..results import InversionResult
 from .edits import DirectionEdit, StyleEdit, apply_edits, describe, edit_list
 from .spaces import check_space, count_segments, latent_space
@@ -21,11 +22,11 @@ _SYNTH_CACHE: dict = {}
 
 
 def render_segments(generator, latents, space=None, *, noise_mode="const", dtype="float32") -> jax.Array:
-    """One image per segment code: [n, H, W, 3]."""
+    """One image per segment code: [n, H, W, 3]; with the latents' own noise when they hold one."""
     codes = latents["codes"] if isinstance(latents, dict) and "codes" in latents else latents
     space = check_space(generator, codes, space)
     codes = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), codes)
-    return _synthesize(generator, codes, space, noise_mode, dtype)
+    return _synthesize(drawer(generator, latents), codes, space, noise_mode, dtype)
 
 
 def _synthesize(generator, codes, space, noise_mode, dtype):
@@ -37,7 +38,7 @@ def _synthesize(generator, codes, space, noise_mode, dtype):
 
 
 def _masks_from_source(mask_source, latents):
-    params = {k: v for k, v in latents.items() if k != "codes"}
+    params = mask_params(latents)
     if "segment_code" in params and hasattr(mask_source, "masks_for_code"):
         return mask_source.masks_for_code(params["segment_code"])
     return mask_source.masks(params)

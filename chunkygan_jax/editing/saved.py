@@ -19,6 +19,7 @@ import numpy as np
 from .. import io
 from ..align import PASTES, Alignment, as_mode, paste_all, paste_back
 from ..deltas import tuned_generator
+from ..noise import drawer as noise_drawer
 from ..demo import resolve_generator
 from ..errors import ConfigError
 from ..files import check_writable
@@ -174,7 +175,8 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
         return first + styles
 
     settings = result.settings
-    drawer = tuned_generator(gen, result.tuning)  # what a region is projected with (edit_result applies it too)
+    # what a region is projected with: the tuned weights and the result's noise (edit_result applies both too)
+    drawer = noise_drawer(tuned_generator(gen, result.tuning), result.latents)
     images, edited, step = [], None, None
     mask_source = None
     if segment_code:
@@ -225,6 +227,8 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
     elif pasted:
         note = f" (the photo {result.photo} is gone: no pasted image)"
     edited.alignment, edited.photo, edited.tuning = result.alignment, result.photo, result.tuning
+    if region and "noise" in result.latents:  # the region was projected with the result's noise
+        edited.latents = dict(edited.latents, noise=result.latents["noise"])
     if compare is not None:
         before = as_mode(io.to_uint8(current_image(result) if region else result.composite), mode)
         io.save_png(compare, tile_sheet([[before, images[0], changed_pixels(before, images[0])]],

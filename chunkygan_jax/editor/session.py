@@ -52,6 +52,7 @@ from PIL import Image
 
 from .. import editing, io
 from ..deltas import tuned_generator
+from ..noise import drawer as noise_drawer
 from ..editing import DirectionEdit, StyleEdit
 from ..editing.directions import resolve_direction
 from ..editing.render import blend_region
@@ -307,7 +308,8 @@ class EditorSession:
         # generator: the one the result was inverted with (directions are its); drawer: what renders, the
         # generator with the result's own weight delta when it was tuned (deltas.tuned_generator)
         self.result, self.generator = result, generator
-        self.drawer = tuned_generator(generator, result.tuning)
+        # (deltas.tuned_generator), drawing with the result's optimised noise when it has one (noise.drawer)
+        self.drawer = noise_drawer(tuned_generator(generator, result.tuning), result.latents)
         r = generator.resolution
         if tuple(np.shape(result.target)[:2]) != (r, r):
             raise ConfigError(f"the result is {np.shape(result.target)[0]} px but the generator makes {r} px")
@@ -746,6 +748,8 @@ class EditorSession:
                                          steps=task.steps, segment=0, callback=callback,
                                          **self._projection_options())
             out.result.tuning = self.result.tuning  # projected with the tuned weights: renders with them
+            if "noise" in self.result.latents:  # and with the result's noise
+                out.result.latents = dict(out.result.latents, noise=self.result.latents["noise"])
             with self._lock:
                 layer = RegionLayer(self._next_layer, "region" if task.kind == "project" else "fill",
                                     np.asarray(out.region, np.float32), out.result,

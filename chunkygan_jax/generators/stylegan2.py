@@ -243,6 +243,26 @@ class StyleGAN2:
         names = flat_leaves(self.params["synthesis"], prefix="synthesis/")
         return tuple(sorted(k for k in names if not k.endswith("/noise_const")))
 
+    def noise_buffers(self) -> dict:
+        """{conv layer name: its constant noise [res, res]}: the buffers NVIDIA's projector optimises."""
+        return {name: self._layer(name)["noise_const"] for name in self.config.layer_names()
+                if not name.endswith(".torgb")}
+
+    def with_noise(self, noise: dict) -> "StyleGAN2":
+        """This generator with its constant noise buffers replaced by `noise` ({layer: [res, res]}, every
+        conv layer of `noise_buffers`); what renders a result whose noise was optimised."""
+        own = self.noise_buffers()
+        if set(noise) != set(own):
+            raise ConfigError(f"noise must hold the buffers of layers {sorted(own)}, got {sorted(noise)}")
+        params = jax.tree_util.tree_map(lambda x: x, self.params)  # a new tree; leaves are shared
+        for name, buf in noise.items():
+            if tuple(np.shape(buf)) != tuple(own[name].shape):
+                raise ConfigError(f"noise of layer {name} must be {tuple(own[name].shape)}, got {tuple(np.shape(buf))}")
+            block, layer = name.split(".")
+            params["synthesis"][block][layer] = dict(params["synthesis"][block][layer],
+                                                     noise_const=jnp.asarray(buf, jnp.float32))
+        return self.replace(params=params)
+
     def initial_codes(self, space: str, n: int, w=None):
         """n copies of one starting code (w_avg unless `w` [w_dim] is given) in the requested space:
         'w' -> [n, 1, w_dim] (broadcast to every layer), 'w+' -> [n, num_ws, w_dim],
@@ -276,9 +296,10 @@ class StyleGAN2:
         return codes
 
     def synthesize(self, codes, space: str, *, noise_mode="const", key=None, dtype=jnp.float32,
-                   remat=False):
-        """Images [N, H, W, 3] from codes of `space` (the generic entry point the inversion uses)."""
-        kw = dict(noise_mode=noise_mode, key=key, dtype=dtype, remat=remat)
+                   remat=False, noise=None):
+        """Images [N, H, W, 3] from codes of `space` (the generic entry point the inversion uses).
+        noise: {conv layer: [N, res, res]}, each image's own noise in place of the constant buffers."""
+        kw = dict(noise_mode=noise_mode, key=key, dtype=dtype, remat=remat, noise=noise)
         if space == "s":
             return self.synthesis_from_styles(codes, **kw)
         return self.synthesis(self.to_ws(codes, space), **kw)
@@ -344,7 +365,7 @@ class StyleGAN2:
         return styles
 
     # ------------------------------------------------------------------ synthesis
-    def synthesis(self, ws, *, noise_mode="const", key=None, dtype=jnp.float32, remat=False):
+    def synthesis(self, ws, *, noise_mode="const", key=None, dtype=jnp.float32, remat=False, noise=None):
         """W+ codes [N, num_ws, w_dim] -> images [N, H, W, C] float32 (about [-1, 1] for trained nets).
 
         dtype: compute dtype (compute.COMPUTE_DTYPES: 'float32', 'tf32', 'bfloat16' for speed, or a dtype;
@@ -352,12 +373,12 @@ class StyleGAN2:
         remat: recompute each block's activations in the backward pass instead of storing them
         (jax.checkpoint per block), bounding memory at high resolution for some extra compute."""
         return self.synthesis_from_styles(self.styles_from_ws(ws), noise_mode=noise_mode, key=key,
-                                          dtype=dtype, remat=remat)
+                                          dtype=dtype, remat=remat, noise=noise)
 
     def synthesis_from_styles(self, styles, *, noise_mode="const", key=None, dtype=jnp.float32,
-                              remat=False):
+                              remat=False, noise=None):
         img, _ = self._run(styles, noise_mode=noise_mode, key=key, dtype=dtype,
-                           feature_resolutions=(), stop_at=self.config.resolution, remat=remat)
+                           feature_resolutions=(), stop_at=self.config.resolution, remat=remat, noise=noise)
         return img
 
     def features(self, ws, resolutions, *, noise_mode="const", key=None, dtype=jnp.float32) -> dict:
@@ -383,10 +404,14 @@ class StyleGAN2:
         if ws.ndim != 3 or ws.shape[1:] != (cfg.num_ws, cfg.w_dim):
             raise ConfigError(f"ws must have shape [N, {cfg.num_ws}, {cfg.w_dim}], got {tuple(ws.shape)}")
 
-    def _run(self, styles, *, noise_mode, key, dtype, feature_resolutions, stop_at, rgb=True, remat=False):
+    def _run(self, styles, *, noise_mode, key, dtype, feature_resolutions, stop_at, rgb=True, remat=False,
+             noise=None):
         cfg = self.config
         if noise_mode not in NOISE_MODES:
             raise ConfigError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        if noise is not None and noise_mode != "const":
+            raise ConfigError(f"given noise buffers replace the constant ones: noise_mode must be 'const', "
+                              f"got {noise_mode!r}")
         if noise_mode == "random" and key is None:
             raise ConfigError("noise_mode='random' needs a PRNG key (key=jax.random.key(seed))")
         missing = [n for n in cfg.layer_names() if n not in styles]
@@ -403,11 +428,13 @@ class StyleGAN2:
                                            precision=precision, prepared=prepared.get(name))
             y = y * dcoefs.astype(y.dtype)[:, None, None, :]
             res = y.shape[1]
-            if noise_mode == "const":
+            if noise is not None:
+                y = y + (noise[name] * p["noise_strength"]).astype(y.dtype)[:, :, :, None]
+            elif noise_mode == "const":
                 y = y + (p["noise_const"] * p["noise_strength"]).astype(y.dtype)[None, :, :, None]
             elif noise_mode == "random":
-                noise = jax.random.normal(next(keys), (n, res, res, 1), jnp.float32)
-                y = y + (noise * p["noise_strength"]).astype(y.dtype)
+                drawn = jax.random.normal(next(keys), (n, res, res, 1), jnp.float32)
+                y = y + (drawn * p["noise_strength"]).astype(y.dtype)
             return ops.bias_lrelu_clamp(y, p["bias"], gain=1.0, clamp=cfg.conv_clamp)
 
         def torgb(x, name):
