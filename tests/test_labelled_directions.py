@@ -180,8 +180,8 @@ def test_localized_listing_tool_and_refusals(tmp_path, tiny_generator, tiny_chec
     result = dataclasses.replace(sample_result, settings={"generator": str(tiny_checkpoint)})
     save_result(result, tmp_path / "result")
     out = tmp_path / "channels.json"
-    proc = run_tool("directions", f"--localized={tmp_path / 'result'}", "--segment=0", "--top=4", f"--output={out}")
-    assert proc.returncode == 2 and "cover some of the image" in proc.stderr.strip().splitlines()[-1]
+    with pytest.raises(ConfigError, match="cover some of the image"):  # segment 0's mask is the whole image
+        editing.localized_channels(sample_result, tiny_generator, 0)
     mask = np.zeros((tiny_generator.resolution,) * 2, np.uint8)
     mask[:12, :12] = 255
     Image.fromarray(mask).save(tmp_path / "corner.png")

@@ -173,19 +173,25 @@ def _folds(labels, k, seed=0) -> np.ndarray:
     return fold
 
 
+def _class_counts(y, n) -> list[int]:
+    """[negatives, positives] of 0/1 labels y [n]; ConfigError for other labels or too few of a class."""
+    if y.shape != (n,) or not np.isin(y, (0, 1)).all():
+        raise ConfigError(f"need one 0/1 label per code ({n}), got shape {y.shape}")
+    counts = [int((y == c).sum()) for c in (0, 1)]
+    if min(counts) < MIN_PER_CLASS:
+        raise ConfigError(f"too few labels of a class: {counts[1]} with the attribute, {counts[0]} without; "
+                          f"each class needs at least {MIN_PER_CLASS}")
+    return counts
+
+
 def fit_direction(generator, codes, labels, *, layers=None, name="direction", penalty=None,
                   folds=FOLDS) -> LabelledDirection:
     """A direction from codes (see `fit_codes`) and their 0/1 labels (see the module doc). penalty: the
     L2 weight on the standardised codes (default 1 / N, scikit-learn's C = 1)."""
     x = fit_codes(generator, codes, layers)
     y = np.asarray(labels)
-    if y.shape != (len(x),) or not np.isin(y, (0, 1)).all():
-        raise ConfigError(f"need one 0/1 label per code ({len(x)}), got shape {y.shape}")
-    counts = [int((y == c).sum()) for c in (0, 1)]
-    if min(counts) < MIN_PER_CLASS:
-        raise ConfigError(f"too few labels of a class: {counts[1]} with the attribute, {counts[0]} without; "
-                          f"each class needs at least {MIN_PER_CLASS}")
-    rows = direction_rows(generator, layers)  # checks the layer range before the work
+    counts = _class_counts(y, len(x))
+    rows = direction_rows(generator, layers)
     k = min(folds, min(counts))
     fold = _folds(y, k)
     mean = x.mean(axis=0)
@@ -220,9 +226,9 @@ def fit_direction(generator, codes, labels, *, layers=None, name="direction", pe
 def direction_from_labels(generator, seeds, labels, *, layers=None, name="direction", **kw) -> LabelledDirection:
     """`fit_direction` on the samples of `seeds` (see `sample_code`); the record lists the seeds."""
     seeds = [_seed(int(s), "seeds") for s in np.asarray(seeds).reshape(-1)]
-    if len(seeds) != len(np.asarray(labels).reshape(-1)):
-        raise ConfigError(f"{len(seeds)} seeds but {len(np.asarray(labels).reshape(-1))} labels")
-    codes = np.stack([sample_code(generator, s) for s in seeds]) if seeds else np.zeros((0, 1), np.float32)
+    _class_counts(np.asarray(labels), len(seeds))  # checked before sampling
+    direction_rows(generator, layers)
+    codes = np.stack([sample_code(generator, s) for s in seeds])
     found = fit_direction(generator, codes, labels, layers=layers, name=name, **kw)
     return dataclasses.replace(found, record=dict(found.record, seeds=seeds))
 
