@@ -121,6 +121,15 @@ def sample_code(generator, seed: int) -> np.ndarray:
     return code[0] if direction_space(generator) == "w+" else code
 
 
+def sample_images(generator, seeds) -> np.ndarray:
+    """The images of the samples of `seeds` [k, H, W, 3] in about [-1, 1] (what a grid of samples shows)."""
+    space = direction_space(generator)
+    codes = np.stack([sample_code(generator, s) for s in seeds])
+    if space == "w+":
+        codes = np.broadcast_to(codes[:, None], (len(codes),) + direction_shape(generator))
+    return _synthesize(generator, codes, space)
+
+
 def fit_codes(generator, codes, layers=None) -> np.ndarray:
     """Codes -> [N, dim] in the fit space: a StyleGAN2 takes W [N, w_dim] or [N, 1, w_dim], or W+
     [N, num_ws, w_dim] (the mean of the rows of the layer range); a z-space generator [N, z_dim]."""
