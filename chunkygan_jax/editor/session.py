@@ -1,6 +1,7 @@
 """What the editor holds and does, without HTTP: a document of stacked edits over an inversion result,
 undo and redo, cached rendering, region projections run in the background (with progress and
-cancelling), and export into the editor's working folder.
+cancelling), export into the editor's working folder, and directions fitted to samples of the generator
+that the user labels (`fit_labels`, the page's new-direction panel; saved ones become sliders).
 
 The document (`Document`, immutable) is
   - `edits`: latent edits (`Edit`), each aimed at base segments (some, or all) or at one region layer;
