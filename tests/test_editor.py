@@ -1125,3 +1125,32 @@ def test_new_direction_panel_labels_fits_and_saves_a_slider(page, editor, g):
     status, _, text = request(editor, "/api/labelled", method="POST", body=b'{"labels": [[1, 1], [2, 0]]}')
     assert status == 400 and b"too few labels of a class" in text
     assert request(editor, "/api/sample/99999999999.png")[0] == 404
+
+
+def test_channels_acting_on_the_selected_segment(page, editor, g):
+    """The StyleSpace channels ranked for the one selected segment are the library's, and a click on one
+    puts it into the StyleSpace channel controls."""
+    r = g.resolution
+    page.check("#layers li:nth-child(1) input")  # the segments of the projection, not a region layer
+    page.check("input[name=tool][value=select]")
+    page.click("#clear-region")
+    page.click("#clear-selection")
+    page.click("#find-channels")
+    page.wait_for_selector("#message.error")
+    assert "select one segment" in page.inner_text("#message")
+    page.locator("#stage").scroll_into_view_if_needed()  # the panels above may have scrolled the page
+    page.mouse.click(*stage_point(page, r, r - 3, r // 2))  # segment 1 (the right half)
+    assert page.inner_text("#selection") == "segments 1"
+    page.click("#find-channels")
+    page.wait_for_selector("#localized li button", timeout=120_000)
+    expected = editing.localized_channels(editor.session.result, g, 1, top=8)
+    shown = page.eval_on_selector_all("#localized button", "els => els.map(e => [e.dataset.layer, +e.dataset.channel])")
+    assert shown == [[c["layer"], c["channel"]] for c in expected] and expected[0]["locality"] > 0.5
+    page.locator("#localized button").nth(1).click()
+    assert page.input_value("#style-layer") == expected[1]["layer"]
+    assert page.input_value("#style-channel") == str(expected[1]["channel"])
+    for body in ({"segment": 1, "region": "x"}, {}, {"segment": -1}, {"segment": 1, "top": 0}):
+        status, _, text = request(editor, "/api/localized", method="POST", body=json.dumps(body).encode())
+        assert status == 400, (body, text)
+    status, _, text = request(editor, "/api/localized", method="POST", body=b'{"segment": 9}')
+    assert status == 400 and b"unknown segment 9" in text

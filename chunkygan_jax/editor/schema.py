@@ -219,6 +219,19 @@ def labels_body(body: dict) -> dict:
     return {"labels": labels, "name": None if name is None else text(name, "name"), "save": bool(body.get("save"))}
 
 
+def localized_body(body: dict) -> dict:
+    """POST /api/localized: {"segment": i} or {"region": PNG data URL or base64}, and "top": n | null."""
+    _keys(body, "the body", {"segment", "region", "top"})
+    if ("segment" in body) == ("region" in body):
+        raise RequestError("give the region as a segment index (segment) or a painted mask (region), one of them")
+    if "segment" in body:
+        integer(body["segment"], "segment", 0, MAX_INDEX)
+    elif not isinstance(body["region"], str):
+        raise RequestError(f"region must be a PNG data URL or base64 text, got {_show(body['region'])}")
+    top = 8 if body.get("top") is None else integer(body["top"], "top", 1, 64)
+    return {"segment": body.get("segment"), "region": body.get("region"), "top": top}
+
+
 def empty_body(body: dict) -> None:
     """POST /api/undo, /api/redo, /api/cancel: no body, or {}."""
     _keys(body, "the body", set())

@@ -451,6 +451,23 @@ class EditorSession:
             out["state"] = self.state()
         return out
 
+    def localized(self, body: dict) -> dict:
+        """The StyleSpace channels whose effect on the projection lies most inside a segment's mask or a
+        painted region ({"segment": i} or {"region": PNG}, "top": n; `editing.localized_channels`)."""
+        return self._call(self._localized, body)
+
+    def _localized(self, body: dict) -> dict:
+        if not self.editable:
+            raise ConfigError(f"this result cannot be edited: {self.why_not}")
+        if not self.style_dims:
+            raise ConfigError(f"this {type(self.generator).__name__} has no StyleSpace: channels for a segment need "
+                              "a StyleGAN2")
+        if body.get("region") is not None:
+            where = decode_region_png(body["region"], self.resolution)
+        else:
+            where = int(body["segment"])
+        return {"channels": editing.localized_channels(self.result, self.generator, where, top=body["top"])}
+
     # ------------------------------------------------------------------ history
     @property
     def document(self) -> Document:
@@ -485,7 +502,7 @@ class EditorSession:
 
     # the worker's operations, by the names the server asks for them (`request`)
     OPERATIONS = ("preview", "commit", "undo", "redo", "set_blend", "image_png", "add_direction", "export",
-                  "sample_png", "fit_labels")
+                  "sample_png", "fit_labels", "localized")
 
     def request(self, name: str, *args) -> Future:
         if name not in self.OPERATIONS:

@@ -1,6 +1,6 @@
 // The ChunkyGAN editor page: views and overlays, segment selection, a region brush, region projection
 // with progress and cancel, direction and StyleSpace sliders, undo/redo, Poisson compositing, export,
-// and a new direction fitted to samples the user labels.
+// a new direction fitted to samples the user labels, and the StyleSpace channels acting on a segment.
 // The session token travels in an HttpOnly cookie that the editor set when the printed address was
 // opened: the page never sees it, and no URL carries it. State-changing requests send JSON (or, for an
 // uploaded direction, octet-stream) and the browser adds their Origin, which the editor checks.
@@ -531,6 +531,36 @@ async function fitLabels(save) {
   } catch (e) { fail(e); }
 }
 
+// ------------------------------------------------------------------------------------------ localized channels
+async function findChannels() {
+  let body;
+  if (!regionEmpty()) body = { region: $("paint").toDataURL("image/png") };
+  else if (selected.size === 1) body = { segment: [...selected][0] };
+  else { say("select one segment, or paint a region, first", "error"); return; }
+  try {
+    say("ranking the StyleSpace channels…");
+    const r = await api("api/localized", { method: "POST", json: body });
+    const ol = $("localized");
+    ol.textContent = "";
+    for (const c of r.channels) {
+      const li = document.createElement("li");
+      const b = document.createElement("button");
+      b.type = "button";
+      b.dataset.layer = c.layer;
+      b.dataset.channel = String(c.channel);
+      b.textContent = `${c.layer} #${c.channel}: ${(100 * c.locality).toFixed(0)}% inside, ×${c.ratio.toFixed(1)}`;
+      b.addEventListener("click", () => {
+        $("style-layer").value = c.layer;
+        $("style-channel").value = String(c.channel);
+        syncSliders();
+      });
+      li.append(b);
+      ol.append(li);
+    }
+    say(`${r.channels.length} channels ranked`);
+  } catch (e) { fail(e); }
+}
+
 // ------------------------------------------------------------------------------------------ start
 async function start() {
   try {
@@ -589,6 +619,7 @@ window.addEventListener("DOMContentLoaded", () => {
   });
   $("export").addEventListener("click", doExport);
   $("more-samples").addEventListener("click", () => addSamples());
+  $("find-channels").addEventListener("click", findChannels);
   $("fit").addEventListener("click", () => fitLabels(false));
   $("save-direction").addEventListener("click", () => fitLabels(true));
   $("upload").addEventListener("change", upload);
