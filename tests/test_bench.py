@@ -66,6 +66,8 @@ CASES = {
     "editor_load": ("editor_load.py", ["--generator={ckpt}", "--segments=2", "--clients=2", "--seconds=2"],
                     "requests/s"),
     "foreign_parity": ("foreign_parity.py", [], "tf_f32"),
+    "labelled_directions": ("labelled_directions.py", ["--generator={ckpt}", "--labels=20", "--trials=1"],
+                            "| brightness | 20 |"),
     "tuning_real": ("tuning_real.py", ["--generator={ckpt}", "--segments=2", "--steps=1", "--tune_steps=2",
                                        "--rank=1", "--rounds=1", "--timing_steps=2", "--output={out}/tuning.json",
                                        "--sheet={out}/tuning.png", "--pasted_sheet={out}/pasted.png"],

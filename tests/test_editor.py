@@ -1107,3 +1107,83 @@ def test_an_unexpected_error_is_a_500_logged_once_without_the_body(caplog):
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and errors[0].exc_info and "POST /api/x" in errors[0].getMessage()
     assert "SECRET" not in caplog.text
+
+
+# ------------------------------------------------------------------------------------------ new direction
+def test_new_direction_panel_labels_fits_and_saves_a_slider(page, editor, g):
+    """Label the panel's samples by a property computed here from their pixels (the top third's
+    brightness), fit, save: the page shows the library's held-out accuracy for those labels, the saved
+    direction becomes a slider and raises that property on held-out samples; bad bodies get 400."""
+    from chunkygan_jax.editing import labelled
+
+    page.wait_for_selector("#samples .sample img")
+    page.click("#more-samples")
+    page.click("#more-samples")
+    seeds = [int(s) for s in page.eval_on_selector_all("#samples .sample", "els => els.map(e => e.dataset.seed)")]
+    assert seeds == list(range(36))
+    r = g.resolution
+    top = {}
+    for s in seeds:
+        status, _, body = request(editor, f"/api/sample/{s}.png")
+        assert status == 200
+        top[s] = np.asarray(Image.open(BytesIO(body)).convert("RGB"), np.float32)[: r // 3].mean()
+    np.testing.assert_allclose(  # the tile is the generator's sample of that seed
+        np.asarray(Image.open(BytesIO(request(editor, "/api/sample/5.png")[2]))),
+        io.to_uint8(labelled.sample_images(g, [5])[0]))
+    cut = np.median(list(top.values()))
+    labels = {}
+    for i, s in enumerate(seeds):
+        mark = "skip" if i % 9 == 8 else ("yes" if top[s] > cut else "no")
+        page.locator(f"#samples .sample[data-seed='{s}'] button[data-label='{mark}']").click()
+        if mark != "skip":
+            labels[s] = int(mark == "yes")
+    page.fill("#direction-name", "light top")
+    page.click("#fit")
+    page.wait_for_selector("#fit-status[data-accuracy]", timeout=60_000)
+    expected = labelled.direction_from_labels(g, list(labels), list(labels.values()))
+    assert float(page.get_attribute("#fit-status", "data-accuracy")) == pytest.approx(expected.record["accuracy"])
+    assert page.is_visible("#fit-preview")
+    page.click("#save-direction")
+    page.wait_for_selector("#directions .direction[data-direction='labelled:light-top']", timeout=60_000)
+    workdir = editor.session.workdir
+    np.testing.assert_allclose(np.load(workdir / "light-top.npy"), expected.direction, atol=1e-5)
+    record = json.loads((workdir / "light-top.json").read_text())
+    assert record["name"] == "light-top" and record["labels"] == len(labels) == 32
+    held = labelled.fit_codes(g, g.sample_codes(40, 1234))[:, None].repeat(g.num_ws, 1)
+    brightness = lambda codes: np.asarray(g.synthesis(codes))[:, : r // 3].mean(axis=(1, 2, 3))
+    assert np.mean(brightness(held + 2 * expected.direction) > brightness(held)) >= 0.8
+    for body in ({"labels": [[1, 2]]}, {"labels": [[-1, 1]]}, {"labels": "x"}, {"labels": [], "save": "yes"}):
+        status, _, text = request(editor, "/api/labelled", method="POST", body=json.dumps(body).encode())
+        assert status == 400, (body, text)
+    status, _, text = request(editor, "/api/labelled", method="POST", body=b'{"labels": [[1, 1], [2, 0]]}')
+    assert status == 400 and b"too few labels of a class" in text
+    assert request(editor, "/api/sample/99999999999.png")[0] == 404
+
+
+def test_channels_acting_on_the_selected_segment(page, editor, g):
+    """The StyleSpace channels ranked for the one selected segment are the library's, and a click on one
+    puts it into the StyleSpace channel controls."""
+    r = g.resolution
+    page.check("#layers li:nth-child(1) input")  # the segments of the projection, not a region layer
+    page.check("input[name=tool][value=select]")
+    page.click("#clear-region")
+    page.click("#clear-selection")
+    page.click("#find-channels")
+    page.wait_for_selector("#message.error")
+    assert "select one segment" in page.inner_text("#message")
+    page.locator("#stage").scroll_into_view_if_needed()  # the panels above may have scrolled the page
+    page.mouse.click(*stage_point(page, r, r - 3, r // 2))  # segment 1 (the right half)
+    assert page.inner_text("#selection") == "segments 1"
+    page.click("#find-channels")
+    page.wait_for_selector("#localized li button", timeout=120_000)
+    expected = editing.localized_channels(editor.session.result, g, 1, top=8)
+    shown = page.eval_on_selector_all("#localized button", "els => els.map(e => [e.dataset.layer, +e.dataset.channel])")
+    assert shown == [[c["layer"], c["channel"]] for c in expected] and expected[0]["locality"] > 0.5
+    page.locator("#localized button").nth(1).click()
+    assert page.input_value("#style-layer") == expected[1]["layer"]
+    assert page.input_value("#style-channel") == str(expected[1]["channel"])
+    for body in ({"segment": 1, "region": "x"}, {}, {"segment": -1}, {"segment": 1, "top": 0}):
+        status, _, text = request(editor, "/api/localized", method="POST", body=json.dumps(body).encode())
+        assert status == 400, (body, text)
+    status, _, text = request(editor, "/api/localized", method="POST", body=b'{"segment": 9}')
+    assert status == 400 and b"unknown segment 9" in text

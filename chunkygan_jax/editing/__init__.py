@@ -14,7 +14,8 @@ jit (strengths may be traced; layer ranges, channels and segment choices are sta
   - `apply_edits`: a list of `DirectionEdit` / `StyleEdit`, directions first, then style edits (the tool's
     order; once codes are in S there is no way back to W).
   - `resolve_direction`: 'pca:K', a .npy file or an array -> the direction array (one resolver for every
-    front end). `principal_directions` / `write_directions`: the generator's own principal directions,
+    front end). `fit_direction` / `direction_from_labels`: a direction fitted to labelled samples
+    (an ordinary .npy once saved). `principal_directions` / `write_directions`: the generator's own principal directions,
     computed once and cached (strength 1 = one standard deviation).
 Rendering: `render` recomposes an image from (edited) latents and masks (paper eq. 1 and 3);
 `edit_result` edits a saved or fresh `InversionResult` and returns a new one (so edits can be chained).
@@ -33,7 +34,9 @@ protocol (`initial_codes`): a dict of layers is S, [n, 1, w_dim] is W, [n, num_w
 [n, z_dim] is z.
 
 Modules: spaces.py (latent spaces, the direction space, parsing), directions.py (resolving directions),
-principal.py (GANSpace directions, their cache and folders), edits.py (edit specs and latent edits),
+principal.py (GANSpace directions, their cache and folders), labelled.py (directions fitted to labelled
+samples, InterFaceGAN-style: logistic regression, held-out accuracy, .npy plus a JSON sidecar),
+localized.py (StyleSpace channels whose effect lies inside a region: `localized_channels`), edits.py (edit specs and latent edits),
 render.py (recomposing, edit_result), region.py (local edits, hole filling), sheets.py (sheets to look
 at), saved.py (editing a saved result as bin/edit does: sweeps, side-by-sides).
 """
@@ -41,6 +44,9 @@ at), saved.py (editing a saved result as bin/edit does: sweeps, side-by-sides).
 from .directions import as_direction, load_direction, resolve_direction
 from .edits import (DirectionEdit, StyleEdit, apply_direction, apply_edits, apply_style_edits, describe,
                     edit_list, parse_s_edit)
+from .labelled import (LabelledDirection, direction_from_labels, fit_direction, read_labels, save_direction,
+                       write_labelled_direction)
+from .localized import localized_channels, write_localized_channels
 from .principal import Directions, load_directions, principal_directions, write_directions
 from .region import RegionEdit, fill_holes, local_edit, reedit
 from .render import BLENDS, current_image, edit_result, render, render_segments
@@ -48,7 +54,9 @@ from .saved import edit_saved_result, parse_sweep
 from .spaces import (direction_shape, direction_space, latent_space, layer_range, parse_segments,
                      resolve_style_layer, segment_indices, to_styles, to_wplus)
 
-__all__ = ["BLENDS", "DirectionEdit", "Directions", "StyleEdit", "RegionEdit", "apply_direction", "apply_edits",
+__all__ = ["BLENDS", "DirectionEdit", "Directions", "LabelledDirection", "direction_from_labels", "fit_direction",
+           "read_labels", "save_direction", "write_labelled_direction", "localized_channels",
+           "write_localized_channels", "StyleEdit", "RegionEdit", "apply_direction", "apply_edits",
            "apply_style_edits", "current_image", "direction_shape", "direction_space", "edit_result",
            "edit_saved_result", "fill_holes", "latent_space", "layer_range", "load_direction", "load_directions",
            "local_edit", "parse_s_edit", "parse_segments", "parse_sweep", "principal_directions", "reedit",

@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..align import find_alignment
 from ..demo import resolve_generator
 from ..generators.protocol import bind_label
 from ..errors import ConfigError
@@ -67,15 +68,21 @@ def _generator_record(spec) -> str:
 
 
 def open_session(*, latents=None, image=None, generator=None, segments=8, steps=200, workdir=None,
-                 directions=None, pca=8, region_steps=100, log=None) -> EditorSession:
+                 directions=None, pca=8, region_steps=100, align=False, face=None, log=None) -> EditorSession:
     """An `EditorSession` over the result saved in `latents`, or over `image` inverted first with
     `segments` and `steps` (the inversion is saved as inversion/ in the working folder, or inversion-2/
-    ... when that name is taken: the editor never replaces what it finds there)."""
+    ... when that name is taken: the editor never replaces what it finds there). With `align`, `image`
+    is a photo of any size: its face (the largest, or number `face` from the left) is aligned the FFHQ
+    way and inverted, and the session's exports paste the edit back into the photo."""
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     if (latents is None) == (image is None):
         raise ConfigError("give either --latents=RESULT_DIR (a saved result) or --image=PHOTO (inverted first)")
     if directions is not None and not Path(directions).is_dir():
         raise ConfigError(f"--directions {directions} is not a folder of .npy files")
+    if image is None and (align or face is not None):
+        raise ConfigError("--align and --face apply to --image (a photo inverted first)")
+    if face is not None and not align:
+        raise ConfigError("--face chooses the face to align; pass --align too")
     if latents is not None:
         result = load_result(latents)
         spec = generator or result.settings.get("generator")
@@ -92,11 +99,17 @@ def open_session(*, latents=None, image=None, generator=None, segments=8, steps=
         if spec is None:
             log("no --generator given: using the demo DCGAN face generator (64 px)")
         gen = resolve_generator(spec)
+        alignment = False
+        if align:
+            alignment = find_alignment(image, face=face)
+            n = alignment.faces_found
+            log(f"{n} face{'s' if n != 1 else ''} found in {image}; aligning face {alignment.face}"
+                + (" (the largest; --face=K chooses another)" if n > 1 and face is None else ""))
         folder = make_workdir(workdir)
         saved = next(folder / n for n in ("inversion", *(f"inversion-{k}" for k in range(2, 10_000)))
                      if not os.path.lexists(folder / n))  # chosen before the inversion runs
         bar = Progress(steps, unit="steps")
-        result = invert(str(image), gen, segments=segments, steps=steps,
+        result = invert(str(image), gen, segments=segments, steps=steps, align=alignment,
                         callback=lambda step, total, losses: bar.update(step, f"loss {float(losses[0]):.4f}"),
                         progress_every=max(1, min(25, steps // 20)))
         result.settings["image"] = str(Path(image).resolve())

@@ -202,6 +202,36 @@ def export_body(body: dict):
     return None if name is None else text(name, "name")
 
 
+def labels_body(body: dict) -> dict:
+    """POST /api/labelled: {"labels": [[seed, 0 | 1], ...], "name": stem | null, "save": bool | null}."""
+    _keys(body, "the body", {"labels", "name", "save"}, ("labels",))
+    labels = body["labels"]
+    if not isinstance(labels, list) or len(labels) > MAX_LIST:
+        raise RequestError(f"labels must be a list of at most {MAX_LIST} [seed, label] pairs")
+    for i, pair in enumerate(labels):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise RequestError(f"labels[{i}] must be [seed, label], got {_show(pair)}")
+        integer(pair[0], f"labels[{i}] seed", 0, 2**32 - 1)
+        integer(pair[1], f"labels[{i}] label", 0, 1)
+    if body.get("save") not in (None, True, False):
+        raise RequestError(f"save must be true or false, got {_show(body['save'])}")
+    name = body.get("name")
+    return {"labels": labels, "name": None if name is None else text(name, "name"), "save": bool(body.get("save"))}
+
+
+def localized_body(body: dict) -> dict:
+    """POST /api/localized: {"segment": i} or {"region": PNG data URL or base64}, and "top": n | null."""
+    _keys(body, "the body", {"segment", "region", "top"})
+    if ("segment" in body) == ("region" in body):
+        raise RequestError("give the region as a segment index (segment) or a painted mask (region), one of them")
+    if "segment" in body:
+        integer(body["segment"], "segment", 0, MAX_INDEX)
+    elif not isinstance(body["region"], str):
+        raise RequestError(f"region must be a PNG data URL or base64 text, got {_show(body['region'])}")
+    top = 8 if body.get("top") is None else integer(body["top"], "top", 1, 64)
+    return {"segment": body.get("segment"), "region": body.get("region"), "top": top}
+
+
 def empty_body(body: dict) -> None:
     """POST /api/undo, /api/redo, /api/cancel: no body, or {}."""
     _keys(body, "the body", set())

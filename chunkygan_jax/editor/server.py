@@ -310,6 +310,23 @@ def make_app(session: EditorSession, token: str, *, max_body: int = MAX_BODY, ti
         return JSONResponse(await work("add_direction", name, await _body(request, max_body)))
 
     @_endpoint
+    async def sample(request):
+        text = request.path_params["seed"]
+        if not (text.isdigit() and len(text) <= 10 and int(text) < 2**32):
+            raise HTTPException(404, f"no sample {text[:16]!r}: seeds are 0..{2**32 - 1}")
+        return png(await work("sample_png", int(text)))
+
+    @_endpoint
+    async def fit_labels(request):
+        session.check_idle()  # before reading the body: 409 at once
+        return JSONResponse(await work("fit_labels", schema.labels_body(await _json(request, max_body))))
+
+    @_endpoint
+    async def localized(request):
+        session.check_idle()  # before reading the body: 409 at once
+        return JSONResponse(await work("localized", schema.localized_body(await _json(request, max_body))))
+
+    @_endpoint
     async def export(request):
         session.check_idle()  # before reading the body: 409 at once
         return JSONResponse(await work("export", schema.export_body(await _json(request, max_body))))
@@ -334,6 +351,8 @@ def make_app(session: EditorSession, token: str, *, max_body: int = MAX_BODY, ti
         Route("/api/redo", redo, methods=["POST"]), Route("/api/blend", blend, methods=["POST"]),
         Route("/api/task/{kind}", start_task, methods=["POST"]), Route("/api/task", task),
         Route("/api/cancel", cancel, methods=["POST"]), Route("/api/directions", add_direction, methods=["POST"]),
+        Route("/api/sample/{seed}.png", sample), Route("/api/labelled", fit_labels, methods=["POST"]),
+        Route("/api/localized", localized, methods=["POST"]),
         Route("/api/export", export, methods=["POST"]), Route("/api/files/{name}", download),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})

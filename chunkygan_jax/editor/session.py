@@ -1,6 +1,7 @@
 """What the editor holds and does, without HTTP: a document of stacked edits over an inversion result,
 undo and redo, cached rendering, region projections run in the background (with progress and
-cancelling), and export into the editor's working folder.
+cancelling), export into the editor's working folder, and directions fitted to samples of the generator
+that the user labels (`fit_labels`, the page's new-direction panel; saved ones become sliders).
 
 The document (`Document`, immutable) is
   - `edits`: latent edits (`Edit`), each aimed at base segments (some, or all) or at one region layer;
@@ -52,8 +53,8 @@ from PIL import Image
 
 from .. import editing, io
 from ..deltas import tuned_generator
+from ..editing import DirectionEdit, StyleEdit, labelled
 from ..noise import drawer as noise_drawer
-from ..editing import DirectionEdit, StyleEdit
 from ..editing.directions import resolve_direction
 from ..editing.render import blend_region
 from ..errors import ChunkyGANError, ConfigError, ImageError
@@ -413,6 +414,62 @@ class EditorSession:
                 entry["array"] = editing.load_direction(entry["path"], self.generator)
         return entry["array"]
 
+    # ------------------------------------------------------------------ directions from labels
+    def sample_png(self, seed: int) -> bytes:
+        """The generator's random sample `seed`, the one the new-direction panel shows and labels."""
+        return self._call(self._sample_png, seed)
+
+    def _sample_png(self, seed: int) -> bytes:
+        if not self.editable:
+            raise ConfigError(f"this result cannot be edited: {self.why_not}")
+        return png_bytes(io.to_uint8(labelled.sample_images(self.generator, [int(seed)])[0]))
+
+    def fit_labels(self, body: dict) -> dict:
+        """Fit a direction to labelled samples ({"labels": [[seed, 0|1], ...], "name", "save"}): its
+        held-out accuracy and a preview strip; with save, NAME.npy/.json/.png written into the working
+        folder and the direction offered as a slider."""
+        return self._call(self._fit_labels, body)
+
+    def _fit_labels(self, body: dict) -> dict:
+        if not self.editable:
+            raise ConfigError(f"this result cannot be edited: {self.why_not}")
+        seeds, labels, _ = labelled.parse_labels(body["labels"])
+        stem = sanitize_name(body.get("name"), "direction")
+        found = labelled.direction_from_labels(self.generator, seeds, labels, name=stem)
+        preview = labelled.preview_strip(self.generator, found, [int(seeds[labels == c][0]) for c in (1, 0)])
+        out = {k: found.record[k] for k in ("accuracy", "train_accuracy", "labels", "positives", "negatives", "folds")}
+        out["preview"] = "data:image/png;base64," + base64.b64encode(png_bytes(preview)).decode()
+        if body.get("save"):
+            stem = self._free_stem(stem, ("{}.npy", "{}.json", "{}.png"))
+            names = [f"{stem}{suffix}" for suffix in (".npy", ".json", ".png")]
+            for name in names:
+                self._out(name)
+            labelled.save_direction(found, self.workdir / names[0], preview=preview, overwrite=True)
+            out["files"] = [self._wrote(name) for name in names]
+            with self._lock:  # state() reads the list from the server's thread
+                ident = f"labelled:{stem}"
+                self._directions[ident] = {"id": ident, "name": stem, "path": self.workdir / names[0],
+                                           "array": _bounded(found.direction, stem)}
+            out["state"] = self.state()
+        return out
+
+    def localized(self, body: dict) -> dict:
+        """The StyleSpace channels whose effect on the projection lies most inside a segment's mask or a
+        painted region ({"segment": i} or {"region": PNG}, "top": n; `editing.localized_channels`)."""
+        return self._call(self._localized, body)
+
+    def _localized(self, body: dict) -> dict:
+        if not self.editable:
+            raise ConfigError(f"this result cannot be edited: {self.why_not}")
+        if not self.style_dims:
+            raise ConfigError(f"this {type(self.generator).__name__} has no StyleSpace: channels for a segment need "
+                              "a StyleGAN2")
+        if body.get("region") is not None:
+            where = decode_region_png(body["region"], self.resolution)
+        else:
+            where = int(body["segment"])
+        return {"channels": editing.localized_channels(self.result, self.generator, where, top=body["top"])}
+
     # ------------------------------------------------------------------ history
     @property
     def document(self) -> Document:
@@ -446,7 +503,8 @@ class EditorSession:
         return self.submit(fn, *args).result()
 
     # the worker's operations, by the names the server asks for them (`request`)
-    OPERATIONS = ("preview", "commit", "undo", "redo", "set_blend", "image_png", "add_direction", "export")
+    OPERATIONS = ("preview", "commit", "undo", "redo", "set_blend", "image_png", "add_direction", "export",
+                  "sample_png", "fit_labels", "localized")
 
     def request(self, name: str, *args) -> Future:
         if name not in self.OPERATIONS:
@@ -829,11 +887,11 @@ class EditorSession:
         photo = getattr(self.result, "photo", None) or self.settings.get("photo") or self.settings.get("image")
         return record, photo
 
-    def _free_stem(self, stem: str) -> str:
+    def _free_stem(self, stem: str, names=("{}.png", "{}_pasted.png", "{}_result")) -> str:
         """`stem`, or stem-2, stem-3, ...: the first whose outputs are absent or were written by us."""
         for k in range(1, 10_000):
             cand = stem if k == 1 else f"{stem}-{k}"
-            paths = [self.workdir / f"{cand}.png", self.workdir / f"{cand}_pasted.png", self.workdir / f"{cand}_result"]
+            paths = [self.workdir / n.format(cand) for n in names]
             if all(p in self._written or not os.path.lexists(p) for p in paths):
                 return cand
         raise ConfigError(f"no free export name for {stem!r} in {self.workdir}")

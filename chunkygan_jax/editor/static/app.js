@@ -1,5 +1,6 @@
 // The ChunkyGAN editor page: views and overlays, segment selection, a region brush, region projection
-// with progress and cancel, direction and StyleSpace sliders, undo/redo, Poisson compositing, export.
+// with progress and cancel, direction and StyleSpace sliders, undo/redo, Poisson compositing, export,
+// a new direction fitted to samples the user labels, and the StyleSpace channels acting on a segment.
 // The session token travels in an HttpOnly cookie that the editor set when the printed address was
 // opened: the page never sees it, and no URL carries it. State-changing requests send JSON (or, for an
 // uploaded direction, octet-stream) and the browser adds their Origin, which the editor checks.
@@ -478,6 +479,88 @@ async function undoRedo(which) {
   } catch (e) { fail(e); }
 }
 
+// ------------------------------------------------------------------------------------------ new direction
+let nextSeed = 0;
+const sampleLabels = new Map();  // seed -> 1 (has the attribute) or 0; skipped samples are absent
+
+function addSamples(count = 12) {
+  for (let i = 0; i < count; i++) {
+    const seed = nextSeed++;
+    const tile = document.createElement("div");
+    tile.className = "sample";
+    tile.dataset.seed = String(seed);
+    const img = document.createElement("img");
+    img.src = `api/sample/${seed}.png`;
+    img.alt = `sample ${seed}`;
+    img.draggable = false;
+    tile.append(img);
+    for (const [text, value] of [["yes", 1], ["no", 0], ["skip", null]]) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = text;
+      b.dataset.label = text;
+      b.addEventListener("click", () => {
+        if (value === null) sampleLabels.delete(seed); else sampleLabels.set(seed, value);
+        tile.dataset.label = text;
+        const yes = [...sampleLabels.values()].filter((v) => v === 1).length;
+        $("fit-status").textContent = `${yes} yes, ${sampleLabels.size - yes} no`;
+      });
+      tile.append(b);
+    }
+    $("samples").append(tile);
+  }
+}
+
+async function fitLabels(save) {
+  try {
+    const r = await api("api/labelled", { method: "POST", json: {
+      labels: [...sampleLabels.entries()], name: $("direction-name").value, save } });
+    const status = $("fit-status");
+    status.textContent = `held-out accuracy ${r.accuracy.toFixed(2)} (${r.folds}-fold cross-validation; ` +
+      `${r.positives} yes, ${r.negatives} no)`;
+    status.dataset.accuracy = String(r.accuracy);
+    $("fit-preview").src = r.preview;
+    $("fit-preview").hidden = false;
+    $("save-direction").disabled = false;
+    if (save) {
+      S = r.state;
+      buildSliders();
+      await applyState(r.state);
+      say(`saved ${r.files.join(", ")}; its slider is under Directions`);
+    }
+  } catch (e) { fail(e); }
+}
+
+// ------------------------------------------------------------------------------------------ localized channels
+async function findChannels() {
+  let body;
+  if (!regionEmpty()) body = { region: $("paint").toDataURL("image/png") };
+  else if (selected.size === 1) body = { segment: [...selected][0] };
+  else { say("select one segment, or paint a region, first", "error"); return; }
+  try {
+    say("ranking the StyleSpace channels…");
+    const r = await api("api/localized", { method: "POST", json: body });
+    const ol = $("localized");
+    ol.textContent = "";
+    for (const c of r.channels) {
+      const li = document.createElement("li");
+      const b = document.createElement("button");
+      b.type = "button";
+      b.dataset.layer = c.layer;
+      b.dataset.channel = String(c.channel);
+      b.textContent = `${c.layer} #${c.channel}: ${(100 * c.locality).toFixed(0)}% inside, ×${c.ratio.toFixed(1)}`;
+      b.addEventListener("click", () => {
+        $("style-layer").value = c.layer;
+        $("style-channel").value = String(c.channel);
+        syncSliders();
+      });
+      li.append(b);
+      ol.append(li);
+    }
+    say(`${r.channels.length} channels ranked`);
+  } catch (e) { fail(e); }
+}
+
 // ------------------------------------------------------------------------------------------ start
 async function start() {
   try {
@@ -500,6 +583,7 @@ async function start() {
     buildSliders();
     await applyState(S);
     drawOverlay();
+    if (S.editable) addSamples(); else $("label-section").hidden = true;
     if (S.task && S.task.state === "running") { setBusy(true); polling = setInterval(poll, 250); }
     say(S.editable ? `${S.segments} segments, ${R} px. Click the image to select segments.` : S.why_not,
         S.editable ? "info" : "error");
@@ -534,6 +618,10 @@ window.addEventListener("DOMContentLoaded", () => {
     catch (e) { fail(e); await refresh().catch(fail); }
   });
   $("export").addEventListener("click", doExport);
+  $("more-samples").addEventListener("click", () => addSamples());
+  $("find-channels").addEventListener("click", findChannels);
+  $("fit").addEventListener("click", () => fitLabels(false));
+  $("save-direction").addEventListener("click", () => fitLabels(true));
   $("upload").addEventListener("change", upload);
   $("style-layer").addEventListener("change", syncSliders);
   $("style-channel").addEventListener("change", syncSliders);
