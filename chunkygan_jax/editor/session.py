@@ -307,9 +307,9 @@ class EditorSession:
     def __init__(self, result, generator, *, workdir, generator_record=None, directions=None, pca: int = 8,
                  region_steps: int = 100, cache_bytes: int = CACHE_BYTES):
         # generator: the one the result was inverted with (directions are its); drawer: what renders, the
-        # generator with the result's own weight delta when it was tuned (deltas.tuned_generator)
+        # generator with the result's own weight delta when it was tuned (deltas.tuned_generator), drawing
+        # with the result's optimised noise when it has one (noise.drawer)
         self.result, self.generator = result, generator
-        # (deltas.tuned_generator), drawing with the result's optimised noise when it has one (noise.drawer)
         self.drawer = noise_drawer(tuned_generator(generator, result.tuning), result.latents)
         r = generator.resolution
         if tuple(np.shape(result.target)[:2]) != (r, r):
