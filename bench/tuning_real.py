@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from chunkygan_jax import io  # noqa: E402
-from chunkygan_jax.align import align, load_photo, paste_back  # noqa: E402
+from chunkygan_jax.align import align, as_mode, load_photo, paste_back, photo_mode  # noqa: E402
 from chunkygan_jax.demo import resolve_generator  # noqa: E402
 from chunkygan_jax.editing import DirectionEdit, edit_result, resolve_direction  # noqa: E402
 from chunkygan_jax.editing.sheets import tile_sheet  # noqa: E402
@@ -123,7 +123,9 @@ def main() -> None:
         shown = (before.target, before.clipped, after.clipped, e_before.clipped, e_after.clipped)
         sheet.append([enlarge(io.to_uint8(x), k) for x in shown])
         photo = getattr(real_photos, name)()
-        full = [np.asarray(load_photo(photo))] + [paste_back(photo, io.to_uint8(x), found[name][1]) for x in shown[1:]]
+        mode = photo_mode(photo)  # a greyscale photo gets greyscale faces, as bin/invert pastes them
+        full = [np.asarray(load_photo(photo))] + [paste_back(photo, as_mode(io.to_uint8(x), mode), found[name][1])
+                                                  for x in shown[1:]]
         pasted.append([np.asarray(Image.fromarray(x).resize((x.shape[1] // 2, x.shape[0] // 2), Image.Resampling.LANCZOS))
                        for x in full])
     record = {"settings": settings.to_dict(), "inversion": {"segments": args.segments, "steps": args.steps},
