@@ -5,6 +5,7 @@ file layouts, and the outputs of the official torch Generator on them (the Tenso
 converted by the official legacy.py). No torch is needed here.
 """
 
+import json
 import os
 import pickle
 import subprocess
@@ -205,3 +206,31 @@ def test_bin_convert_reads_tf_and_conditional_pickles(tmp_path, cache):
         assert res.returncode == 0, res.stderr
         assert expect in res.stdout and "32px" in res.stdout
         assert read_record(tmp_path / name)["source"]["file"] == f"{name}.pkl"
+
+
+def test_bin_invert_takes_a_class_label_for_a_conditional_generator(tmp_path, cache):
+    """bin/invert --label=K on the conditional fixture; without a label, or a label for an unconditional
+    generator, one line and exit 2 before any work."""
+    from chunkygan_jax import io
+
+    env = {**os.environ, "CHUNKYGAN_CACHE": str(cache), "JAX_PLATFORMS": "cpu"}
+    image = tmp_path / "img.png"
+    io.save_png(image, (np.random.RandomState(0).uniform(0, 255, (32, 32, 3))).astype(np.uint8))
+    pkl = FIXTURES / "torch_cond32.pkl"
+    fast = ["--steps=2", "--segments=2", "--lpips_net=alex", "--lpips_resolution=full", "--masks=logits"]
+
+    def invert(*args):
+        return subprocess.run([sys.executable, str(ROOT / "bin" / "invert"), f"--image={image}", *fast, *args],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+
+    res = invert(f"--generator={pkl}", "--label=3", f"--output_dir={tmp_path / 'out'}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["settings"]["label"] == 3
+    for args, message in (([f"--generator={pkl}"], "give a class label"),
+                          ([f"--generator={pkl}", "--label=9"], "class"),
+                          (["--label=1", f"--generator={ROOT / 'tests' / 'fixtures' / 'tf_f32.pkl'}"], "unconditional")):
+        res = invert(*args, f"--output_dir={tmp_path / 'refused'}")
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and message in lines[-1] and "Traceback" not in res.stderr, res.stderr[-2000:]
+        assert not (tmp_path / "refused").exists()
