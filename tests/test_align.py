@@ -175,7 +175,10 @@ def test_several_faces_count_and_choice(astro):
     left = A.find_alignment(canvas, face=0)
     assert left.face == 0 and left.faces_found == 2
     assert corner_error(left.quad, al_grace.quad + [20, 40]) < 0.03 * left.side
-    assert corner_error(A.find_alignment(canvas, face=-1).quad, default.quad) < 1e-6
+    # the rightmost face is the largest one; asked for by number, it comes from the tiled pass, whose merged
+    # detection box may differ a little from the whole-photo pass's, and the landmarks with it
+    last = A.find_alignment(canvas, face=-1)
+    assert last.face == default.face and corner_error(last.quad, default.quad) < 0.01 * default.side
     with pytest.raises(ImageError, match="face=2 asked for, but 2 faces were found"):
         A.find_alignment(canvas, face=2)
 
