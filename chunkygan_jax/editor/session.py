@@ -62,11 +62,11 @@ from ..inversion import composite
 from ..lpips import parse_resolution
 from ..masks import color_code
 from ..progress import Progress
-from .schema import check_edit, check_steps, check_target
+from .schema import MAX_STEPS, MAX_STRENGTH, check_edit, check_steps, check_target
 
 __all__ = ["Document", "Edit", "EditorBusy", "EditorSession", "RegionLayer", "png_bytes", "sanitize_name"]
 
-MAX_DIRECTION_VALUE = 1e4  # times schema.MAX_STRENGTH stays far from float32 overflow in every layer
+MAX_DIRECTION_VALUE = 1e4  # times MAX_STRENGTH stays far from float32 overflow in every layer
 MAX_UPLOADED_DIRECTIONS = 32
 CACHE_BYTES = 512 << 20
 REGION_TINT = (64, 200, 255)
