@@ -205,35 +205,39 @@ def test_the_editor_renders_a_tuned_result_with_its_delta(tiny_generator, tuned,
 
 
 SHARDED = r"""
-import sys, numpy as np, jax
+import json, sys, numpy as np, jax
 jax.config.update("jax_default_matmul_precision", "highest")
 from chunkygan_jax.checkpoints import load_generator
-from chunkygan_jax.inversion import invert_batch
+from chunkygan_jax.results import load_result
 from chunkygan_jax.sharding import data_mesh
 from chunkygan_jax.tuning import TuningSettings, tune_results
 g = load_generator(sys.argv[1])
-targets = list(np.load(sys.argv[2])["targets"])
-inv = invert_batch(targets, g, segments=2, steps=8, lpips_net="alex", lpips_resolution="full", masks="layout")
-tune = TuningSettings(steps=4, lr=0.05, rank=2)
+inv = [load_result(p) for p in sys.argv[3:]]
 mesh = data_mesh(jax.devices())
-sharded = tune_results(inv, g, tune, mesh=mesh)  # 3 images on 2 devices: padded to 4
-alone = [tune_results([r], g, tune)[0] for r in inv]
-print(len(mesh.devices.flat), max(float(np.abs(a.composite - b.composite).max()) for a, b in zip(sharded, alone)))
+sharded = tune_results(inv, g, TuningSettings(**json.loads(sys.argv[2])), mesh=mesh)  # 3 images on 2 devices: padded
+np.save(sys.argv[3] + ".out.npy", np.stack([r.composite for r in sharded]))
+print(len(mesh.devices.flat))
 """
 
 
-def test_tuning_sharded_over_devices_matches_one_device(tiny_checkpoint, tiny_generator, targets, tmp_path):
+def test_tuning_sharded_over_devices_matches_one_device(tiny_checkpoint, tiny_generator, inverted, tuned, tmp_path):
+    """The parent's inverted results, tuned on 2 simulated devices (the third image a repeat of the first,
+    so that the batch is padded), against the parent's unsharded batch."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    np.savez(tmp_path / "t.npz", targets=np.stack(targets + targets[:1]))
+    from chunkygan_jax.results import save_result
+
+    dirs = [save_result(r, tmp_path / f"r{i}") for i, r in enumerate(inverted + inverted[:1])]
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(root),
                XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    proc = subprocess.run([sys.executable, "-c", SHARDED, str(tiny_checkpoint), str(tmp_path / "t.npz")],
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", SHARDED, str(tiny_checkpoint), json.dumps(TUNE.to_dict())]
+                          + [str(d) for d in dirs], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    devices, worst = proc.stdout.split()[-2:]
-    assert int(devices) == 2 and float(worst) < 2e-4, proc.stdout
+    assert int(proc.stdout.split()[-1]) == 2, proc.stdout
+    sharded = np.load(str(dirs[0]) + ".out.npy")
+    expected = np.stack([tuned[0].composite, tuned[1].composite, tuned[0].composite])
+    np.testing.assert_allclose(sharded, expected, atol=2e-4)
