@@ -10,9 +10,11 @@ segments, 500 steps, G^S masks). Then:
     against the aligned photo, before and after;
   - editability: the mean absolute pixel change of the `pca:0` edit at strength 3 on the tuned and on
     the untuned projection;
-  - timing: the batch of all photos in one program against each photo tuned alone, in interleaved rounds
-    (same settings, side by side in this process): the steady ms/step per image of each (compile time is
-    reported apart, for the main run);
+  - timing: a batch of 4 (the photos, the first repeated) in one program against each photo tuned alone,
+    in interleaved rounds (same settings, side by side in this process): the steady ms/step per image of
+    each (compile time is reported apart, for the main run);
+  - arithmetic: XLA's count of one step's floating-point operations, alone and for the batch of 4, and
+    the share of LPIPS in it (what a batch cannot share: every image has its own LPIPS terms);
   - a sheet: photo | segments | segments + tuning | the edit on both; and the same pasted back into
     each photo (--pasted_sheet).
 
@@ -41,11 +43,39 @@ from chunkygan_jax.editing import DirectionEdit, edit_result, resolve_direction 
 from chunkygan_jax.editing.sheets import tile_sheet  # noqa: E402
 from chunkygan_jax.identity import IdentityModel  # noqa: E402
 from chunkygan_jax.inversion import invert_batch  # noqa: E402
+from chunkygan_jax.lpips import resize_for_lpips  # noqa: E402
 from chunkygan_jax.report import enlarge, sheet_scale  # noqa: E402
-from chunkygan_jax.tuning import TuningSettings, tune_results  # noqa: E402
+from chunkygan_jax.tuning import TuningSettings, prepare, tune_results  # noqa: E402
 import real_photos  # noqa: E402
 
 PHOTOS = ("astronaut", "grace_hopper", "camera")
+
+
+def _flops(fn, *args) -> float:
+    cost = fn.lower(*args).compile().cost_analysis()
+    return float((cost[0] if isinstance(cost, list) else cost)["flops"])
+
+
+def arithmetic(inverted, g, settings) -> dict:
+    """GFLOP of one tuning step (XLA's cost analysis) alone and for a batch of 4, and of the LPIPS passes
+    one image's step makes: the composite's forward and backward, and with the locality term the tuned
+    nearby image's forward and backward plus the original's forward."""
+    import jax
+    import jax.numpy as jnp
+
+    step = lambda run: _flops(run.progs["step"], run.deltas, run.opt_state, run.nets, run.batch, np.int32(0), run.hyper)
+    one = prepare(inverted[:1], g, settings)
+    four = prepare((list(inverted) * 4)[:4], g, settings)
+    lp, x = one.nets[1], one.batch["target"]
+    res = inverted[0].settings.get("lpips_resolution", 256)
+    feats = lambda im: lp.features(resize_for_lpips(im, res))
+    fwd = _flops(jax.jit(feats), x)
+    fwd_bwd = _flops(jax.jit(jax.grad(lambda im: jnp.sum(lp.distance_from_features(feats(im), one.batch["target_features"])))), x)
+    passes = fwd_bwd + (fwd_bwd + fwd if settings.locality_weight > 0 else 0.0)
+    alone, batched = step(one), step(four)
+    return {"step_gflop_alone": alone / 1e9, "step_gflop_batch4": batched / 1e9,
+            "batch4_per_image_over_alone": batched / 4 / alone,
+            "lpips_gflop_per_image": passes / 1e9, "lpips_share": passes / alone}
 
 
 def main() -> None:
@@ -60,6 +90,7 @@ def main() -> None:
     ap.add_argument("--locality_weight", type=float, default=d.locality_weight)
     ap.add_argument("--store", default=d.store)
     ap.add_argument("--rounds", type=int, default=3, help="timing rounds of batched against alone (0: none)")
+    ap.add_argument("--no_arithmetic", action="store_true", help="skip the operation counts")
     ap.add_argument("--timing_steps", type=int, default=10, help="tuning steps of each timed run")
     ap.add_argument("--output", default="bench/results/tuning_real.json")
     ap.add_argument("--sheet", default="docs/images/tuning_real.png")
@@ -92,14 +123,19 @@ def main() -> None:
     # machine's load between the two sides is spread over both.
     timing = dataclasses.replace(settings, steps=args.timing_steps)
     rounds = []
+    four = (list(inverted) * 4)[:4]
     if args.rounds:
-        tune_results(inverted, g, timing)  # compile both programs first
+        tune_results(four, g, timing)  # compile both programs first
         tune_results(inverted[:1], g, timing)
     for k in range(args.rounds):
-        b = tune_results(inverted, g, timing)[0].tuning["record"]["step_ms"] / len(inverted)
+        b = tune_results(four, g, timing)[0].tuning["record"]["step_ms"] / len(four)
         a = [tune_results([r], g, timing)[0].tuning["record"]["step_ms"] for r in inverted]
         rounds.append({"batched_ms_per_image_step": b, "alone_ms_per_step": a, "ratio": b / float(np.mean(a))})
         print(f"  round {k}: {rounds[-1]}", flush=True)
+
+    cost = None if args.no_arithmetic else arithmetic(inverted, g, settings)
+    if cost is not None:
+        print(f"arithmetic: {json.dumps(cost)}", flush=True)
 
     ident = IdentityModel()
     direction = resolve_direction("pca:0", g)
@@ -130,7 +166,7 @@ def main() -> None:
                        for x in full])
     record = {"settings": settings.to_dict(), "inversion": {"segments": args.segments, "steps": args.steps},
               "generator": args.generator or "demo", "rows": rows, "batch": batch, "timing_rounds": rounds,
-              "batched_over_alone": float(np.median([r["ratio"] for r in rounds])) if rounds else None}
+              "arithmetic": cost, "batched_over_alone": float(np.median([r["ratio"] for r in rounds])) if rounds else None}
     for path in (args.output, args.sheet, args.pasted_sheet):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(record, indent=2))

@@ -223,18 +223,25 @@ def _on_mesh(progs, name, mesh, in_specs, out_specs, donate=()):
 
 
 # ---------------------------------------------------------------------------------------- the driver
-def tune_results(results, generator, settings: TuningSettings, *, lpips=None, progress=False,
-                 callback=None, image_seeds=None, mesh=None) -> list:
-    """Tune the generator for each of `results` (InversionResults of this generator), B at once in one
-    program; returns new results: the composite and segment images rendered with the tuned weights,
-    final_losses["lpips"] after tuning, and `tuning` = {"delta": ..., "record": ...}.
+@dataclasses.dataclass
+class TuningRun:
+    """What one tuning loop runs on: the step and render programs (on a mesh, one per device's rows),
+    the networks, the batch, the deltas and Adam's state of B images (padded to whole rows per device)."""
+    step: object
+    render: object
+    progs: dict
+    nets: tuple
+    batch: dict
+    deltas: dict
+    opt_state: object
+    hyper: dict
+    count: int  # the real images; the rest is padding
+    place: object  # host arrays -> the program's arrays (sharded on a mesh)
+    to_host: object  # the program's arrays -> host arrays, this process's rows
 
-    The inversion's settings (space, noise, dtype, LPIPS net and resolution) are taken from the results,
-    which must agree. image_seeds: each image's locality seed (default: settings.seed for every image, so
-    an image tunes the same in any batch). callback(step, steps, lpips [B]) after every step. mesh
-    (sharding.data_mesh()): the images and their deltas are split over its devices, the networks
-    replicated; the batch is padded to whole rows per device with copies of the last image."""
-    settings = settings.validate()
+
+def prepare(results, generator, settings: TuningSettings, *, lpips=None, image_seeds=None, mesh=None) -> TuningRun:
+    """The programs and starting state of tune_results (see there); `settings` validated."""
     if not results:
         raise ConfigError("no results to tune")
     first = results[0].settings
@@ -247,7 +254,6 @@ def tune_results(results, generator, settings: TuningSettings, *, lpips=None, pr
         raise ConfigError("a result is already tuned; tune the untuned result again instead")
     space, noise_mode, dtype = first["space"], first.get("noise_mode", "const"), first.get("dtype", "float32")
     lpips_resolution = first.get("lpips_resolution", 256)
-    t0 = time.perf_counter()
     count = len(results)
     lpips = lpips or load_lpips(first.get("lpips_net", "vgg"), compute_dtype=dtype)
     progs = _programs(settings.locality_weight > 0, space, noise_mode, dtype, lpips_resolution)
@@ -280,11 +286,6 @@ def tune_results(results, generator, settings: TuningSettings, *, lpips=None, pr
     batch["target_features"] = progs["features"](batch_nets[1], batch["target"])
     deltas = place(deltas)
     opt_state = progs["init"](deltas)
-    hyper = hyperparameters(settings)
-    bar = Progress(settings.steps, unit="tuning steps") if progress else None
-    before = None
-    first_call = steady = 0.0
-    done = 0
     run_step, render = progs["step"], progs["render"]
     if mesh is not None:
         opt_specs = jax.tree_util.tree_map(lambda x: ROWS if np.ndim(x) else SAME, opt_state)
@@ -292,6 +293,32 @@ def tune_results(results, generator, settings: TuningSettings, *, lpips=None, pr
         run_step = _on_mesh(progs, "step", mesh, (ROWS, opt_specs, SAME, batch_specs, SAME, SAME),
                             (ROWS, opt_specs, ROWS), donate=(0, 1))
         render = _on_mesh(progs, "render", mesh, (SAME, ROWS, ROWS, None if "noise" not in batch else ROWS), ROWS)
+    return TuningRun(step=run_step, render=render, progs=progs, nets=batch_nets, batch=batch, deltas=deltas,
+                     opt_state=opt_state, hyper=hyperparameters(settings), count=count, place=place,
+                     to_host=to_host)
+
+
+def tune_results(results, generator, settings: TuningSettings, *, lpips=None, progress=False,
+                 callback=None, image_seeds=None, mesh=None) -> list:
+    """Tune the generator for each of `results` (InversionResults of this generator), B at once in one
+    program; returns new results: the composite and segment images rendered with the tuned weights,
+    final_losses["lpips"] after tuning, and `tuning` = {"delta": ..., "record": ...}.
+
+    The inversion's settings (space, noise, dtype, LPIPS net and resolution) are taken from the results,
+    which must agree. image_seeds: each image's locality seed (default: settings.seed for every image, so
+    an image tunes the same in any batch). callback(step, steps, lpips [B]) after every step. mesh
+    (sharding.data_mesh()): the images and their deltas are split over its devices, the networks
+    replicated; the batch is padded to whole rows per device with copies of the last image."""
+    settings = settings.validate()
+    t0 = time.perf_counter()
+    run = prepare(results, generator, settings, lpips=lpips, image_seeds=image_seeds, mesh=mesh)
+    batch, batch_nets, deltas, opt_state, hyper = run.batch, run.nets, run.deltas, run.opt_state, run.hyper
+    count, place, to_host, progs = run.count, run.place, run.to_host, run.progs
+    bar = Progress(settings.steps, unit="tuning steps") if progress else None
+    before = None
+    first_call = steady = 0.0
+    done = 0
+    run_step, render = run.step, run.render
     for step in range(settings.steps):
         t = time.perf_counter()
         deltas, opt_state, parts = run_step(deltas, opt_state, batch_nets, batch, np.int32(step), hyper)
