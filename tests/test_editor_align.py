@@ -1,7 +1,12 @@
 """bin/editor --image=PHOTO --align [--face=K]: a photo of any size is aligned, inverted, and the editor's
-export pastes the edit back into the photo at its own size; misplaced --align / --face get one clear line.
+export pastes the edit back into the photo at its own size (a residual by default: nothing edited gives the
+photo back bit for bit; paste="projection" pastes the projection), a greyscale photo's images in grey;
+misplaced --align / --face / --paste get one clear line.
 A small random DCGAN (32 px, z only; tests/test_photos.py's with larger first and last weights) stands in
 for the generator."""
+
+import dataclasses
+from io import BytesIO
 
 import numpy as np
 import pytest
@@ -66,6 +71,29 @@ def test_editor_aligns_any_photo_and_exports_it_pasted_back(checkpoint, tmp_path
             assert np.abs(whole[~outside].astype(int) - photo[~outside]).mean() > 5
         finally:
             again.close()
+        # a greyscale photo (as invert records one): the page's images and every export are grey
+        grey_path = tmp_path / "grey.png"
+        Image.fromarray(photo).convert("L").save(grey_path)
+        grey = A.load_photo(grey_path)
+        result = dataclasses.replace(session.result, photo=str(grey_path),
+                                     settings={**session.result.settings, "photo_mode": "grey"})
+        work3 = tmp_path / "work3"
+        work3.mkdir()
+        shown = EditorSession(result, session.generator, workdir=work3, pca=0, directions=tmp_path / "dirs")
+        try:
+            is_grey = lambda a: np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])
+            assert is_grey(np.asarray(Image.open(BytesIO(shown.image_png("projection"))).convert("RGB")))
+            shown.export("face")
+            np.testing.assert_array_equal(np.asarray(Image.open(work3 / "face_pasted.png").convert("RGB")), grey)
+            shown.commit({"kind": "direction", "direction": "file:d.npy", "strength": 3.0, "target": "all"})
+            assert is_grey(np.asarray(Image.open(BytesIO(shown.image_png("current"))).convert("RGB")))
+            shown.export("edit")
+            edit = np.asarray(Image.open(work3 / "edit_pasted.png").convert("RGB"))
+            assert is_grey(edit) and is_grey(np.asarray(Image.open(work3 / "edit.png").convert("RGB")))
+            np.testing.assert_array_equal(edit[outside], grey[outside])
+            assert np.abs(edit[~outside].astype(int) - grey[~outside]).mean() > 1
+        finally:
+            shown.close()
     finally:
         session.close()
     with pytest.raises(ConfigError, match="paste must be one of residual, projection"):

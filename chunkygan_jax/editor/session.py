@@ -330,6 +330,7 @@ class EditorSession:
         if paste is not None and paste not in PASTES:
             raise ConfigError(f"paste must be one of {', '.join(PASTES)}, got {paste!r}")
         self.paste = paste
+        self.mode = self.settings.get("photo_mode", "rgb")  # a greyscale photo's images are shown in grey
         self.masks = np.asarray(result.masks, np.float32)
         self.n = int(self.masks.shape[0])
         self.labels = np.argmax(self.masks, axis=0).astype(np.uint8 if self.n < 256 else np.uint16)
@@ -365,7 +366,7 @@ class EditorSession:
         self._add_direction_sources(directions, pca)
         self._still = {  # the unedited images, precomputed once
             "photo": png_bytes(io.to_uint8(self.target)),
-            "projection": png_bytes(io.to_uint8(self._base_image(Document()))),
+            "projection": png_bytes(self._shown(self._base_image(Document()))),
             "masks": png_bytes(color_code(self.masks)),
             "labels": png_bytes(self.labels.astype(np.uint8)) if self.n < 256 else b"",
         }
@@ -703,10 +704,14 @@ class EditorSession:
     def image_png(self, name: str) -> bytes:
         return self._call(self._image_png, name)
 
+    def _shown(self, image) -> np.ndarray:
+        """A rendered image as uint8, as the photo shows it: in grey for a greyscale photo."""
+        return as_mode(io.to_uint8(image), self.mode)
+
     def _image_png(self, name: str) -> bytes:
         if name == "current":
             version = self.version
-            data = png_bytes(io.to_uint8(self.render()))
+            data = png_bytes(self._shown(self.render()))
             self._current_png = (version, data)
             return data
         if name in self._still and self._still[name]:
@@ -731,7 +736,7 @@ class EditorSession:
 
     def _preview(self, edit_json) -> bytes:
         doc = self.document
-        return png_bytes(io.to_uint8(self.render(doc.with_edit(self.parse_edit(edit_json, doc)))))
+        return png_bytes(self._shown(self.render(doc.with_edit(self.parse_edit(edit_json, doc)))))
 
     def _commit(self, edit_json) -> dict:
         doc = self.document
@@ -920,10 +925,9 @@ class EditorSession:
         doc = self.document
         image = np.clip(self.render(doc), -1.0, 1.0)
         result = self.edited_result(doc)
-        mode = self.settings.get("photo_mode", "rgb")  # a greyscale photo's edit is shown in grey
         stem = self._free_stem(sanitize_name(name))  # its outputs are absent or this session's own:
         files, notes = [], []                          # replacing them is what a new export means
-        edited = as_mode(io.to_uint8(image), mode)
+        edited = self._shown(image)
         io.save_png(self._out(f"{stem}.png"), edited, overwrite=True)
         files.append(self._wrote(f"{stem}.png"))
         alignment, photo = self.alignment()
@@ -941,7 +945,7 @@ class EditorSession:
                 if (self.paste or default_paste(quad, self.resolution)) == "residual":
                     # the photo plus what the document changes in the projection (as bin/edit pastes)
                     unedited = np.clip(self.render(dataclasses.replace(doc, edits=(), layers=())), -1.0, 1.0)
-                    reference = as_mode(io.to_uint8(unedited), mode)
+                    reference = self._shown(unedited)
                 pasted = paste_back(photo, edited, quad, reference=reference)
                 io.save_png(self._out(f"{stem}_pasted.png"), pasted, overwrite=True)
                 files.append(self._wrote(f"{stem}_pasted.png"))
