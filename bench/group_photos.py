@@ -97,7 +97,7 @@ def _timed_runs(photo, generator, options, out):
             "ratio": round(batch["s"] / len(group.results) / mean, 3)}
 
 
-def _tool_runs(photo, args, out, cache):
+def _tool_runs(photo, args, out, cache, faces):
     """The same with bin/invert itself: one --face=all run, then one --face=K run per face, each a new
     process (imports, model set-up, alignment, compiling or a load from the compilation cache `cache`,
     the steps, the report); wall seconds."""
@@ -116,9 +116,9 @@ def _tool_runs(photo, args, out, cache):
         return round(time.perf_counter() - t, 2)
 
     batch = run("all")
-    singles = [run(k) for k in range(4)]
+    singles = [run(k) for k in range(faces)]
     return {"batch_s": batch, "single_s": singles, "single_mean_s": round(float(np.mean(singles)), 2),
-            "ratio": round(batch / 4 / float(np.mean(singles)), 3)}
+            "ratio": round(batch / faces / float(np.mean(singles)), 3)}
 
 
 def timing(args):
@@ -144,7 +144,7 @@ def timing(args):
             print(json.dumps({name: out[name]}), flush=True)
         if args.tools:
             for name in ("tools_cold", "tools_warm"):  # the second pass finds the first one's cache
-                out[name] = _tool_runs(tmp / "group.png", args, tmp / name, tmp / "jax_cache")
+                out[name] = _tool_runs(tmp / "group.png", args, tmp / name, tmp / "jax_cache", out["cold"]["faces"])
                 print(json.dumps({name: out[name]}), flush=True)
     return out
 
