@@ -92,6 +92,9 @@ class InversionSettings:
     # One noise per image, shared by its segments (what results store and render); True gives each segment
     # its own, for the measurement in docs/inversion.md (bench/noise_sharing.py) only.
     noise_per_segment: bool = False
+    # A greyscale target (three equal channels) is compared with the composite's luminance, not its
+    # colours: the generator is free to pick any colour of the right brightness. False: always colour.
+    grey_loss: bool = True
 
     def validate(self, generator) -> "InversionSettings":
         space = SPACE_ALIASES.get(self.space, self.space)
@@ -115,8 +118,9 @@ class InversionSettings:
             # projection, and every later edit would move pixels the edit never asked to move.
             raise ConfigError(f"noise_mode must be one of {', '.join(NOISE_MODES)} for an inversion (fixed "
                               f"noise, so that the codes reproduce their image), got {self.noise_mode!r}")
-        if not isinstance(self.optimize_noise, (bool, np.bool_)):
-            raise ConfigError(f"optimize_noise must be True or False, got {self.optimize_noise!r}")
+        for name in ("optimize_noise", "grey_loss"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.optimize_noise:
             require_noise(generator)
             if self.noise_mode != "const":
@@ -185,6 +189,8 @@ def make_loss_fn(settings: InversionSettings):
         generator, lpips, _ = nets
         imgs, seg_masks = render(nets, latents, progress)
         out = composite(imgs, seg_masks, batch["target"], batch.get("static_mask"))
+        if settings.grey_loss:
+            out = luminance_where_grey(out, batch["target"])
         feats = lpips.features(resize_for_lpips(out, settings.lpips_resolution))
         lp = lpips.distance_from_features(feats, batch["target_features"])
         total = lp
@@ -209,6 +215,17 @@ def make_loss_fn(settings: InversionSettings):
         return jnp.sum(total), parts
 
     return loss_fn, render
+
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's mode L and align.as_mode
+
+
+def luminance_where_grey(images, targets):
+    """images [B, H, W, 3] with each image whose target has three equal channels replaced by its
+    luminance in all three (the others unchanged), so that a grey target is compared in grey."""
+    grey = jnp.all((targets[..., :1] == targets[..., 1:]), axis=(1, 2, 3))[:, None, None, None]
+    luma = jnp.sum(images * jnp.asarray(LUMA, images.dtype), axis=-1, keepdims=True)
+    return jnp.where(grey, jnp.broadcast_to(luma, images.shape), images)
 
 
 # Adam's eps for the mask parameters. All codes start equal, so every segment renders the same image
@@ -615,6 +632,8 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
             compile_seconds=compile_seconds, step_ms=step_ms))
         if generator.label is not None:
             results[-1].settings["label"] = int(generator.label)
+        if _is_grey(targets[i]):  # compared in luminance (settings.grey_loss), shown in grey
+            results[-1].settings["photo_mode"] = "grey"
     if tune is not None:  # one batched program for all images, sharded like the inversion
         results = tune_results(results, generator, tune, lpips=inverter.lpips, progress=progress,
                                callback=tune_callback, mesh=inverter.mesh)
@@ -641,8 +660,9 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
         aligned and all are inverted as one batch (one jitted program; with `tune`, tuned together), and
         a `groups.FaceGroup` is returned. Faces whose quad is under a quarter of the generator's
         resolution are skipped (listed in its `skipped` with the reason) unless upscale=True.
-    A greyscale photo (equal channels) records settings["photo_mode"] = "grey": what is shown of the
-    result (projection.png, pasted photos, edits) is then its luminance (`align.as_mode`).
+    A greyscale photo (equal channels) is compared with the composite's luminance (settings.grey_loss)
+    and records settings["photo_mode"] = "grey": what is shown of the result (projection.png, pasted
+    photos, edits) is then its luminance (`align.as_mode`).
     generator: a generator object, a checkpoint path (ours, NVIDIA .pkl, rosinality .pt), or None for
         the demo face generator.
     space: 'w', 'w+' (default for StyleGAN2) or 's'; codes start at w_avg.
@@ -699,8 +719,6 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
     result = invert_batch([image], generator, static_masks=[static_mask], initial_codes=init, **batch_options)[0]
     if alignment is not None:
         result.alignment, result.photo = alignment
-    if _is_grey(result.target):
-        result.settings["photo_mode"] = "grey"
     return result
 
 

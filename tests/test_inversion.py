@@ -1,6 +1,7 @@
 """The inversion: the method's own claim (segments fit what one code cannot), the objective's pieces,
 determinism, and the API's handling of bad input."""
 
+import dataclasses
 import os
 
 import flax.struct
@@ -259,6 +260,45 @@ def test_every_loop_form_gives_an_annealing_mask_source_the_steps_progress(tiny_
         np.testing.assert_allclose(hist[name], hist["loop"], rtol=1e-3)
     # the first step's masks are the softest (progress 0): a loss that differs from the final masks'
     assert abs(hist["loop"][0] - hist["fixed"][0]) > 0.01 * hist["fixed"][0], (hist["loop"][0], hist["fixed"][0])
+
+
+def test_a_grey_target_is_compared_in_luminance(tiny_generator, golden_p1, two_halves):
+    """On a grey target the objective sees the composite's luminance only: a generator whose colours are
+    mixed by a luminance-keeping matrix (its ToRGB outputs mixed, so every image is M x per pixel) gets
+    the same loss; on a colour target, or with grey_loss=False, the mix changes the loss."""
+    from chunkygan_jax.generators import stylegan2_from_nvidia
+    from chunkygan_jax.inversion import LUMA
+
+    from conftest import scaled_rgb_state
+
+    r = tiny_generator.resolution
+    colour = np.asarray(jax.image.resize(two_halves[0], (r, r, 3), "linear"))
+    grey = np.repeat(np.clip(colour @ np.asarray(LUMA, np.float32), -1, 1)[..., None], 3, axis=-1)
+    mix = np.eye(3) + np.outer([LUMA[1], -LUMA[0], 0.0], [0.6, 0.3, -0.5])  # LUMA @ mix == LUMA
+    np.testing.assert_allclose(np.asarray(LUMA) @ mix, LUMA, atol=1e-12)
+    state = scaled_rgb_state(golden_p1)
+    for k in [k for k in state if k.endswith((".torgb.weight", ".torgb.bias"))]:
+        state[k] = np.tensordot(mix, state[k], axes=(1, 0)).astype(state[k].dtype)
+    mixed = stylegan2_from_nvidia(state)
+    codes = {"codes": jnp.asarray(tiny_generator.initial_codes("w+", 2))[None]}
+    source = make_mask_source("layout", 2, r)
+    base = InversionSettings(segments=2, steps=7, lpips_net="alex", lpips_resolution="full", lambda_reg=0.0)
+    loss = {}
+    for flag in (True, False):
+        settings = dataclasses.replace(base, grey_loss=flag)
+        for name, g in (("plain", tiny_generator), ("mixed", mixed)):
+            inv = Inverter(g, settings, source)
+            for kind, target in (("grey", grey), ("colour", colour)):
+                _, _, out, parts = inv.evaluate(codes, inv.make_batch(target[None]))
+                loss[flag, name, kind] = float(parts["lpips"][0])
+                if (flag, kind) == (True, "grey"):
+                    assert np.abs(out[0, ..., 0] - out[0, ..., 1]).mean() > 0.01  # the composite is in colour
+    assert abs(loss[True, "plain", "grey"] - loss[True, "mixed", "grey"]) < 1e-5 * loss[True, "plain", "grey"] + 1e-7
+    for flag, kind in ((True, "colour"), (False, "grey")):
+        assert abs(loss[flag, "plain", kind] - loss[flag, "mixed", kind]) > 0.005 * loss[flag, "plain", kind], loss
+    assert loss[False, "plain", "colour"] == loss[True, "plain", "colour"]  # colour targets: as before
+    with pytest.raises(ConfigError, match="grey_loss must be True or False"):
+        InversionSettings(grey_loss="yes").validate(tiny_generator)
 
 
 def test_bad_options_are_clear_errors(tiny_generator):

@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..align import find_alignment
+from ..align import PASTES, find_alignment
 from ..demo import resolve_generator
 from ..generators.protocol import bind_label
 from ..errors import ConfigError
@@ -68,12 +68,14 @@ def _generator_record(spec) -> str:
 
 
 def open_session(*, latents=None, image=None, generator=None, segments=8, steps=200, workdir=None,
-                 directions=None, pca=8, region_steps=100, align=False, face=None, log=None) -> EditorSession:
+                 directions=None, pca=8, region_steps=100, align=False, face=None, paste=None,
+                 log=None) -> EditorSession:
     """An `EditorSession` over the result saved in `latents`, or over `image` inverted first with
     `segments` and `steps` (the inversion is saved as inversion/ in the working folder, or inversion-2/
     ... when that name is taken: the editor never replaces what it finds there). With `align`, `image`
     is a photo of any size: its face (the largest, or number `face` from the left) is aligned the FFHQ
-    way and inverted, and the session's exports paste the edit back into the photo."""
+    way and inverted, and the session's exports paste the edit back into the photo (`paste`: "residual" or
+    "projection"; None: residual where the face in the photo is larger than the generator's images)."""
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     if (latents is None) == (image is None):
         raise ConfigError("give either --latents=RESULT_DIR (a saved result) or --image=PHOTO (inverted first)")
@@ -83,6 +85,8 @@ def open_session(*, latents=None, image=None, generator=None, segments=8, steps=
         raise ConfigError("--align and --face apply to --image (a photo inverted first)")
     if face is not None and not align:
         raise ConfigError("--face chooses the face to align; pass --align too")
+    if paste is not None and paste not in PASTES:
+        raise ConfigError(f"--paste must be one of {', '.join(PASTES)}, got {paste!r}")
     if latents is not None:
         result = load_result(latents)
         spec = generator or result.settings.get("generator")
@@ -117,7 +121,7 @@ def open_session(*, latents=None, image=None, generator=None, segments=8, steps=
         result.save(saved)
         log(f"inverted {image}: lpips {result.final_losses['lpips']:.4f}; saved as {saved}")
     session = EditorSession(result, gen, workdir=folder, generator_record=_generator_record(spec),
-                            directions=directions, pca=pca, region_steps=region_steps)
+                            directions=directions, pca=pca, region_steps=region_steps, paste=paste)
     if image is not None:
         session.mark_written(saved)
     return session

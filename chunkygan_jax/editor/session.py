@@ -53,10 +53,12 @@ from PIL import Image
 
 from .. import editing, io
 from ..deltas import tuned_generator
+from ..align import PASTES, Alignment, as_mode, paste_back
 from ..editing import DirectionEdit, StyleEdit, labelled
 from ..noise import drawer as noise_drawer
 from ..editing.directions import resolve_direction
 from ..editing.render import blend_region
+from ..editing.saved import default_paste
 from ..errors import ChunkyGANError, ConfigError, ImageError
 from ..inversion import composite
 from ..lpips import parse_resolution
@@ -302,10 +304,12 @@ class EditorSession:
     folder the editor writes to (it must exist); generator_record: what exported results record as their
     generator (a checkpoint path or "demo"), so that `bin/edit` can continue from them; directions: a
     folder of .npy direction files; pca: how many "pca:K" directions to offer when the editing package
-    can find directions in the generator itself."""
+    can find directions in the generator itself; paste: how an aligned result's export goes into the
+    photo, "residual" or "projection" (`align.PASTES`; None: residual where the face in the photo is larger
+    than the generator's images, as `bin/edit` does)."""
 
     def __init__(self, result, generator, *, workdir, generator_record=None, directions=None, pca: int = 8,
-                 region_steps: int = 100, cache_bytes: int = CACHE_BYTES):
+                 region_steps: int = 100, cache_bytes: int = CACHE_BYTES, paste: str | None = None):
         # generator: the one the result was inverted with (directions are its); drawer: what renders, the
         # generator with the result's own weight delta when it was tuned (deltas.tuned_generator), drawing
         # with the result's optimised noise when it has one (noise.drawer)
@@ -323,6 +327,10 @@ class EditorSession:
         self.noise_mode = self.settings.get("noise_mode", "const")
         self.dtype = self.settings.get("dtype", "float32")
         self.region_steps = int(region_steps)
+        if paste is not None and paste not in PASTES:
+            raise ConfigError(f"paste must be one of {', '.join(PASTES)}, got {paste!r}")
+        self.paste = paste
+        self.mode = self.settings.get("photo_mode", "rgb")  # a greyscale photo's images are shown in grey
         self.masks = np.asarray(result.masks, np.float32)
         self.n = int(self.masks.shape[0])
         self.labels = np.argmax(self.masks, axis=0).astype(np.uint8 if self.n < 256 else np.uint16)
@@ -358,7 +366,7 @@ class EditorSession:
         self._add_direction_sources(directions, pca)
         self._still = {  # the unedited images, precomputed once
             "photo": png_bytes(io.to_uint8(self.target)),
-            "projection": png_bytes(io.to_uint8(self._base_image(Document()))),
+            "projection": png_bytes(self._shown(self._base_image(Document()))),
             "masks": png_bytes(color_code(self.masks)),
             "labels": png_bytes(self.labels.astype(np.uint8)) if self.n < 256 else b"",
         }
@@ -696,10 +704,14 @@ class EditorSession:
     def image_png(self, name: str) -> bytes:
         return self._call(self._image_png, name)
 
+    def _shown(self, image) -> np.ndarray:
+        """A rendered image as uint8, as the photo shows it: in grey for a greyscale photo."""
+        return as_mode(io.to_uint8(image), self.mode)
+
     def _image_png(self, name: str) -> bytes:
         if name == "current":
             version = self.version
-            data = png_bytes(io.to_uint8(self.render()))
+            data = png_bytes(self._shown(self.render()))
             self._current_png = (version, data)
             return data
         if name in self._still and self._still[name]:
@@ -724,7 +736,7 @@ class EditorSession:
 
     def _preview(self, edit_json) -> bytes:
         doc = self.document
-        return png_bytes(io.to_uint8(self.render(doc.with_edit(self.parse_edit(edit_json, doc)))))
+        return png_bytes(self._shown(self.render(doc.with_edit(self.parse_edit(edit_json, doc)))))
 
     def _commit(self, edit_json) -> dict:
         doc = self.document
@@ -915,7 +927,8 @@ class EditorSession:
         result = self.edited_result(doc)
         stem = self._free_stem(sanitize_name(name))  # its outputs are absent or this session's own:
         files, notes = [], []                          # replacing them is what a new export means
-        io.save_png(self._out(f"{stem}.png"), io.to_uint8(image), overwrite=True)
+        edited = self._shown(image)
+        io.save_png(self._out(f"{stem}.png"), edited, overwrite=True)
         files.append(self._wrote(f"{stem}.png"))
         alignment, photo = self.alignment()
         for name, value in (("alignment", alignment), ("photo", photo)):  # so that an edit of it pastes back too
@@ -924,11 +937,16 @@ class EditorSession:
         result.save(self._out(f"{stem}_result"), overwrite=True)
         files.append(f"{stem}_result")
         if alignment:
-            from .. import align
             try:
                 if not photo or not Path(photo).is_file():
                     raise ImageError(f"the aligned photo {photo or '(not recorded)'} is not there")
-                pasted = align.paste_back(photo, image, align.Alignment.from_json(alignment))
+                quad = Alignment.from_json(alignment)
+                reference = None
+                if (self.paste or default_paste(quad, self.resolution)) == "residual":
+                    # the photo plus what the document changes in the projection (as bin/edit pastes)
+                    unedited = np.clip(self.render(dataclasses.replace(doc, edits=(), layers=())), -1.0, 1.0)
+                    reference = self._shown(unedited)
+                pasted = paste_back(photo, edited, quad, reference=reference)
                 io.save_png(self._out(f"{stem}_pasted.png"), pasted, overwrite=True)
                 files.append(self._wrote(f"{stem}_pasted.png"))
             except ChunkyGANError as e:
