@@ -45,7 +45,7 @@ from .generators.stylegan2 import sample_ws
 from .groups import FaceGroup
 from .lpips import load_lpips, resize_for_lpips
 from .mask_sources import make_mask_source, mask_source_record
-from .masks import composite, source_masks
+from .masks import composite, luminance_where_grey, source_masks
 from .noise import DEFAULT_NOISE_REG_WEIGHT, initial_noise, mask_params, normalize, regularizer, require_noise
 from .progress import Progress
 from .results import InversionResult, Snapshot
@@ -215,17 +215,6 @@ def make_loss_fn(settings: InversionSettings):
         return jnp.sum(total), parts
 
     return loss_fn, render
-
-
-LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's mode L and align.as_mode
-
-
-def luminance_where_grey(images, targets):
-    """images [B, H, W, 3] with each image whose target has three equal channels replaced by its
-    luminance in all three (the others unchanged), so that a grey target is compared in grey."""
-    grey = jnp.all((targets[..., :1] == targets[..., 1:]), axis=(1, 2, 3))[:, None, None, None]
-    luma = jnp.sum(images * jnp.asarray(LUMA, images.dtype), axis=-1, keepdims=True)
-    return jnp.where(grey, jnp.broadcast_to(luma, images.shape), images)
 
 
 # Adam's eps for the mask parameters. All codes start equal, so every segment renders the same image

@@ -35,6 +35,17 @@ def composite(segment_images, segment_masks, target=None, static_mask=None):
     return out
 
 
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's mode L and align.as_mode
+
+
+def luminance_where_grey(images, targets):
+    """images [B, H, W, 3] with each image whose target has three equal channels replaced by its
+    luminance in all three (the others unchanged), so that a grey target is compared in grey."""
+    grey = jnp.all((targets[..., :1] == targets[..., 1:]), axis=(1, 2, 3))[:, None, None, None]
+    luma = jnp.sum(images * jnp.asarray(LUMA, images.dtype), axis=-1, keepdims=True)
+    return jnp.where(grey, jnp.broadcast_to(luma, images.shape), images)
+
+
 def layout_centers(n: int, seed: int = 0) -> np.ndarray:
     """n well-spread points in [0, 1]^2 (a Fibonacci lattice), in (y, x); the seed shifts the lattice
     cyclically so that other seeds give other, equally even layouts."""

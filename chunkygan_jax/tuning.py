@@ -14,7 +14,9 @@ so W and its directions keep their meaning.
 
 The B images of a batch run as one jitted step, vmapped over their deltas (each image renders with its
 own generator). The loss is a sum over images, Adam is elementwise and each image draws its own
-locality codes from (seed, step), so an image tunes the same alone or in any batch. With
+locality codes from (seed, step), so an image tunes the same alone or in any batch. A greyscale target
+(three equal channels) is compared with the composite's luminance when its inversion was
+(`grey_loss`), in the loss and in the LPIPS reported after tuning. With
 `lpips_threshold`, an image whose LPIPS reaches it stops changing, and the loop ends when all have.
 """
 
@@ -40,7 +42,7 @@ from .deltas import STORE_DTYPES, apply_delta, cast_delta, delta_bytes, init_del
 from .errors import ConfigError
 from .generators.protocol import fingerprint
 from .lpips import load_lpips, resize_for_lpips
-from .masks import composite
+from .masks import composite, luminance_where_grey
 from .noise import drawer
 from .progress import Progress
 
@@ -134,13 +136,14 @@ def with_noise(generator, noise):
     return generator if noise is None else drawer(generator, {"noise": noise})
 
 
-def make_step(*, use_locality: bool, space: str, noise_mode: str, dtype: str, lpips_resolution):
+def make_step(*, use_locality: bool, space: str, noise_mode: str, dtype: str, lpips_resolution, grey_loss: bool):
     """step(deltas, opt_state, nets, batch, step, hyper) -> (deltas, opt_state, parts), for B images at once.
 
     nets = (base generator, lpips); batch = target [B, H, W, 3], target_features, codes [B, n, ...],
     masks [B, n, H, W], static_mask (or absent), image_keys [B, 2] (each image's own PRNG key), pool,
     spread; hyper = hyperparameters(settings). parts: per-image lpips, l2, locality and total, all of
-    the deltas before this step's update."""
+    the deltas before this step's update. grey_loss: a grey target is compared with the composite's
+    luminance, as the inversion's objective does (masks.luminance_where_grey)."""
     optimizer = optax.adam(1.0)  # scaled by hyper["lr"] below, so that the lr is an argument
     synth = lambda g, c: g.synthesize(c, space, noise_mode=noise_mode, dtype=dtype)
     feats = lambda lp, x: lp.features(resize_for_lpips(x, lpips_resolution))
@@ -160,6 +163,8 @@ def make_step(*, use_locality: bool, space: str, noise_mode: str, dtype: str, lp
 
         imgs, near_tuned, near_base = jax.vmap(one)(deltas, batch["codes"], batch.get("noise"), batch["image_keys"])
         out = composite(imgs, batch["masks"], batch["target"], batch.get("static_mask"))
+        if grey_loss:
+            out = luminance_where_grey(out, batch["target"])
         lp = lpips.distance_from_features(feats(lpips, out), batch["target_features"])
         l2 = jnp.mean(jnp.square(out - batch["target"]), axis=(1, 2, 3))
         total = lp + hyper["l2_weight"] * l2
@@ -186,11 +191,12 @@ def make_step(*, use_locality: bool, space: str, noise_mode: str, dtype: str, lp
 _PROGRAMS: dict = {}
 
 
-def _programs(use_locality: bool, space, noise_mode, dtype, lpips_resolution):
-    key = (use_locality, space, noise_mode, dtype, lpips_resolution)
+def _programs(use_locality: bool, space, noise_mode, dtype, lpips_resolution, grey_loss: bool):
+    key = (use_locality, space, noise_mode, dtype, lpips_resolution, grey_loss)
     if key not in _PROGRAMS:  # jax caches each program's compilations by shapes (batch, rank, generator)
         optimizer, step_fn = make_step(use_locality=use_locality, space=space, noise_mode=noise_mode, dtype=dtype,
-                                       lpips_resolution=lpips_resolution)
+                                       lpips_resolution=lpips_resolution, grey_loss=grey_loss)
+        seen = (lambda x, target: luminance_where_grey(x, target)) if grey_loss else (lambda x, target: x)
         render = lambda base, deltas, codes, noise: jax.vmap(
             lambda d, c, z: apply_delta(with_noise(base, z), d).synthesize(c, space, noise_mode=noise_mode, dtype=dtype))(
             deltas, codes, noise)
@@ -199,8 +205,8 @@ def _programs(use_locality: bool, space, noise_mode, dtype, lpips_resolution):
             step=jax.jit(step_fn, donate_argnums=(0, 1)), step_fn=step_fn,
             render=jax.jit(render), render_fn=render,
             composite=jax.jit(composite),
-            distance=jax.jit(lambda lp, x, target_features: lp.distance_from_features(
-                lp.features(resize_for_lpips(x, lpips_resolution)), target_features)),
+            distance=jax.jit(lambda lp, x, target, target_features: lp.distance_from_features(
+                lp.features(resize_for_lpips(seen(x, target), lpips_resolution)), target_features)),
             features=jax.jit(lambda lp, x: lp.features(resize_for_lpips(x, lpips_resolution))))
     return _PROGRAMS[key]
 
@@ -245,9 +251,9 @@ def prepare(results, generator, settings: TuningSettings, *, lpips=None, image_s
     if not results:
         raise ConfigError("no results to tune")
     first = results[0].settings
-    keys = ("space", "noise_mode", "dtype", "lpips_net", "lpips_resolution")
+    keys = ("space", "noise_mode", "dtype", "lpips_net", "lpips_resolution", "grey_loss")
     if any(tuple(r.settings.get(k) for k in keys) != tuple(first.get(k) for k in keys) for r in results):
-        raise ConfigError("results tuned together must share space, noise mode, dtype and LPIPS settings")
+        raise ConfigError("results tuned together must share space, noise mode, dtype, LPIPS settings and grey_loss")
     if len({"noise" in r.latents for r in results}) > 1:
         raise ConfigError("results tuned together must all have optimised noise, or none")
     if any(r.tuning is not None for r in results):
@@ -256,7 +262,9 @@ def prepare(results, generator, settings: TuningSettings, *, lpips=None, image_s
     lpips_resolution = first.get("lpips_resolution", 256)
     count = len(results)
     lpips = lpips or load_lpips(first.get("lpips_net", "vgg"), compute_dtype=dtype)
-    progs = _programs(settings.locality_weight > 0, space, noise_mode, dtype, lpips_resolution)
+    # grey_loss: absent from results made before it existed, which compared colours
+    progs = _programs(settings.locality_weight > 0, space, noise_mode, dtype, lpips_resolution,
+                      bool(first.get("grey_loss", False)))
     pad = 0 if mesh is None else -count % len(mesh.local_devices)
     rows = list(results) + [results[-1]] * pad
     stack = lambda xs: jax.tree_util.tree_map(lambda *a: np.stack([np.asarray(x, np.float32) for x in a]), *xs)
@@ -340,7 +348,7 @@ def tune_results(results, generator, settings: TuningSettings, *, lpips=None, pr
     deltas = cast_delta(to_host(deltas), settings.store)
     imgs = render(batch_nets[0], place(deltas), batch["codes"], batch.get("noise"))
     out = progs["composite"](imgs, batch["masks"], batch["target"], batch.get("static_mask"))
-    after = to_host(progs["distance"](batch_nets[1], out, batch["target_features"]))[:count]
+    after = to_host(progs["distance"](batch_nets[1], out, batch["target"], batch["target_features"]))[:count]
     imgs, out = to_host(imgs)[:count], to_host(out)[:count]
     if not np.all(np.isfinite(out)):
         raise ConfigError("the tuning diverged (non-finite image); lower the tuning lr")

@@ -267,7 +267,7 @@ def test_a_grey_target_is_compared_in_luminance(tiny_generator, golden_p1, two_h
     mixed by a luminance-keeping matrix (its ToRGB outputs mixed, so every image is M x per pixel) gets
     the same loss; on a colour target, or with grey_loss=False, the mix changes the loss."""
     from chunkygan_jax.generators import stylegan2_from_nvidia
-    from chunkygan_jax.inversion import LUMA
+    from chunkygan_jax.masks import LUMA
 
     from conftest import scaled_rgb_state
 

@@ -241,3 +241,25 @@ def test_tuning_sharded_over_devices_matches_one_device(tiny_checkpoint, tiny_ge
     sharded = np.load(str(dirs[0]) + ".out.npy")
     expected = np.stack([tuned[0].composite, tuned[1].composite, tuned[0].composite])
     np.testing.assert_allclose(sharded, expected, atol=2e-4)
+
+
+def test_a_grey_target_is_compared_in_luminance(inverted, tuned):
+    """With the inversion's grey_loss, the LPIPS tuning reports for a grey target is that of the
+    composite's luminance: a colour composite is at distance 0 from its own luminance, whatever its
+    colours, while against a colour target the colours count."""
+    from chunkygan_jax.lpips import load_lpips
+    from chunkygan_jax.masks import LUMA
+    from chunkygan_jax.tuning import _programs
+
+    s = inverted[0].settings
+    assert s["grey_loss"] is True
+    progs = _programs(True, s["space"], s["noise_mode"], s["dtype"], s["lpips_resolution"], True)
+    net = load_lpips(s["lpips_net"])
+    colour = jnp.asarray(tuned[0].composite)[None]
+    grey = jnp.repeat((colour @ jnp.asarray(LUMA))[..., None], 3, axis=-1)
+    mix = jnp.eye(3) + jnp.outer(jnp.asarray([0.6, 0.3, -0.5]), jnp.asarray([LUMA[1], -LUMA[0], 0.0]))  # mix @ LUMA == LUMA
+    grey_feats = progs["features"](net, grey)
+    seen_grey = [float(progs["distance"](net, x, grey, grey_feats)[0]) for x in (colour, colour @ mix)]
+    assert max(seen_grey) < 1e-4, seen_grey
+    seen_colour = float(progs["distance"](net, colour @ mix, colour, progs["features"](net, colour))[0])
+    assert seen_colour > 1e-3, seen_colour
