@@ -39,6 +39,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from . import io
+from .align import as_mode, photo_mode
 from .demo import resolve_generator
 from .errors import ChunkyGANError, ConfigError
 from .files import atomic_path, check_folder
@@ -125,7 +126,9 @@ def _result_complete(directory: Path, expect: dict) -> bool:
         if any(record.get(k) != v for k, v in expect.items()):
             return False
         saved = json.loads((directory / "result" / "result.json").read_text())
-        if saved.get("settings") != expect["settings"]:
+        settings = dict(saved.get("settings"))
+        settings.pop("photo_mode", None)  # what the photo is, not a setting of the job
+        if settings != expect["settings"]:
             return False
         for name in ("latents.npz", "arrays.npz"):
             with np.load(directory / "result" / name, allow_pickle=False) as data:
@@ -158,7 +161,8 @@ def save_image_result(result, directory, record: dict, *, store: str = "float32"
     # The job owns its results: a stale one is replaced, but never a folder someone else wrote there.
     with atomic_path(directory, is_dir=True, overwrite=True, kind=IMAGE_RESULT_KIND) as tmp:
         save_result(result, tmp / "result", store=store)
-        io.save_png(tmp / "projection.png", io.to_uint8(result.composite))
+        io.save_png(tmp / "projection.png", as_mode(io.to_uint8(result.composite),  # a grey photo's in grey
+                                                     result.settings.get("photo_mode", "rgb")))
         io.save_png(tmp / "masks.png", masks_sheet(result.masks))
         (tmp / "metrics.json").write_text(json.dumps(record, indent=2))
     return directory
@@ -403,6 +407,8 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
                         latents=jax.tree_util.tree_map(lambda x: x[i], latents),
                         loss_history=state.history[i].copy(), final_losses=losses, settings=dict(full_settings),
                         seconds=seconds)
+                    if photo_mode(targets[i]) == "grey":  # compared in luminance (grey_loss), shown in grey
+                        result.settings["photo_mode"] = "grey"
                     record = {"version": RECORD_VERSION, "image": rel, "status": "done", **expect,
                               "lpips": losses["lpips"], "total": losses["total"], "seconds": seconds,
                               "batch_images": batch_size, "store": store, "process": jax.process_index(),

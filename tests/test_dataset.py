@@ -32,6 +32,7 @@ SETTINGS = dict(segments=2, steps=6, lpips_net="alex", lpips_resolution="full", 
 MASKS = "layout"  # fixed masks: see test_sharded_batch_matches_one_by_one for why
 GOOD = ["a.png", "b.jpg", "b.png", "d.png", "sub/e.png"]
 BAD = "c_bad.png"
+GREY = "d.png"  # a greyscale photo: its projection.png is grey and its result records it
 TOL = 1e-5  # max |sharded - one by one| on the latents, fp32
 
 
@@ -53,7 +54,8 @@ def images_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("images")
     for i, name in enumerate(GOOD):
         (d / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(_image(i)).save(d / name, quality=95)
+        image = Image.fromarray(_image(i))
+        (image.convert("L") if name == GREY else image).save(d / name, quality=95)
     (d / BAD).write_bytes(b"\x89PNG\r\n\x1a\n" + b"truncated")
     (d / "notes.txt").write_text("not an image")
     Image.fromarray(_image(99)).save(d / ".hidden.png")
@@ -254,6 +256,10 @@ def test_corrupt_image_is_recorded_as_failed_and_the_rest_succeed(full_run):
         r = merged[rel]
         assert r["status"] == "done" and 0 < r["lpips"] < 1 and r["seconds"] > 0
         assert r["output"] == f"results/{rel}"
+        shown = np.asarray(Image.open(dataset.output_dir_for(full, rel) / "projection.png").convert("RGB"))
+        grey = np.array_equal(shown[..., 0], shown[..., 1]) and np.array_equal(shown[..., 0], shown[..., 2])
+        settings = load_result(dataset.output_dir_for(full, rel) / "result").settings
+        assert (grey, settings.get("photo_mode", "rgb")) == ((True, "grey") if rel == GREY else (False, "rgb"))
     assert not dataset.output_dir_for(full, BAD).exists()
     lines = (full / "manifest.jsonl").read_text().splitlines()
     assert [json.loads(x)["image"] for x in lines] == sorted(GOOD + [BAD])
