@@ -23,14 +23,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import hashlib
 import json
 import math
 import os
+import posixpath
 import shutil
+import signal
+import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,10 +43,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from . import io
+from . import io, paths
 from .demo import resolve_generator
 from .errors import ChunkyGANError, ConfigError
-from .files import atomic_path, check_folder
+from .files import MARKER, atomic_path, check_folder, published
 from .generators.protocol import fingerprint as generator_fingerprint
 from .inversion import InversionSettings, Inverter, check_memory
 from .mask_sources import make_mask_source, mask_source_record
@@ -65,8 +70,11 @@ def _has_magic(s: str) -> bool:
 
 def list_images(images, *, exclude=()) -> tuple[Path, list[str]]:
     """(root, sorted relative posix paths) of the image files in a folder (recursively) or matching a
-    glob (`**` recurses). Only files with an image extension count; hidden files and folders (a leading
-    '.') and anything under `exclude` (e.g. the output folder) are left out."""
+    glob (`**` recurses), local or on a bucket (then root is a URL). Only files with an image extension
+    count; hidden files and folders (a leading '.') and anything under `exclude` (e.g. the output
+    folder) are left out."""
+    if paths.is_remote(images):
+        return _list_remote(paths.as_path(images), exclude)
     spec = str(images)
     excluded = [Path(e).resolve() for e in exclude]
     if Path(spec).is_dir():
@@ -97,6 +105,29 @@ def list_images(images, *, exclude=()) -> tuple[Path, list[str]]:
     return root, sorted(rels)
 
 
+def _list_remote(spec: str, exclude) -> tuple[str, list[str]]:
+    if _has_magic(spec):
+        parts = spec.split("/")
+        fixed = next(i for i, p in enumerate(parts) if _has_magic(p))
+        root = "/".join(parts[:fixed])
+        found = paths.glob(spec)
+    elif paths.isdir(spec):
+        root, found = spec, [paths.join(spec, rel) for rel in paths.find(spec)]
+    elif paths.isfile(spec):
+        root, found = paths.parent(spec), [spec]
+    else:
+        raise ConfigError(f"{spec}: no such prefix or object (give a folder of images or a glob such as "
+                          "'gs://bucket/photos/**/*.png')")
+    rels = set()
+    for url in found:
+        rel = paths.relative(url, root)
+        if (posixpath.splitext(rel)[1].lower() not in IMAGE_EXTENSIONS
+                or any(p.startswith(".") for p in rel.split("/")) or any(paths.is_under(url, e) for e in exclude)):
+            continue
+        rels.add(rel)
+    return root, sorted(rels)
+
+
 def process_share(items, process_index: int | None = None, process_count: int | None = None) -> list:
     """The items process `process_index` of `process_count` owns: items[index::count] (every item goes
     to exactly one process; deterministic for a given sorted list)."""
@@ -107,8 +138,8 @@ def process_share(items, process_index: int | None = None, process_count: int | 
 
 def output_dir_for(output_dir, rel: str) -> Path:
     """Where the result of input `<root>/<rel>` goes: `<output_dir>/results/<rel>/` (rel keeps its
-    extension, so distinct inputs always get distinct directories)."""
-    return Path(output_dir) / RESULTS_DIR / Path(rel)
+    extension, so distinct inputs always get distinct directories); a URL on a bucket."""
+    return paths.join(output_dir, RESULTS_DIR, rel)
 
 
 # ------------------------------------------------------------------------------------------ records
@@ -116,8 +147,12 @@ def _json_safe(x):
     return json.loads(json.dumps(x, default=str))
 
 
-def _result_complete(directory: Path, expect: dict) -> bool:
-    """A result directory is complete (all files there, readable) and was made for `expect`."""
+def _result_complete(directory, expect: dict) -> bool:
+    """A result directory is complete (all files there, readable) and was made for `expect`. On a
+    bucket, its marker (written after every other object) says complete and names the files; the
+    arrays are not downloaded to check them."""
+    if paths.is_remote(directory):
+        return _remote_result_complete(directory, expect)
     try:
         record = json.loads((directory / "metrics.json").read_text())
         if record.get("version") != RECORD_VERSION or record.get("status") != "done":
@@ -136,8 +171,29 @@ def _result_complete(directory: Path, expect: dict) -> bool:
         return False
 
 
-def _remove_stale_temporaries(output_dir: Path, rels) -> None:
-    """Temporary siblings (`.<name>.<random>`) left by a crash while writing one of `rels`."""
+def _remote_result_complete(directory: str, expect: dict) -> bool:
+    try:
+        if not published(directory, IMAGE_RESULT_KIND):
+            return False
+        listed = set(json.loads(paths.read_bytes(paths.join(directory, MARKER)))["entries"])
+        if not {"metrics.json", "projection.png", "masks.png", "result"} <= listed:
+            return False
+        record = json.loads(paths.read_bytes(paths.join(directory, "metrics.json")))
+        if record.get("version") != RECORD_VERSION or record.get("status") != "done":
+            return False
+        if any(record.get(k) != v for k, v in expect.items()):
+            return False
+        saved = json.loads(paths.read_bytes(paths.join(directory, "result", "result.json")))
+        return saved.get("settings") == expect["settings"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _remove_stale_temporaries(output_dir, rels) -> None:
+    """Temporary siblings (`.<name>.<random>`) left by a crash while writing one of `rels` (local only:
+    on a bucket nothing is staged beside the result)."""
+    if paths.is_remote(output_dir):
+        return
     by_parent: dict[Path, set] = {}
     for rel in rels:
         d = output_dir_for(output_dir, rel)
@@ -154,7 +210,6 @@ def save_image_result(result, directory, record: dict, *, store: str = "float32"
     """One image's outputs, all or nothing: projection.png, masks.png, metrics.json (`record`) and
     result/ (latents, masks, settings, the segment images as `store` says: `results.load_result` reads
     it)."""
-    directory = Path(directory)
     # The job owns its results: a stale one is replaced, but never a folder someone else wrote there.
     with atomic_path(directory, is_dir=True, overwrite=True, kind=IMAGE_RESULT_KIND) as tmp:
         save_result(result, tmp / "result", store=store)
@@ -165,14 +220,26 @@ def save_image_result(result, directory, record: dict, *, store: str = "float32"
 
 
 class Manifest:
-    """Append-only JSON lines, one file per process; each batch's records are flushed and fsynced."""
+    """Append-only JSON lines, one file per process; each batch's records are flushed and fsynced. On a
+    bucket (objects cannot be appended to) each batch's lines are one new object,
+    `process-XXXXX-<run>-<batch>.jsonl`."""
 
     def __init__(self, output_dir, process_index: int):
+        self.remote = paths.is_remote(output_dir)
+        if self.remote:
+            self.prefix = paths.join(output_dir, MANIFEST_DIR, f"process-{process_index:05d}-{uuid.uuid4().hex[:8]}")
+            self.batches = 0
+            return
         self.path = Path(output_dir) / MANIFEST_DIR / f"process-{process_index:05d}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def append(self, records) -> None:
         if not records:
+            return
+        if self.remote:
+            paths.write_bytes(f"{self.prefix}-{self.batches:06d}.jsonl",
+                              "".join(json.dumps(r) + "\n" for r in records).encode())
+            self.batches += 1
             return
         with open(self.path, "a") as f:
             for r in records:
@@ -185,8 +252,10 @@ def read_manifest(output_dir) -> dict[str, dict]:
     """The merged view: image (relative path) -> its latest record over every process's file. Lines
     cut short by a crash are ignored."""
     records = []
-    for path in sorted((Path(output_dir) / MANIFEST_DIR).glob("process-*.jsonl")):
-        for line in path.read_text().splitlines():
+    folder = paths.join(output_dir, MANIFEST_DIR)
+    names = [n for n in paths.listdir(folder) if n.startswith("process-") and n.endswith(".jsonl")]
+    for name in names:
+        for line in paths.read_bytes(paths.join(folder, name)).decode(errors="replace").splitlines():
             try:
                 r = json.loads(line)
             except json.JSONDecodeError:
@@ -199,13 +268,28 @@ def read_manifest(output_dir) -> dict[str, dict]:
 
 def write_merged_manifest(output_dir) -> Path:
     merged = read_manifest(output_dir)
-    path = Path(output_dir) / "manifest.jsonl"
+    path = paths.join(output_dir, "manifest.jsonl")
     with atomic_path(path, overwrite=True) as tmp:  # the job's own merged view, rewritten each run
         tmp.write_text("".join(json.dumps(merged[k]) + "\n" for k in sorted(merged)))
     return path
 
 
 # ------------------------------------------------------------------------------------------ the runner
+@contextlib.contextmanager
+def _sigterm_flag():
+    """An Event set by SIGTERM (what preemptible VMs and spot nodes get) while the block runs; the
+    runner finishes the batch in flight and stops. Outside the main thread no handler can be set."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: event.set())
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @dataclasses.dataclass
 class DatasetSummary:
     """Counts for the whole job (all processes) except `local_*`, which are this process's."""
@@ -217,25 +301,30 @@ class DatasetSummary:
     local_done: int
     local_failed: int
     seconds: float
-    complete: bool  # False when max_batches stopped the run early
+    complete: bool  # False when max_batches or SIGTERM stopped the run early
     inverted: int = 0  # images inverted in this run, all processes
     failed: int = 0  # images that failed in this run, all processes
+    preempted: bool = False  # this process stopped on SIGTERM (the batch in flight was finished first)
 
     @property
     def local_images_per_second(self) -> float:
         return self.local_done / self.seconds if self.seconds > 0 else 0.0
 
 
-def _load_rows(paths, root: Path, resolution: int, crop: str, alpha: str, upscale: bool = False):
+def _load_rows(rels, root, resolution: int, crop: str, alpha: str, upscale: bool = False):
     """Read this batch's files; unreadable ones become failure records instead of stopping the job."""
     images, failures = {}, {}
-    for rel in paths:
+    for rel in rels:
+        source = paths.join(root, rel)
         try:
-            images[rel] = io.load_image(root / rel, resolution, crop=crop, alpha=alpha, upscale=upscale)
+            data = paths.read_bytes(source) if paths.is_remote(source) else None
+            images[rel] = io.load_image(source, resolution, crop=crop, alpha=alpha, upscale=upscale, data=data)
         except ChunkyGANError as e:
             failures[rel] = str(e)
+        except FileNotFoundError:
+            failures[rel] = f"{source}: no such file"
         except Exception as e:  # noqa: BLE001 - a decoder's own error (e.g. a decompression bomb)
-            failures[rel] = f"{root / rel}: {type(e).__name__}: {e}"
+            failures[rel] = f"{source}: {type(e).__name__}: {e}"
     return images, failures
 
 
@@ -244,7 +333,7 @@ def _failure_record(rel: str, reason: str) -> dict:
             "process": jax.process_index(), "time": time.time()}
 
 
-def _write_batch(output_dir: Path, manifest: Manifest, expect: dict, store: str, results, failures) -> list:
+def _write_batch(output_dir, manifest: Manifest, expect: dict, store: str, results, failures) -> list:
     """One batch's outputs (on the writer thread): each image's folder, then the batch's manifest lines,
     one per image: "done", or "failed" with the reason (its file, its inversion or its folder). Returns
     the lines."""
@@ -258,7 +347,7 @@ def _write_batch(output_dir: Path, manifest: Manifest, expect: dict, store: str,
             failures[rel] = str(e)
             continue
         records.append({k: v for k, v in record.items() if k not in expect}
-                       | {"output": directory.relative_to(output_dir).as_posix()})
+                       | {"output": f"{RESULTS_DIR}/{rel}"})
     records += [_failure_record(rel, reason) for rel, reason in failures.items()]
     manifest.append(records)
     return records
@@ -331,7 +420,7 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
                                       inverter.mask_source,
                                       generator, settings.segments, segmenter=segmenter)
 
-    output_dir = Path(output_dir)
+    output_dir = paths.as_path(output_dir)
     root, files = list_images(images, exclude=[output_dir])
     if jax.process_count() > 1:  # every process must see the same list, or the shares would overlap
         digest = hashlib.sha256("\n".join(files).encode()).digest()
@@ -362,7 +451,7 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
               f"{jax.process_count()} process(es); this one: {len(pending)} in {batches} batches of "
               f"{batch_size} on {n_local} device(s)", file=bar.stream)
 
-    done = failed = 0
+    done = failed = ran = 0
     in_flight = None  # the writer's work on the previous batch: (future, batch index)
 
     def collect():  # wait for the previous batch's outputs; count them and report progress
@@ -377,8 +466,11 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
                    prefix=f"[batch {k + 1}/{batches_now}] ")
 
     # Leaving the block waits for the batch in flight, also when the loop stops on an error.
-    with ThreadPoolExecutor(1, thread_name_prefix="chunkygan-dataset-writer") as writer:
+    with _sigterm_flag() as preempted, ThreadPoolExecutor(1, thread_name_prefix="chunkygan-dataset-writer") as writer:
         for k in range(batches_now):
+            if preempted.is_set():
+                break
+            ran = k + 1
             rows = pending[k * batch_size:(k + 1) * batch_size]
             loaded, failures = _load_rows(rows, root, generator.resolution, crop, alpha, upscale)
             t0 = time.perf_counter()
@@ -423,6 +515,12 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
             in_flight = (writer.submit(_write_batch, output_dir, manifest, expect, store, results, failures), k)
         if in_flight is not None:
             collect()
+    if preempted.is_set() and ran < batches_now:  # the other processes may be gone: no collective; this process's lines are out
+        if jax.process_count() == 1:
+            write_merged_manifest(output_dir)
+        return DatasetSummary(total=len(files), skipped=skipped, pending=total_pending, batches=ran,
+                              local_done=done, local_failed=failed, seconds=time.perf_counter() - t_start,
+                              complete=False, inverted=done, failed=failed, preempted=True)
     barrier("chunkygan_invert_dataset_end")
     totals = allgather_ints([done, failed, int(batches_now == batches)])
     if jax.process_index() == 0:
