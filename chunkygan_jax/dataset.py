@@ -305,20 +305,33 @@ class DatasetSummary:
     inverted: int = 0  # images inverted in this run, all processes
     failed: int = 0  # images that failed in this run, all processes
     preempted: bool = False  # this process stopped on SIGTERM (the batch in flight was finished first)
+    # this process's seconds: reading files, decoding them, inverting (and tuning), writing results and
+    # manifest lines (on the writer thread, overlapping the next batch's compute)
+    timings: dict = dataclasses.field(default_factory=dict)
 
     @property
     def local_images_per_second(self) -> float:
         return self.local_done / self.seconds if self.seconds > 0 else 0.0
 
 
-def _load_rows(rels, root, resolution: int, crop: str, alpha: str, upscale: bool = False):
-    """Read this batch's files; unreadable ones become failure records instead of stopping the job."""
+def _load_rows(rels, root, resolution: int, crop: str, alpha: str, upscale: bool = False, timings=None):
+    """Read this batch's files; unreadable ones become failure records instead of stopping the job.
+    timings: a dict whose "read" and "decode" seconds are increased."""
     images, failures = {}, {}
+    timings = {} if timings is None else timings
     for rel in rels:
         source = paths.join(root, rel)
         try:
-            data = paths.read_bytes(source) if paths.is_remote(source) else None
-            images[rel] = io.load_image(source, resolution, crop=crop, alpha=alpha, upscale=upscale, data=data)
+            t0 = time.perf_counter()
+            try:
+                data = paths.read_bytes(source)
+            finally:
+                t1 = time.perf_counter()
+                timings["read"] = timings.get("read", 0.0) + t1 - t0
+            try:
+                images[rel] = io.load_image(source, resolution, crop=crop, alpha=alpha, upscale=upscale, data=data)
+            finally:
+                timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - t1
         except ChunkyGANError as e:
             failures[rel] = str(e)
         except FileNotFoundError:
@@ -333,10 +346,11 @@ def _failure_record(rel: str, reason: str) -> dict:
             "process": jax.process_index(), "time": time.time()}
 
 
-def _write_batch(output_dir, manifest: Manifest, expect: dict, store: str, results, failures) -> list:
+def _write_batch(output_dir, manifest: Manifest, expect: dict, store: str, results, failures, timings) -> list:
     """One batch's outputs (on the writer thread): each image's folder, then the batch's manifest lines,
     one per image: "done", or "failed" with the reason (its file, its inversion or its folder). Returns
-    the lines."""
+    the lines; adds its seconds to timings["write"]."""
+    t0 = time.perf_counter()
     failures = dict(failures)
     records = []
     for rel, result, record in results:
@@ -350,6 +364,7 @@ def _write_batch(output_dir, manifest: Manifest, expect: dict, store: str, resul
                        | {"output": f"{RESULTS_DIR}/{rel}"})
     records += [_failure_record(rel, reason) for rel, reason in failures.items()]
     manifest.append(records)
+    timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t0
     return records
 
 
@@ -451,6 +466,7 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
               f"{jax.process_count()} process(es); this one: {len(pending)} in {batches} batches of "
               f"{batch_size} on {n_local} device(s)", file=bar.stream)
 
+    timings = {"read": 0.0, "decode": 0.0, "compute": 0.0, "write": 0.0}
     done = failed = ran = 0
     in_flight = None  # the writer's work on the previous batch: (future, batch index)
 
@@ -472,7 +488,7 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
                 break
             ran = k + 1
             rows = pending[k * batch_size:(k + 1) * batch_size]
-            loaded, failures = _load_rows(rows, root, generator.resolution, crop, alpha, upscale)
+            loaded, failures = _load_rows(rows, root, generator.resolution, crop, alpha, upscale, timings)
             t0 = time.perf_counter()
             names = list(loaded)
             results = []
@@ -510,9 +526,11 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
                                       tuning_steps=t["steps_run"], delta_bytes=t["delta_bytes"], seconds=seconds)
                         r.seconds = seconds
                     results = [(rel, r, record) for (rel, _, record), r in zip(results, tuned)]
+            timings["compute"] += time.perf_counter() - t0
             if in_flight is not None:
                 collect()  # at most one batch waits for the writer
-            in_flight = (writer.submit(_write_batch, output_dir, manifest, expect, store, results, failures), k)
+            in_flight = (writer.submit(_write_batch, output_dir, manifest, expect, store, results, failures,
+                                       timings), k)
         if in_flight is not None:
             collect()
     if preempted.is_set() and ran < batches_now:  # the other processes may be gone: no collective; this process's lines are out
@@ -520,7 +538,8 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
             write_merged_manifest(output_dir)
         return DatasetSummary(total=len(files), skipped=skipped, pending=total_pending, batches=ran,
                               local_done=done, local_failed=failed, seconds=time.perf_counter() - t_start,
-                              complete=False, inverted=done, failed=failed, preempted=True)
+                              complete=False, inverted=done, failed=failed, preempted=True,
+                              timings=timings)
     barrier("chunkygan_invert_dataset_end")
     totals = allgather_ints([done, failed, int(batches_now == batches)])
     if jax.process_index() == 0:
@@ -528,4 +547,4 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
     return DatasetSummary(total=len(files), skipped=skipped, pending=total_pending, batches=batches_now,
                           local_done=done, local_failed=failed, seconds=time.perf_counter() - t_start,
                           complete=bool(totals[:, 2].all()), inverted=int(totals[:, 0].sum()),
-                          failed=int(totals[:, 1].sum()))
+                          failed=int(totals[:, 1].sum()), timings=timings)
