@@ -71,7 +71,8 @@ def child(args):
                 if args.source == "gcs":
                     paths.upload(tmp / folder / f"{i:05d}.png", f"{base}/{folder}/{i:05d}.png")
         join = (lambda *p: "/".join([base, *p])) if args.source == "gcs" else (lambda *p: base.joinpath(*p))
-        kw = dict(batch_size=args.batch_size, inverter=inverter, progress=False, store=args.store, **common)
+        kw = dict(batch_size=args.batch_size, inverter=inverter, progress=False, store=args.store,
+                  read_threads=args.read_threads, **common)
         t0 = time.perf_counter()
         dataset.invert_dataset(join("warm"), join("out_warm"), generator, **kw)
         compile_s = time.perf_counter() - t0
@@ -82,7 +83,7 @@ def child(args):
     print(json.dumps({"devices": jax.device_count(), "source": args.source, "platform": jax.devices()[0].platform,
                       "device_kind": jax.devices()[0].device_kind, "images": summary.local_done,
                       "batch_size": args.batch_size, "segments": args.segments, "steps": args.steps,
-                      "store": args.store,
+                      "store": args.store, "read_threads": args.read_threads,
                       "resolution": r, "seconds": seconds, "images_per_s": summary.local_done / seconds,
                       "warmup_s": compile_s, "read_s": t["read"], "decode_s": t["decode"],
                       "compute_s": t["compute"], "write_s": t["write"],
@@ -124,6 +125,8 @@ def main():
     p.add_argument("--sources", default="local,gcs", help="where images and results are: local disk, gcs (the "
                    "GCS emulator on 127.0.0.1, started here), or both")
     p.add_argument("--source", default="local", help=argparse.SUPPRESS)
+    p.add_argument("--read_threads", type=int, default=8, help="invert_dataset(read_threads=): grain threads "
+                   "reading ahead; 0 reads each batch in the loop")
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--batch_size", type=int, default=4, help="global batch (a multiple of every device count)")
     p.add_argument("--segments", type=int, default=4)
@@ -162,7 +165,7 @@ def main():
             env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={d}".strip()
         cmd = [sys.executable, __file__, "--child", f"--images={args.images}", f"--batch_size={args.batch_size}",
                f"--segments={args.segments}", f"--steps={args.steps}", f"--lpips_net={args.lpips_net}",
-               f"--store={args.store}", f"--source={source}"]
+               f"--store={args.store}", f"--source={source}", f"--read_threads={args.read_threads}"]
         if args.generator:
             cmd.append(f"--generator={args.generator}")
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import glob
 import hashlib
 import json
@@ -314,31 +315,54 @@ class DatasetSummary:
         return self.local_done / self.seconds if self.seconds > 0 else 0.0
 
 
-def _load_rows(rels, root, resolution: int, crop: str, alpha: str, upscale: bool = False, timings=None):
-    """Read this batch's files; unreadable ones become failure records instead of stopping the job.
-    timings: a dict whose "read" and "decode" seconds are increased."""
-    images, failures = {}, {}
-    timings = {} if timings is None else timings
-    for rel in rels:
-        source = paths.join(root, rel)
+class _Timings(dict):
+    """Seconds per phase, added to from the reader threads and the writer thread."""
+
+    def __init__(self, *names):
+        super().__init__({n: 0.0 for n in names})
+        self._lock = threading.Lock()
+
+    def add(self, name: str, seconds: float) -> None:
+        with self._lock:
+            self[name] += seconds
+
+
+def _load_one(rel: str, root, resolution: int, crop: str, alpha: str, upscale: bool, timings: _Timings):
+    """(rel, image, None), or (rel, None, reason) for a file that cannot be read: a failure record
+    instead of a stopped job."""
+    source = paths.join(root, rel)
+    t0 = time.perf_counter()
+    try:
         try:
-            t0 = time.perf_counter()
-            try:
-                data = paths.read_bytes(source)
-            finally:
-                t1 = time.perf_counter()
-                timings["read"] = timings.get("read", 0.0) + t1 - t0
-            try:
-                images[rel] = io.load_image(source, resolution, crop=crop, alpha=alpha, upscale=upscale, data=data)
-            finally:
-                timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - t1
-        except ChunkyGANError as e:
-            failures[rel] = str(e)
-        except FileNotFoundError:
-            failures[rel] = f"{source}: no such file"
-        except Exception as e:  # noqa: BLE001 - a decoder's own error (e.g. a decompression bomb)
-            failures[rel] = f"{source}: {type(e).__name__}: {e}"
-    return images, failures
+            data = paths.read_bytes(source)
+        finally:
+            t1 = time.perf_counter()
+            timings.add("read", t1 - t0)
+        try:
+            return rel, io.load_image(source, resolution, crop=crop, alpha=alpha, upscale=upscale, data=data), None
+        finally:
+            timings.add("decode", time.perf_counter() - t1)
+    except ChunkyGANError as e:
+        return rel, None, str(e)
+    except FileNotFoundError:
+        return rel, None, f"{source}: no such file"
+    except Exception as e:  # noqa: BLE001 - a decoder's own error (e.g. a decompression bomb)
+        return rel, None, f"{source}: {type(e).__name__}: {e}"
+
+
+def _batches(rels, batch_size: int, load, read_threads: int):
+    """This process's pending images in batches of (rel, image, error) rows. With read_threads > 0,
+    grain reads and decodes them on that many threads, keeping a batch ready ahead of the compute;
+    with 0, each batch is read in the loop when it is due."""
+    if read_threads == 0:
+        for i in range(0, len(rels), batch_size):
+            yield [load(rel) for rel in rels[i:i + batch_size]]
+        return
+    import grain
+
+    ds = grain.MapDataset.source(list(rels)).map(load).batch(batch_size, batch_fn=list)
+    yield from ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                                    prefetch_buffer_size=max(batch_size, read_threads)))
 
 
 def _failure_record(rel: str, reason: str) -> dict:
@@ -364,7 +388,7 @@ def _write_batch(output_dir, manifest: Manifest, expect: dict, store: str, resul
                        | {"output": f"{RESULTS_DIR}/{rel}"})
     records += [_failure_record(rel, reason) for rel, reason in failures.items()]
     manifest.append(records)
-    timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t0
+    timings.add("write", time.perf_counter() - t0)
     return records
 
 
@@ -373,7 +397,7 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
                    lpips_resolution=256, masks=None, segmenter=None, seed=0, noise_mode="const", dtype="float32",
                    crop="none", alpha="refuse", upscale=False, mesh: Mesh | None = None, inverter=None,
                    max_batches: int | None = None, progress: bool = True, log=None,
-                   store: str = "float32", tune=None) -> DatasetSummary:
+                   store: str = "float32", tune=None, read_threads: int = 8) -> DatasetSummary:
     """Invert every image of a folder (or glob) into `output_dir`, each process on its own devices.
 
     Call `initialize()` first in a multi-process job; every process calls this with the same
@@ -391,7 +415,9 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
     tune: pivotal tuning of each batch after its inversion (as invert(tune=): steps or TuningSettings),
     all images of the batch in one program on the same devices; each result keeps its own weight delta. The
     tuning settings are part of what a rerun checks: results made without them (or with others) are
-    done again."""
+    done again.
+    read_threads: threads that read and decode the images ahead of the compute (grain; 0: each batch is
+    read when it is due, in the loop)."""
     t_start = time.perf_counter()
     output_dir = check_folder(output_dir)  # before any compilation
     store = check_store(store)
@@ -411,6 +437,8 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
     if batch_size < 1 or batch_size % n_local:
         raise ConfigError(f"batch_size {batch_size} must be a positive multiple of this process's "
                           f"{n_local} devices")
+    if read_threads < 0:
+        raise ConfigError(f"read_threads must be >= 0, got {read_threads}")
     if max_batches is not None and max_batches < 0:
         raise ConfigError(f"max_batches must be >= 0, got {max_batches}")
     if lambda_reg is None:  # the generator's calibrated value, as invert() takes it
@@ -466,7 +494,7 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
               f"{jax.process_count()} process(es); this one: {len(pending)} in {batches} batches of "
               f"{batch_size} on {n_local} device(s)", file=bar.stream)
 
-    timings = {"read": 0.0, "decode": 0.0, "compute": 0.0, "write": 0.0}
+    timings = _Timings("read", "decode", "compute", "write")
     done = failed = ran = 0
     in_flight = None  # the writer's work on the previous batch: (future, batch index)
 
@@ -482,13 +510,16 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
                    prefix=f"[batch {k + 1}/{batches_now}] ")
 
     # Leaving the block waits for the batch in flight, also when the loop stops on an error.
+    load = functools.partial(_load_one, root=root, resolution=generator.resolution, crop=crop, alpha=alpha,
+                             upscale=upscale, timings=timings)
+    batch_rows = _batches(pending[:batches_now * batch_size], batch_size, load, read_threads)
     with _sigterm_flag() as preempted, ThreadPoolExecutor(1, thread_name_prefix="chunkygan-dataset-writer") as writer:
-        for k in range(batches_now):
+        for k, rows in enumerate(batch_rows):
             if preempted.is_set():
                 break
             ran = k + 1
-            rows = pending[k * batch_size:(k + 1) * batch_size]
-            loaded, failures = _load_rows(rows, root, generator.resolution, crop, alpha, upscale, timings)
+            loaded = {rel: image for rel, image, error in rows if error is None}
+            failures = {rel: error for rel, _, error in rows if error is not None}
             t0 = time.perf_counter()
             names = list(loaded)
             results = []
@@ -526,7 +557,7 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
                                       tuning_steps=t["steps_run"], delta_bytes=t["delta_bytes"], seconds=seconds)
                         r.seconds = seconds
                     results = [(rel, r, record) for (rel, _, record), r in zip(results, tuned)]
-            timings["compute"] += time.perf_counter() - t0
+            timings.add("compute", time.perf_counter() - t0)
             if in_flight is not None:
                 collect()  # at most one batch waits for the writer
             in_flight = (writer.submit(_write_batch, output_dir, manifest, expect, store, results, failures,
@@ -539,7 +570,7 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
         return DatasetSummary(total=len(files), skipped=skipped, pending=total_pending, batches=ran,
                               local_done=done, local_failed=failed, seconds=time.perf_counter() - t_start,
                               complete=False, inverted=done, failed=failed, preempted=True,
-                              timings=timings)
+                              timings=dict(timings))
     barrier("chunkygan_invert_dataset_end")
     totals = allgather_ints([done, failed, int(batches_now == batches)])
     if jax.process_index() == 0:
@@ -547,4 +578,4 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
     return DatasetSummary(total=len(files), skipped=skipped, pending=total_pending, batches=batches_now,
                           local_done=done, local_failed=failed, seconds=time.perf_counter() - t_start,
                           complete=bool(totals[:, 2].all()), inverted=int(totals[:, 0].sum()),
-                          failed=int(totals[:, 1].sum()), timings=timings)
+                          failed=int(totals[:, 1].sum()), timings=dict(timings))
