@@ -128,11 +128,17 @@ def test_bucket_folders_the_job_did_not_write_are_never_replaced(new_bucket, tin
 
 
 # ------------------------------------------------------------------------------------------ kill, preempt
-def _cli(images, out, generator, *extra):
+def _cli(images, out, generator, *extra, steps=20):
     return [sys.executable, str(ROOT / "bin" / "invert_dataset"), f"--images={images}", f"--output_dir={out}",
-            f"--generator={generator}", f"--segments={SETTINGS['segments']}", "--steps=20",
+            f"--generator={generator}", f"--segments={SETTINGS['segments']}", f"--steps={steps}",
             f"--lpips_net={SETTINGS['lpips_net']}", f"--lpips_resolution={SETTINGS['lpips_resolution']}",
             f"--lambda_reg={SETTINGS['lambda_reg']}", f"--masks={MASKS}", "--batch_size=1", "--noprogress", *extra]
+
+
+def _env():
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    env.pop("XLA_FLAGS", None)
+    return env
 
 
 def _published(out, names):
@@ -141,9 +147,7 @@ def _published(out, names):
 
 def _start_and_signal(cmd, out, names, sig, after):
     """Start the tool; send `sig` once `after` results are published; return (returncode, stderr)."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    env.pop("XLA_FLAGS", None)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
         while len(_published(out, names)) < after and proc.poll() is None and time.monotonic() < deadline:
@@ -187,9 +191,7 @@ def test_sigkill_then_sigterm_then_resume_on_a_bucket_loses_and_doubles_nothing(
     lines = [json.loads(x) for x in paths.read_text(f"{out}/manifest.jsonl").splitlines()]
     assert sorted(r["image"] for r in lines) == sorted(merged)  # the merged view was written on SIGTERM
 
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    env.pop("XLA_FLAGS", None)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"{len(stopped)} already done" in proc.stdout and f"{len(names) - len(stopped)} inverted" in proc.stdout
     assert _published(out, names) == names  # nothing lost
@@ -200,3 +202,36 @@ def test_sigkill_then_sigterm_then_resume_on_a_bucket_loses_and_doubles_nothing(
         assert paths.listdir(dataset.output_dir_for(out, rel)) == sorted(
             [files.MARKER, "masks.png", "metrics.json", "projection.png", "result"])
         assert load_result(paths.join(dataset.output_dir_for(out, rel), "result")).loss_history.shape == (20,)
+
+
+def test_two_processes_share_one_bucket(new_bucket, tiny_checkpoint):
+    """Two processes of one job (jax.distributed on CPU) read one bucket and write into one output prefix:
+    each inverts exactly its share files[p::2], and process 0 merges both manifests."""
+    from conftest import _free_port
+
+    bucket = new_bucket("gs")
+    names = ["a.png", "b.png", "c.png"]
+    _put_images(f"{bucket}/in", names)
+    out = f"{bucket}/out"
+    port = _free_port()
+    procs = [subprocess.Popen(_cli(f"{bucket}/in", out, tiny_checkpoint, f"--coordinator_address=127.0.0.1:{port}",
+                                   "--num_processes=2", f"--process_id={i}", steps=2),
+                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        outputs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    by_process = {0: [], 1: []}
+    for name in paths.listdir(f"{out}/manifest"):
+        for line in paths.read_text(f"{out}/manifest/{name}").splitlines():
+            r = json.loads(line)
+            assert name.startswith(f"process-{r['process']:05d}-")
+            by_process[r["process"]].append(r["image"])
+    assert sorted(by_process[0]) == names[0::2] and sorted(by_process[1]) == names[1::2]
+    lines = [json.loads(x) for x in paths.read_text(f"{out}/manifest.jsonl").splitlines()]
+    assert [r["image"] for r in lines] == names and all(r["status"] == "done" for r in lines)
+    assert _published(out, names) == names
