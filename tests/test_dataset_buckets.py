@@ -2,7 +2,7 @@
 real servers started by the fixtures on 127.0.0.1: gcp-storage-emulator for gs://, moto's server mode
 for s3://. A bucket-to-bucket run gives bit for bit the local run's results; a generator loads from a
 bucket; a folder the job did not write is never replaced; a run killed with SIGKILL and one stopped by
-SIGTERM resume with nothing lost or doubled. Settings as in test_dataset.py (32 px, 2 segments, fixed
+SIGTERM resume with nothing lost or doubled, the rest done by two processes sharing the bucket. Settings as in test_dataset.py (32 px, 2 segments, fixed
 layout masks, AlexNet LPIPS at full resolution).
 """
 
@@ -161,7 +161,8 @@ def _start_and_signal(cmd, out, names, sig, after):
     return proc.returncode, err
 
 
-def test_sigkill_then_sigterm_then_resume_on_a_bucket_loses_and_doubles_nothing(new_bucket, tiny_checkpoint):
+def test_sigkill_then_sigterm_then_two_processes_resume_on_a_bucket_losing_and_doubling_nothing(
+        new_bucket, tiny_checkpoint):
     from chunkygan_jax.cli import EXIT_PREEMPTED
 
     bucket = new_bucket("s3")
@@ -191,9 +192,33 @@ def test_sigkill_then_sigterm_then_resume_on_a_bucket_loses_and_doubles_nothing(
     lines = [json.loads(x) for x in paths.read_text(f"{out}/manifest.jsonl").splitlines()]
     assert sorted(r["image"] for r in lines) == sorted(merged)  # the merged view was written on SIGTERM
 
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"{len(stopped)} already done" in proc.stdout and f"{len(names) - len(stopped)} inverted" in proc.stdout
+    # the rest by a job of two processes (jax.distributed on CPU) sharing the bucket: each takes its share
+    # files[p::2] of what is left
+    from conftest import _free_port
+
+    started, port = time.time(), _free_port()
+    procs = [subprocess.Popen(cmd + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                                     f"--process_id={i}"], env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        outputs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    summary = outputs[0][0]
+    assert f"{len(stopped)} already done" in summary and f"{len(names) - len(stopped)} inverted" in summary, summary
+    now = {0: [], 1: []}
+    for name in paths.listdir(f"{out}/manifest"):
+        for r in map(json.loads, paths.read_text(f"{out}/manifest/{name}").splitlines()):
+            assert name.startswith(f"process-{r['process']:05d}-")
+            if r["time"] >= started:
+                now[r["process"]].append(r["image"])
+    left = [rel for rel in names if rel not in stopped]
+    assert sorted(now[0]) == [rel for rel in names[0::2] if rel in left]
+    assert sorted(now[1]) == [rel for rel in names[1::2] if rel in left] and now[1]
     assert _published(out, names) == names  # nothing lost
     lines = [json.loads(x) for x in paths.read_text(f"{out}/manifest.jsonl").splitlines()]
     assert [r["image"] for r in lines] == names and all(r["status"] == "done" for r in lines)  # nothing doubled
@@ -203,35 +228,3 @@ def test_sigkill_then_sigterm_then_resume_on_a_bucket_loses_and_doubles_nothing(
             [files.MARKER, "masks.png", "metrics.json", "projection.png", "result"])
         assert load_result(paths.join(dataset.output_dir_for(out, rel), "result")).loss_history.shape == (20,)
 
-
-def test_two_processes_share_one_bucket(new_bucket, tiny_checkpoint):
-    """Two processes of one job (jax.distributed on CPU) read one bucket and write into one output prefix:
-    each inverts exactly its share files[p::2], and process 0 merges both manifests."""
-    from conftest import _free_port
-
-    bucket = new_bucket("gs")
-    names = ["a.png", "b.png", "c.png"]
-    _put_images(f"{bucket}/in", names)
-    out = f"{bucket}/out"
-    port = _free_port()
-    procs = [subprocess.Popen(_cli(f"{bucket}/in", out, tiny_checkpoint, f"--coordinator_address=127.0.0.1:{port}",
-                                   "--num_processes=2", f"--process_id={i}", steps=2),
-                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    try:
-        outputs = [p.communicate(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, (_, err) in zip(procs, outputs):
-        assert p.returncode == 0, err[-3000:]
-    by_process = {0: [], 1: []}
-    for name in paths.listdir(f"{out}/manifest"):
-        for line in paths.read_text(f"{out}/manifest/{name}").splitlines():
-            r = json.loads(line)
-            assert name.startswith(f"process-{r['process']:05d}-")
-            by_process[r["process"]].append(r["image"])
-    assert sorted(by_process[0]) == names[0::2] and sorted(by_process[1]) == names[1::2]
-    lines = [json.loads(x) for x in paths.read_text(f"{out}/manifest.jsonl").splitlines()]
-    assert [r["image"] for r in lines] == names and all(r["status"] == "done" for r in lines)
-    assert _published(out, names) == names
