@@ -19,6 +19,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 from .errors import ConfigError
@@ -101,7 +102,9 @@ def filesystem(url: str):
         return cached
     try:
         if scheme == "gs":
-            from gcsfs.core import GCSFileSystem
+            with warnings.catch_warnings():  # google-api-core's notes on Python versions, at import
+                warnings.simplefilter("ignore", FutureWarning)
+                from gcsfs.core import GCSFileSystem
 
             # no listings cache: other processes write the same bucket
             fs = (GCSFileSystem(token="anon", endpoint_url=endpoint, use_listings_cache=False) if endpoint
