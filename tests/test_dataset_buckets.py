@@ -21,7 +21,7 @@ from PIL import Image
 
 from chunkygan_jax import dataset, files, paths
 from chunkygan_jax.checkpoints import load_generator
-from chunkygan_jax.errors import ConfigError
+from chunkygan_jax.errors import ChunkyGANError, ConfigError
 from chunkygan_jax.generators import fingerprint
 from chunkygan_jax.inversion import InversionSettings, Inverter
 from chunkygan_jax.mask_sources import make_mask_source
@@ -91,6 +91,14 @@ def test_bucket_to_bucket_run_matches_the_local_run(scheme, new_bucket, tiny_gen
         marker = json.loads(paths.read_bytes(paths.join(dataset.output_dir_for(out, rel), files.MARKER)))
         assert marker["complete"] is True and set(marker["entries"]) == {"metrics.json", "masks.png",
                                                                             "projection.png", "result"}
+    # a result saved to a bucket on its own loads back; once its marker says incomplete it is refused
+    got.save(f"{bucket}/saved")
+    again = load_result(f"{bucket}/saved")
+    np.testing.assert_array_equal(again.composite, got.composite)
+    marker = json.loads(paths.read_bytes(f"{bucket}/saved/{files.MARKER}"))
+    paths.write_bytes(f"{bucket}/saved/{files.MARKER}", json.dumps({**marker, "complete": False}).encode())
+    with pytest.raises(ChunkyGANError, match="upload did not finish"):
+        load_result(f"{bucket}/saved")
     merged = [json.loads(x) for x in paths.read_text(f"{out}/manifest.jsonl").splitlines()]
     assert [r["image"] for r in merged] == sorted(IMAGES) and all(r["status"] == "done" for r in merged)
     # a glob over the bucket, and a rerun that finds everything done
