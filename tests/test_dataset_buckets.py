@@ -237,3 +237,18 @@ def test_sigkill_then_sigterm_then_two_processes_resume_on_a_bucket_losing_and_d
             [files.MARKER, "masks.png", "metrics.json", "projection.png", "result"])
         assert load_result(paths.join(dataset.output_dir_for(out, rel), "result")).loss_history.shape == (10,)
 
+
+
+def test_a_segmenter_loads_from_a_bucket(new_bucket, tiny_generator, tmp_path):
+    from chunkygan_jax import segmenter as seg_lib
+    from chunkygan_jax.mask_sources import make_mask_source, mask_source_record
+
+    seg = seg_lib.kmeans_segmenter(tiny_generator, 2, cache_dir=tmp_path / "cache")
+    seg_lib.save_segmenter(seg, tmp_path / "head")
+    bucket = new_bucket("gs")
+    _upload_folder(tmp_path / "head", f"{bucket}/heads/two")
+    source = make_mask_source("segmenter", 2, tiny_generator.resolution, generator=tiny_generator,
+                              segmenter=f"{bucket}/heads/two/")
+    assert seg_lib.segmenter_identity(source) == seg_lib.segmenter_identity(seg)
+    record = mask_source_record("segmenter", source, tiny_generator, 2, segmenter=f"{bucket}/heads/two/")
+    assert record["from"] == f"{bucket}/heads/two"  # the URL, not a local path made from it
