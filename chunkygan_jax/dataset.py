@@ -62,6 +62,7 @@ RESULTS_DIR = "results"
 MANIFEST_DIR = "manifest"
 RECORD_VERSION = 1
 IMAGE_RESULT_KIND = "dataset image result"
+REMOTE_CHECK_THREADS = 32  # results on a bucket checked at once when a run starts
 
 
 # ------------------------------------------------------------------------------------------ the file list
@@ -479,8 +480,15 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
     # tuning changes a result: a rerun redoes results made with other tuning settings, or none
     expect["tuning"] = None if tune is None else _json_safe(tune.to_dict())
     mine = process_share(files)
-    pending = [rel for rel in mine if not _result_complete(output_dir_for(output_dir, rel),
-                                                          {**expect, "image": rel})]
+    def complete(rel):
+        return _result_complete(output_dir_for(output_dir, rel), {**expect, "image": rel})
+
+    if paths.is_remote(output_dir):  # a few requests per image, each a round trip: many at a time
+        with ThreadPoolExecutor(REMOTE_CHECK_THREADS, thread_name_prefix="chunkygan-dataset-check") as pool:
+            done_before = list(pool.map(complete, mine))
+    else:
+        done_before = [complete(rel) for rel in mine]
+    pending = [rel for rel, ok in zip(mine, done_before) if not ok]
     _remove_stale_temporaries(output_dir, pending)
     counts = allgather_ints([len(mine) - len(pending), len(pending)])
     skipped, total_pending = int(counts[:, 0].sum()), int(counts[:, 1].sum())
