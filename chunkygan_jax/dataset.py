@@ -1,7 +1,8 @@
 """Dataset inversion over every device of every host, resumable after preemption (`invert_dataset`,
 `bin/invert_dataset`; the mesh and process helpers are in sharding.py):
-  - the image list is every image file under a folder (or matching a glob), sorted by relative path;
-    process p of P takes files[p::P] and reads only those;
+  - the image list is every image file under a folder (or matching a glob), local or on a gs:// or
+    s3:// bucket (paths.py), sorted by relative path; process p of P takes files[p::P] and reads only
+    those, on grain threads that read and decode ahead of the compute (read_threads);
   - each process inverts its own share on its own devices, batch_size images per step (a data mesh over
     its local devices); processes never wait for each other between batches, and an image's compiled
     program is the same whatever the number of processes (short rows are padded with a copy of an image
@@ -18,7 +19,11 @@
     one being written);
   - `<output_dir>/manifest/process-XXXXX.jsonl` gets one JSON line per image and attempt (status "done"
     with lpips/total/seconds, or "failed" with the reason); `read_manifest` merges them (latest record
-    per image wins) and process 0 writes the merged view to `<output_dir>/manifest.jsonl` at the end.
+    per image wins) and process 0 writes the merged view to `<output_dir>/manifest.jsonl` at the end;
+    on a bucket each batch's lines are one new object (objects cannot be appended to), and a result is
+    trusted only when its marker, uploaded last, says complete (files.py);
+  - SIGTERM (preemption) lets the batch being computed finish and be written, then the run stops
+    (summary.preempted; bin/invert_dataset exits with status 75).
 """
 
 from __future__ import annotations
