@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import paths
 from .converters import stylegan2 as conv
 from .errors import CheckpointError
 from .files import atomic_path, cache_root, check_writable, read_json_record, sha256_file
@@ -177,7 +178,13 @@ def _load_directory(directory: Path):
 def load_generator(path):
     """Load a generator from our checkpoint directory, or from an NVIDIA `.pkl` (PyTorch or TensorFlow)
     / rosinality `.pt` (converted on first use and cached by the file's sha256). A conditional
-    generator comes back unbound: `generators.protocol.bind_label(generator, k)` picks its class."""
+    generator comes back unbound: `generators.protocol.bind_label(generator, k)` picks its class. A
+    gs:// or s3:// path is read through a temporary local copy (a converted file is cached locally)."""
+    if paths.is_remote(path):
+        if not paths.exists(path):
+            raise CheckpointError(f"generator checkpoint not found: {path}")
+        with paths.local_copy(path) as local:
+            return load_generator(local)
     path = Path(path)
     if path.is_dir():
         return _load_directory(path)

@@ -21,6 +21,7 @@ EXIT_USAGE = 2  # bad input or options: one line on stderr, nothing written
 EXIT_SOME_FAILED = 3  # bin/invert_dataset: some images failed (the manifest says why)
 EXIT_RESOURCES = 4  # out of memory (host or accelerator) or disk space; or refused up front by an estimate
 EXIT_OS = 5  # the operating system refused a read or write (permission, I/O error, ...)
+EXIT_PREEMPTED = 75  # bin/invert_dataset: stopped by SIGTERM after the batch in flight (rerun to continue)
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 EXIT_STATUSES = """exit status:
@@ -32,6 +33,8 @@ EXIT_STATUSES = """exit status:
   4    out of memory (host or accelerator) or out of disk space, or a request refused up front
        because its memory estimate exceeds what the machine has
   5    the operating system refused to read or write a file (permission, I/O error)
+  75   bin/invert_dataset only: stopped by SIGTERM (preemption) once the batch in flight was written
+       and the manifest flushed; rerun the same command to continue
   130  interrupted (Ctrl-C)
 """
 

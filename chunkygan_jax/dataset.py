@@ -1,7 +1,8 @@
 """Dataset inversion over every device of every host, resumable after preemption (`invert_dataset`,
 `bin/invert_dataset`; the mesh and process helpers are in sharding.py):
-  - the image list is every image file under a folder (or matching a glob), sorted by relative path;
-    process p of P takes files[p::P] and reads only those;
+  - the image list is every image file under a folder (or matching a glob), local or on a gs:// or
+    s3:// bucket (paths.py), sorted by relative path; process p of P takes files[p::P] and reads only
+    those, on grain threads that read and decode ahead of the compute (read_threads);
   - each process inverts its own share on its own devices, batch_size images per step (a data mesh over
     its local devices); processes never wait for each other between batches, and an image's compiled
     program is the same whatever the number of processes (short rows are padded with a copy of an image
@@ -18,19 +19,29 @@
     one being written);
   - `<output_dir>/manifest/process-XXXXX.jsonl` gets one JSON line per image and attempt (status "done"
     with lpips/total/seconds, or "failed" with the reason); `read_manifest` merges them (latest record
-    per image wins) and process 0 writes the merged view to `<output_dir>/manifest.jsonl` at the end.
+    per image wins) and process 0 writes the merged view to `<output_dir>/manifest.jsonl` at the end;
+    on a bucket each batch's lines are one new object (objects cannot be appended to), and a result is
+    trusted only when its marker, uploaded last, says complete (files.py);
+  - SIGTERM (preemption) lets the batch being computed finish and be written, then the run stops
+    (summary.preempted; bin/invert_dataset exits with status 75).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import glob
 import hashlib
 import json
 import math
 import os
+import posixpath
 import shutil
+import signal
+import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,11 +49,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from . import io
+from . import io, paths
 from .align import as_mode, photo_mode
 from .demo import resolve_generator
 from .errors import ChunkyGANError, ConfigError
-from .files import atomic_path, check_folder
+from .files import MARKER, atomic_path, check_folder, published
 from .generators.protocol import fingerprint as generator_fingerprint
 from .inversion import InversionSettings, Inverter, check_memory
 from .mask_sources import make_mask_source, mask_source_record
@@ -57,6 +68,7 @@ RESULTS_DIR = "results"
 MANIFEST_DIR = "manifest"
 RECORD_VERSION = 1
 IMAGE_RESULT_KIND = "dataset image result"
+REMOTE_CHECK_THREADS = 32  # results on a bucket checked at once when a run starts
 
 
 # ------------------------------------------------------------------------------------------ the file list
@@ -66,8 +78,11 @@ def _has_magic(s: str) -> bool:
 
 def list_images(images, *, exclude=()) -> tuple[Path, list[str]]:
     """(root, sorted relative posix paths) of the image files in a folder (recursively) or matching a
-    glob (`**` recurses). Only files with an image extension count; hidden files and folders (a leading
-    '.') and anything under `exclude` (e.g. the output folder) are left out."""
+    glob (`**` recurses), local or on a bucket (then root is a URL). Only files with an image extension
+    count; hidden files and folders (a leading '.') and anything under `exclude` (e.g. the output
+    folder) are left out."""
+    if paths.is_remote(images):
+        return _list_remote(paths.as_path(images), exclude)
     spec = str(images)
     excluded = [Path(e).resolve() for e in exclude]
     if Path(spec).is_dir():
@@ -98,6 +113,29 @@ def list_images(images, *, exclude=()) -> tuple[Path, list[str]]:
     return root, sorted(rels)
 
 
+def _list_remote(spec: str, exclude) -> tuple[str, list[str]]:
+    if _has_magic(spec):
+        parts = spec.split("/")
+        fixed = next(i for i, p in enumerate(parts) if _has_magic(p))
+        root = "/".join(parts[:fixed])
+        found = paths.glob(spec)
+    elif paths.isdir(spec):
+        root, found = spec, [paths.join(spec, rel) for rel in paths.find(spec)]
+    elif paths.isfile(spec):
+        root, found = paths.parent(spec), [spec]
+    else:
+        raise ConfigError(f"{spec}: no such prefix or object (give a folder of images or a glob such as "
+                          "'gs://bucket/photos/**/*.png')")
+    rels = set()
+    for url in found:
+        rel = paths.relative(url, root)
+        if (posixpath.splitext(rel)[1].lower() not in IMAGE_EXTENSIONS
+                or any(p.startswith(".") for p in rel.split("/")) or any(paths.is_under(url, e) for e in exclude)):
+            continue
+        rels.add(rel)
+    return root, sorted(rels)
+
+
 def process_share(items, process_index: int | None = None, process_count: int | None = None) -> list:
     """The items process `process_index` of `process_count` owns: items[index::count] (every item goes
     to exactly one process; deterministic for a given sorted list)."""
@@ -108,8 +146,8 @@ def process_share(items, process_index: int | None = None, process_count: int | 
 
 def output_dir_for(output_dir, rel: str) -> Path:
     """Where the result of input `<root>/<rel>` goes: `<output_dir>/results/<rel>/` (rel keeps its
-    extension, so distinct inputs always get distinct directories)."""
-    return Path(output_dir) / RESULTS_DIR / Path(rel)
+    extension, so distinct inputs always get distinct directories); a URL on a bucket."""
+    return paths.join(output_dir, RESULTS_DIR, rel)
 
 
 # ------------------------------------------------------------------------------------------ records
@@ -117,8 +155,12 @@ def _json_safe(x):
     return json.loads(json.dumps(x, default=str))
 
 
-def _result_complete(directory: Path, expect: dict) -> bool:
-    """A result directory is complete (all files there, readable) and was made for `expect`."""
+def _result_complete(directory, expect: dict) -> bool:
+    """A result directory is complete (all files there, readable) and was made for `expect`. On a
+    bucket, its marker (written after every other object) says complete and names the files; the
+    arrays are not downloaded to check them."""
+    if paths.is_remote(directory):
+        return _remote_result_complete(directory, expect)
     try:
         record = json.loads((directory / "metrics.json").read_text())
         if record.get("version") != RECORD_VERSION or record.get("status") != "done":
@@ -139,8 +181,29 @@ def _result_complete(directory: Path, expect: dict) -> bool:
         return False
 
 
-def _remove_stale_temporaries(output_dir: Path, rels) -> None:
-    """Temporary siblings (`.<name>.<random>`) left by a crash while writing one of `rels`."""
+def _remote_result_complete(directory: str, expect: dict) -> bool:
+    try:
+        if not published(directory, IMAGE_RESULT_KIND):
+            return False
+        listed = set(json.loads(paths.read_bytes(paths.join(directory, MARKER)))["entries"])
+        if not {"metrics.json", "projection.png", "masks.png", "result"} <= listed:
+            return False
+        record = json.loads(paths.read_bytes(paths.join(directory, "metrics.json")))
+        if record.get("version") != RECORD_VERSION or record.get("status") != "done":
+            return False
+        if any(record.get(k) != v for k, v in expect.items()):
+            return False
+        saved = json.loads(paths.read_bytes(paths.join(directory, "result", "result.json")))
+        return saved.get("settings") == expect["settings"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _remove_stale_temporaries(output_dir, rels) -> None:
+    """Temporary siblings (`.<name>.<random>`) left by a crash while writing one of `rels` (local only:
+    on a bucket nothing is staged beside the result)."""
+    if paths.is_remote(output_dir):
+        return
     by_parent: dict[Path, set] = {}
     for rel in rels:
         d = output_dir_for(output_dir, rel)
@@ -157,7 +220,6 @@ def save_image_result(result, directory, record: dict, *, store: str = "float32"
     """One image's outputs, all or nothing: projection.png, masks.png, metrics.json (`record`) and
     result/ (latents, masks, settings, the segment images as `store` says: `results.load_result` reads
     it)."""
-    directory = Path(directory)
     # The job owns its results: a stale one is replaced, but never a folder someone else wrote there.
     with atomic_path(directory, is_dir=True, overwrite=True, kind=IMAGE_RESULT_KIND) as tmp:
         save_result(result, tmp / "result", store=store)
@@ -169,14 +231,26 @@ def save_image_result(result, directory, record: dict, *, store: str = "float32"
 
 
 class Manifest:
-    """Append-only JSON lines, one file per process; each batch's records are flushed and fsynced."""
+    """Append-only JSON lines, one file per process; each batch's records are flushed and fsynced. On a
+    bucket (objects cannot be appended to) each batch's lines are one new object,
+    `process-XXXXX-<run>-<batch>.jsonl`."""
 
     def __init__(self, output_dir, process_index: int):
+        self.remote = paths.is_remote(output_dir)
+        if self.remote:
+            self.prefix = paths.join(output_dir, MANIFEST_DIR, f"process-{process_index:05d}-{uuid.uuid4().hex[:8]}")
+            self.batches = 0
+            return
         self.path = Path(output_dir) / MANIFEST_DIR / f"process-{process_index:05d}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def append(self, records) -> None:
         if not records:
+            return
+        if self.remote:
+            paths.write_bytes(f"{self.prefix}-{self.batches:06d}.jsonl",
+                              "".join(json.dumps(r) + "\n" for r in records).encode())
+            self.batches += 1
             return
         with open(self.path, "a") as f:
             for r in records:
@@ -189,8 +263,10 @@ def read_manifest(output_dir) -> dict[str, dict]:
     """The merged view: image (relative path) -> its latest record over every process's file. Lines
     cut short by a crash are ignored."""
     records = []
-    for path in sorted((Path(output_dir) / MANIFEST_DIR).glob("process-*.jsonl")):
-        for line in path.read_text().splitlines():
+    folder = paths.join(output_dir, MANIFEST_DIR)
+    names = [n for n in paths.listdir(folder) if n.startswith("process-") and n.endswith(".jsonl")]
+    for name in names:
+        for line in paths.read_bytes(paths.join(folder, name)).decode(errors="replace").splitlines():
             try:
                 r = json.loads(line)
             except json.JSONDecodeError:
@@ -203,13 +279,28 @@ def read_manifest(output_dir) -> dict[str, dict]:
 
 def write_merged_manifest(output_dir) -> Path:
     merged = read_manifest(output_dir)
-    path = Path(output_dir) / "manifest.jsonl"
+    path = paths.join(output_dir, "manifest.jsonl")
     with atomic_path(path, overwrite=True) as tmp:  # the job's own merged view, rewritten each run
         tmp.write_text("".join(json.dumps(merged[k]) + "\n" for k in sorted(merged)))
     return path
 
 
 # ------------------------------------------------------------------------------------------ the runner
+@contextlib.contextmanager
+def _sigterm_flag():
+    """An Event set by SIGTERM (what preemptible VMs and spot nodes get) while the block runs; the
+    runner finishes the batch in flight and stops. Outside the main thread no handler can be set."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: event.set())
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @dataclasses.dataclass
 class DatasetSummary:
     """Counts for the whole job (all processes) except `local_*`, which are this process's."""
@@ -221,26 +312,67 @@ class DatasetSummary:
     local_done: int
     local_failed: int
     seconds: float
-    complete: bool  # False when max_batches stopped the run early
+    complete: bool  # False when max_batches or SIGTERM stopped the run early
     inverted: int = 0  # images inverted in this run, all processes
     failed: int = 0  # images that failed in this run, all processes
+    preempted: bool = False  # this process stopped on SIGTERM (the batch in flight was finished first)
+    # this process's seconds: reading files, decoding them, inverting (and tuning), writing results and
+    # manifest lines (on the writer thread, overlapping the next batch's compute)
+    timings: dict = dataclasses.field(default_factory=dict)
 
     @property
     def local_images_per_second(self) -> float:
         return self.local_done / self.seconds if self.seconds > 0 else 0.0
 
 
-def _load_rows(paths, root: Path, resolution: int, crop: str, alpha: str, upscale: bool = False):
-    """Read this batch's files; unreadable ones become failure records instead of stopping the job."""
-    images, failures = {}, {}
-    for rel in paths:
+class _Timings(dict):
+    """Seconds per phase, added to from the reader threads and the writer thread."""
+
+    def __init__(self, *names):
+        super().__init__({n: 0.0 for n in names})
+        self._lock = threading.Lock()
+
+    def add(self, name: str, seconds: float) -> None:
+        with self._lock:
+            self[name] += seconds
+
+
+def _load_one(rel: str, root, resolution: int, crop: str, alpha: str, upscale: bool, timings: _Timings):
+    """(rel, image, None), or (rel, None, reason) for a file that cannot be read: a failure record
+    instead of a stopped job."""
+    source = paths.join(root, rel)
+    t0 = time.perf_counter()
+    try:
         try:
-            images[rel] = io.load_image(root / rel, resolution, crop=crop, alpha=alpha, upscale=upscale)
-        except ChunkyGANError as e:
-            failures[rel] = str(e)
-        except Exception as e:  # noqa: BLE001 - a decoder's own error (e.g. a decompression bomb)
-            failures[rel] = f"{root / rel}: {type(e).__name__}: {e}"
-    return images, failures
+            data = paths.read_bytes(source)
+        finally:
+            t1 = time.perf_counter()
+            timings.add("read", t1 - t0)
+        try:
+            return rel, io.load_image(source, resolution, crop=crop, alpha=alpha, upscale=upscale, data=data), None
+        finally:
+            timings.add("decode", time.perf_counter() - t1)
+    except ChunkyGANError as e:
+        return rel, None, str(e)
+    except FileNotFoundError:
+        return rel, None, f"{source}: no such file"
+    except Exception as e:  # noqa: BLE001 - a decoder's own error (e.g. a decompression bomb)
+        return rel, None, f"{source}: {type(e).__name__}: {e}"
+
+
+def _batches(rels, batch_size: int, load, read_threads: int):
+    """This process's pending images in batches of (rel, image, error) rows. With read_threads > 0,
+    grain reads and decodes them on that many threads, keeping a batch ready ahead of the compute;
+    with 0, each batch is read in the loop when it is due."""
+    if read_threads == 0:
+        for i in range(0, len(rels), batch_size):
+            yield [load(rel) for rel in rels[i:i + batch_size]]
+        return
+    import grain
+
+    ds = grain.MapDataset.source(list(rels)).map(load).batch(batch_size, batch_fn=list)
+    yield from ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                                    prefetch_buffer_size=max(batch_size, read_threads)))
 
 
 def _failure_record(rel: str, reason: str) -> dict:
@@ -248,10 +380,11 @@ def _failure_record(rel: str, reason: str) -> dict:
             "process": jax.process_index(), "time": time.time()}
 
 
-def _write_batch(output_dir: Path, manifest: Manifest, expect: dict, store: str, results, failures) -> list:
+def _write_batch(output_dir, manifest: Manifest, expect: dict, store: str, results, failures, timings) -> list:
     """One batch's outputs (on the writer thread): each image's folder, then the batch's manifest lines,
     one per image: "done", or "failed" with the reason (its file, its inversion or its folder). Returns
-    the lines."""
+    the lines; adds its seconds to timings["write"]."""
+    t0 = time.perf_counter()
     failures = dict(failures)
     records = []
     for rel, result, record in results:
@@ -262,9 +395,10 @@ def _write_batch(output_dir: Path, manifest: Manifest, expect: dict, store: str,
             failures[rel] = str(e)
             continue
         records.append({k: v for k, v in record.items() if k not in expect}
-                       | {"output": directory.relative_to(output_dir).as_posix()})
+                       | {"output": f"{RESULTS_DIR}/{rel}"})
     records += [_failure_record(rel, reason) for rel, reason in failures.items()]
     manifest.append(records)
+    timings.add("write", time.perf_counter() - t0)
     return records
 
 
@@ -273,7 +407,7 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
                    lpips_resolution=256, masks=None, segmenter=None, seed=0, noise_mode="const", dtype="float32",
                    crop="none", alpha="refuse", upscale=False, mesh: Mesh | None = None, inverter=None,
                    max_batches: int | None = None, progress: bool = True, log=None,
-                   store: str = "float32", tune=None) -> DatasetSummary:
+                   store: str = "float32", tune=None, read_threads: int = 8) -> DatasetSummary:
     """Invert every image of a folder (or glob) into `output_dir`, each process on its own devices.
 
     Call `initialize()` first in a multi-process job; every process calls this with the same
@@ -291,7 +425,9 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
     tune: pivotal tuning of each batch after its inversion (as invert(tune=): steps or TuningSettings),
     all images of the batch in one program on the same devices; each result keeps its own weight delta. The
     tuning settings are part of what a rerun checks: results made without them (or with others) are
-    done again."""
+    done again.
+    read_threads: threads that read and decode the images ahead of the compute (grain; 0: each batch is
+    read when it is due, in the loop)."""
     t_start = time.perf_counter()
     output_dir = check_folder(output_dir)  # before any compilation
     store = check_store(store)
@@ -311,6 +447,8 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
     if batch_size < 1 or batch_size % n_local:
         raise ConfigError(f"batch_size {batch_size} must be a positive multiple of this process's "
                           f"{n_local} devices")
+    if read_threads < 0:
+        raise ConfigError(f"read_threads must be >= 0, got {read_threads}")
     if max_batches is not None and max_batches < 0:
         raise ConfigError(f"max_batches must be >= 0, got {max_batches}")
     if lambda_reg is None:  # the generator's calibrated value, as invert() takes it
@@ -335,7 +473,7 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
                                       inverter.mask_source,
                                       generator, settings.segments, segmenter=segmenter)
 
-    output_dir = Path(output_dir)
+    output_dir = paths.as_path(output_dir)
     root, files = list_images(images, exclude=[output_dir])
     if jax.process_count() > 1:  # every process must see the same list, or the shares would overlap
         digest = hashlib.sha256("\n".join(files).encode()).digest()
@@ -351,8 +489,15 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
     # tuning changes a result: a rerun redoes results made with other tuning settings, or none
     expect["tuning"] = None if tune is None else _json_safe(tune.to_dict())
     mine = process_share(files)
-    pending = [rel for rel in mine if not _result_complete(output_dir_for(output_dir, rel),
-                                                          {**expect, "image": rel})]
+    def complete(rel):
+        return _result_complete(output_dir_for(output_dir, rel), {**expect, "image": rel})
+
+    if paths.is_remote(output_dir):  # a few requests per image, each a round trip: many at a time
+        with ThreadPoolExecutor(REMOTE_CHECK_THREADS, thread_name_prefix="chunkygan-dataset-check") as pool:
+            done_before = list(pool.map(complete, mine))
+    else:
+        done_before = [complete(rel) for rel in mine]
+    pending = [rel for rel, ok in zip(mine, done_before) if not ok]
     _remove_stale_temporaries(output_dir, pending)
     counts = allgather_ints([len(mine) - len(pending), len(pending)])
     skipped, total_pending = int(counts[:, 0].sum()), int(counts[:, 1].sum())
@@ -366,7 +511,8 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
               f"{jax.process_count()} process(es); this one: {len(pending)} in {batches} batches of "
               f"{batch_size} on {n_local} device(s)", file=bar.stream)
 
-    done = failed = 0
+    timings = _Timings("read", "decode", "compute", "write")
+    done = failed = ran = 0
     in_flight = None  # the writer's work on the previous batch: (future, batch index)
 
     def collect():  # wait for the previous batch's outputs; count them and report progress
@@ -381,10 +527,16 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
                    prefix=f"[batch {k + 1}/{batches_now}] ")
 
     # Leaving the block waits for the batch in flight, also when the loop stops on an error.
-    with ThreadPoolExecutor(1, thread_name_prefix="chunkygan-dataset-writer") as writer:
-        for k in range(batches_now):
-            rows = pending[k * batch_size:(k + 1) * batch_size]
-            loaded, failures = _load_rows(rows, root, generator.resolution, crop, alpha, upscale)
+    load = functools.partial(_load_one, root=root, resolution=generator.resolution, crop=crop, alpha=alpha,
+                             upscale=upscale, timings=timings)
+    batch_rows = _batches(pending[:batches_now * batch_size], batch_size, load, read_threads)
+    with _sigterm_flag() as preempted, ThreadPoolExecutor(1, thread_name_prefix="chunkygan-dataset-writer") as writer:
+        for k, rows in enumerate(batch_rows):
+            if preempted.is_set():
+                break
+            ran = k + 1
+            loaded = {rel: image for rel, image, error in rows if error is None}
+            failures = {rel: error for rel, _, error in rows if error is not None}
             t0 = time.perf_counter()
             names = list(loaded)
             results = []
@@ -424,11 +576,20 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
                                       tuning_steps=t["steps_run"], delta_bytes=t["delta_bytes"], seconds=seconds)
                         r.seconds = seconds
                     results = [(rel, r, record) for (rel, _, record), r in zip(results, tuned)]
+            timings.add("compute", time.perf_counter() - t0)
             if in_flight is not None:
                 collect()  # at most one batch waits for the writer
-            in_flight = (writer.submit(_write_batch, output_dir, manifest, expect, store, results, failures), k)
+            in_flight = (writer.submit(_write_batch, output_dir, manifest, expect, store, results, failures,
+                                       timings), k)
         if in_flight is not None:
             collect()
+    if preempted.is_set() and ran < batches_now:  # the other processes may be gone: no collective; this process's lines are out
+        if jax.process_count() == 1:
+            write_merged_manifest(output_dir)
+        return DatasetSummary(total=len(files), skipped=skipped, pending=total_pending, batches=ran,
+                              local_done=done, local_failed=failed, seconds=time.perf_counter() - t_start,
+                              complete=False, inverted=done, failed=failed, preempted=True,
+                              timings=dict(timings))
     barrier("chunkygan_invert_dataset_end")
     totals = allgather_ints([done, failed, int(batches_now == batches)])
     if jax.process_index() == 0:
@@ -436,4 +597,4 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
     return DatasetSummary(total=len(files), skipped=skipped, pending=total_pending, batches=batches_now,
                           local_done=done, local_failed=failed, seconds=time.perf_counter() - t_start,
                           complete=bool(totals[:, 2].all()), inverted=int(totals[:, 0].sum()),
-                          failed=int(totals[:, 1].sum()))
+                          failed=int(totals[:, 1].sum()), timings=dict(timings))

@@ -13,6 +13,13 @@ The rules every writer follows (`check_writable`, `atomic_path`):
   - tools call `check_writable` before any long work, so an output that cannot be written is found
     before the optimisation, conversion or training runs;
   - files get mode 0666 and folders 0777, less the umask (temporary files start private).
+
+On an object store (gs://, s3://; paths.py) the same rules hold, the way buckets allow: nothing is
+renamed. The content is built in a local temporary folder; then the marker is written first with
+"complete": false (the prefix is claimed: a crash leaves a folder this project may replace, never one
+that looks finished), every file is uploaded as a whole object, objects of the old version that the
+new one lacks are deleted, and the marker is written again, last, with "complete": true. A reader of a
+bucket trusts a folder only when its marker says complete (`published`). A file is one whole object.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from . import paths
 from .errors import CheckpointError, ConfigError
 
 MARKER = ".chunkygan.json"
@@ -81,6 +89,8 @@ def check_writable(path, overwrite: bool = False, *, is_dir: bool = False, kind:
     """Check, before any long work, that `path` can be written under the rules above; raise `error`
     naming the path and the reason otherwise. Creates nothing. `inputs`: files or folders of this job
     that the output must neither be nor contain."""
+    if paths.is_remote(path):
+        return _check_writable_remote(paths.as_path(path), overwrite, is_dir, kind, inputs, error)
     path = Path(path)
     full = path.resolve()
     for inp in inputs:
@@ -105,6 +115,12 @@ def check_writable(path, overwrite: bool = False, *, is_dir: bool = False, kind:
 def check_folder(path, *, error=ConfigError) -> Path:
     """Check that `path` is a folder this job can add entries to (existing or creatable): the output
     root of a job that writes many outputs into it, such as a dataset run. Creates nothing."""
+    if paths.is_remote(path):
+        path = paths.as_path(path)
+        if paths.isfile(path):
+            raise error(f"{path} exists and is not a folder; choose another output folder")
+        _check_bucket(path, error)
+        return path
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise error(f"{path} exists and is not a folder; choose another output folder")
@@ -152,7 +168,12 @@ def _replace_dir(tmp: Path, target: Path) -> None:
 def atomic_path(final, *, is_dir: bool = False, overwrite: bool = False, kind: str = "output", inputs=(),
                 error=ConfigError):
     """Yield a temporary sibling path; move it onto `final` only if the block succeeds, under the rules
-    of this module (checked before the block and again before the rename). A folder gets its marker."""
+    of this module (checked before the block and again before the rename). A folder gets its marker.
+    On a bucket the temporary path is local and the result is published as the module says."""
+    if paths.is_remote(final):
+        with _atomic_remote(paths.as_path(final), is_dir, overwrite, kind, inputs, error) as tmp:
+            yield tmp
+        return
     final = Path(final)
     check_writable(final, overwrite, is_dir=is_dir, kind=kind, inputs=inputs, error=error)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -180,3 +201,103 @@ def atomic_path(final, *, is_dir: bool = False, overwrite: bool = False, kind: s
         elif tmp.exists():
             tmp.unlink()
         raise
+
+
+# ------------------------------------------------------------------------------------------ buckets
+def _read_marker(url: str) -> dict | None:
+    try:
+        return json.loads(paths.read_bytes(paths.join(url, MARKER)))
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError):
+        return {}
+
+
+def published(url: str, kind: str) -> bool:
+    """A folder on a bucket is complete: its marker, written last, says so and names `kind`."""
+    marker = _read_marker(url)
+    if not marker or marker.get("kind") != kind:
+        return False
+    if "complete" not in marker:  # built inside a folder that was staged and published as a whole
+        up = _read_marker(paths.parent(url))
+        return bool(up) and up.get("complete") is True and paths.name(url) in up.get("entries", ())
+    return marker["complete"] is True
+
+
+def _written_here_remote(url: str, kind: str) -> str | None:
+    marker = _read_marker(url)
+    if marker is None:
+        return f"it was not written by chunkygan_jax (no {MARKER})"
+    try:
+        listed, found = set(marker["entries"]), marker["kind"]
+    except (KeyError, TypeError):
+        return f"its {MARKER} is unreadable"
+    if found != kind:
+        return f"its marker says '{found}', not '{kind}'"
+    foreign = [n for n in paths.listdir(url) if n != MARKER and n not in listed]
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        return f"it holds files chunkygan_jax did not write ({', '.join(foreign[:3])}{more})"
+    return None
+
+
+def _check_bucket(url: str, error) -> None:
+    root = f"{url.split('://', 1)[0]}://{paths.bucket(url)}"
+    if not paths.exists(root):
+        raise error(f"cannot write {url}: the bucket {root} does not exist (or is not visible with these "
+                    "credentials)")
+
+
+def _check_writable_remote(url: str, overwrite: bool, is_dir: bool, kind: str, inputs, error) -> str:
+    for inp in inputs:
+        if paths.is_under(inp, url):
+            raise error(f"refusing to write {url}: it {'is' if paths.as_path(inp) == url else 'holds'} an input "
+                        f"({inp})")
+    if paths.isfile(url):
+        if is_dir:
+            raise error(f"{url} exists and is not a folder; choose another output folder")
+        if not overwrite:
+            raise error(f"{url} already exists; pass --overwrite (overwrite=True) to replace it")
+    elif paths.listdir(url):
+        if not is_dir:
+            raise error(f"{url} is a folder; give a file name")
+        why = _written_here_remote(url, kind)
+        if why:
+            raise error(f"refusing to replace {url}: {why}")
+        if not overwrite:
+            raise error(f"{url} already exists; pass --overwrite (overwrite=True) to replace it")
+    _check_bucket(url, error)
+    return url
+
+
+def _marker_bytes(kind: str, entries, complete: bool) -> bytes:
+    return (json.dumps({"written_by": "chunkygan_jax", "kind": kind, "entries": sorted(entries),
+                        "complete": complete}) + "\n").encode()
+
+
+@contextlib.contextmanager
+def _atomic_remote(final: str, is_dir: bool, overwrite: bool, kind: str, inputs, error):
+    _check_writable_remote(final, overwrite, is_dir, kind, inputs, error)
+    staging = Path(tempfile.mkdtemp(prefix="chunkygan-upload-"))
+    try:
+        tmp = staging / paths.name(final)
+        if is_dir:
+            tmp.mkdir()
+        yield tmp
+        _check_writable_remote(final, overwrite, is_dir, kind, (), error)  # nothing new meanwhile
+        if not is_dir:
+            paths.upload(tmp, final)  # one PUT: readers see the old object or the new one
+            return
+        entries = sorted(p.name for p in tmp.iterdir())
+        marker = paths.join(final, MARKER)
+        old = [rel for rel in paths.find(final) if rel != MARKER]
+        old_entries = {rel.split("/", 1)[0] for rel in old}
+        paths.write_bytes(marker, _marker_bytes(kind, old_entries | set(entries), complete=False))
+        new = [p.relative_to(tmp).as_posix() for p in sorted(tmp.rglob("*")) if p.is_file()]
+        for rel in new:
+            paths.upload(tmp / rel, paths.join(final, rel))
+        for rel in sorted(set(old) - set(new)):
+            paths.remove(paths.join(final, rel))
+        paths.write_bytes(marker, _marker_bytes(kind, entries, complete=True))  # last: now it is published
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -69,23 +69,27 @@ def _to_srgb(img: Image.Image) -> Image.Image:
     return out
 
 
-def _open(path) -> Image.Image:
+def _open(path, data: bytes | None = None) -> Image.Image:
     """Open and decode an image the way it is displayed: the EXIF orientation applied first, then an
-    embedded ICC profile converted to sRGB."""
-    path = Path(path)
-    if not path.exists():
-        raise ImageError(f"{path}: no such file")
-    if path.is_dir():
-        raise ImageError(f"{path}: is a directory, expected an image file")
+    embedded ICC profile converted to sRGB. `data`: the file's bytes, already read (e.g. from a bucket;
+    `path` then only names it in messages)."""
+    if data is None:
+        path = Path(path)
+        if not path.exists():
+            raise ImageError(f"{path}: no such file")
+        if path.is_dir():
+            raise ImageError(f"{path}: is a directory, expected an image file")
     try:
-        img = Image.open(path)
+        img = Image.open(path if data is None else BytesIO(data))
         img.load()
         ImageOps.exif_transpose(img, in_place=True)
     except Image.DecompressionBombError as e:
         raise ImageError(f"{path}: refused, too many pixels to decode safely ({e})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        with open(path, "rb") as f:
-            fmt = _unreadable_format(f.read(1024))
+        if data is None:
+            with open(path, "rb") as f:
+                data = f.read(1024)
+        fmt = _unreadable_format(data[:1024])
         if fmt is not None:
             raise ImageError(f"{path}: {fmt} images cannot be read; convert it to PNG or JPEG first") from None
         raise ImageError(f"{path}: not a readable image ({e})") from None
@@ -151,12 +155,14 @@ def _resize(img: Image.Image, resolution: int) -> np.ndarray:
     return _to_float_array(img.resize(size, Image.Resampling.LANCZOS))
 
 
-def load_image(path, resolution: int | None = None, *, crop="none", alpha="refuse", upscale=False) -> np.ndarray:
+def load_image(path, resolution: int | None = None, *, crop="none", alpha="refuse", upscale=False,
+               data: bytes | None = None) -> np.ndarray:
     """Read an image file -> float32 [H, W, 3] in [-1, 1], resized to `resolution` if given (see the
-    module docstring for what is converted, reported or refused)."""
+    module docstring for what is converted, reported or refused). `data`: the file's bytes, already
+    read (`path` then only names it)."""
     if crop not in CROPS:
         raise ImageError(f"crop must be one of {CROPS}, got {crop!r}")
-    img = _open(path)
+    img = _open(path, data)
     w, h = img.size
     img = _crop_square(img, crop, path)
     if resolution is None or img.size == (resolution, resolution):

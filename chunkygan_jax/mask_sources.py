@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import io
+from . import io, paths
 from .errors import ConfigError, ImageError
 from .generators.protocol import fingerprint as generator_fingerprint
 from .generators.protocol import offers_features
@@ -107,7 +107,8 @@ def mask_source_record(masks, source, generator, n: int, *, segmenter=None) -> d
         if given or isinstance(segmenter, Segmenter):
             origin = "object"
         else:
-            origin = "kmeans cache" if segmenter is None else str(Path(segmenter).resolve())
+            origin = ("kmeans cache" if segmenter is None else paths.as_path(segmenter) if paths.is_remote(segmenter)
+                      else str(Path(segmenter).resolve()))
         record = {"kind": "segmenter", "head": source.head.kind, "segmenter": segmenter_identity(source),
                   "from": origin, "segments": source.segments, "layers": list(source.layers),
                   "smoothing": source.smoothing, "hardening": source.hardening,

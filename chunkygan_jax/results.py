@@ -28,7 +28,8 @@ import numpy as np
 
 from .deltas import DELTA_FILE, load_delta, save_delta
 from .errors import ChunkyGANError, ConfigError
-from .files import atomic_path
+from . import paths
+from .files import MARKER, atomic_path, published
 from .io import to_uint8
 from .trees import flatten_tree, unflatten_tree
 
@@ -117,8 +118,9 @@ def load_latents(path) -> dict:
 
 def save_result(result, directory, *, overwrite: bool = False, inputs=(), store: str | None = None) -> Path:
     """Write `result` to `directory` (see the module docstring); `inputs` may not be replaced. store: how
-    the segment images are kept (SEGMENT_STORES; None: float32, or none for a result without them)."""
-    directory = Path(directory)
+    the segment images are kept (SEGMENT_STORES; None: float32, or none for a result without them).
+    A gs:// or s3:// directory is published with its marker last (files.atomic_path)."""
+    directory = paths.as_path(directory)
     store = check_store(store or ("none" if result.segment_images is None else "float32"))
     arrays = {k: np.asarray(v, np.float32) for k, v in
               dict(target=result.target, composite=result.composite, masks=result.masks,
@@ -145,6 +147,15 @@ def save_result(result, directory, *, overwrite: bool = False, inputs=(), store:
 
 
 def load_result(directory) -> InversionResult:
+    """A saved result; on a bucket only a published one (its marker, written last, says complete),
+    read through a temporary local copy."""
+    if paths.is_remote(directory):
+        directory = paths.as_path(directory)
+        if not published(directory, RESULT_KIND):
+            raise ChunkyGANError(f"{directory}: not a saved inversion result (no complete {MARKER} marker: "
+                                 "missing, or its upload did not finish)")
+        with paths.local_copy(directory) as local:
+            return load_result(local)
     directory = Path(directory)
     try:
         record = json.loads((directory / "result.json").read_text())

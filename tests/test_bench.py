@@ -58,7 +58,7 @@ CASES = {
                                              "--methods=G^S", "--output={out}/real.json",
                                              "--sheet={out}/real.png"], "wrote"),
     "dataset_throughput": ("dataset_throughput.py", ["--devices=2", "--images=2", "--batch_size=2", "--segments=2",
-                                                     "--steps=1", "--generator={ckpt}"], "images/s"),
+                                                     "--steps=1", "--generator={ckpt}", "--sources=gcs"], "images/s"),
     "dataset_throughput_write": ("dataset_throughput.py", ["--write_only=32", "--rounds=1", "--segments=2"],
                                  "float16"),
     "editor_latency": ("editor_latency.py", ["--generator={ckpt}", "--segments=2", "--repeats=1", "--warmup=1"],

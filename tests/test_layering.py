@@ -11,7 +11,7 @@ PACKAGE = "chunkygan_jax"
 
 # Lowest first. A module may import modules of its own layer or lower ones, never higher ones.
 LAYERS = [
-    ["errors", "trees", "files", "progress", "safe_pickle", "compilation_cache", "compute"],
+    ["errors", "paths", "trees", "files", "progress", "safe_pickle", "compilation_cache", "compute"],
     ["io", "lpips", "blending", "sharding", "generators", "identity", "noise"],
     ["converters", "masks", "align", "deltas"],
     ["checkpoints", "results", "groups"],

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import paths
 from ..errors import CheckpointError, ConfigError
 from ..files import atomic_path, read_json_record
 from ..generators.protocol import fingerprint as generator_fingerprint
@@ -83,7 +84,13 @@ def read_segmenter_record(directory) -> dict:
 
 
 def load_segmenter(directory, generator, *, frozen=False, fingerprint: str | None = None) -> Segmenter:
-    """A saved head on `generator`, which must be the generator it was fitted/trained on."""
+    """A saved head on `generator`, which must be the generator it was fitted/trained on (a gs:// or
+    s3:// directory is read through a temporary local copy)."""
+    if paths.is_remote(directory):
+        if not paths.isdir(directory):
+            raise CheckpointError(f"{directory}: no segmenter there")
+        with paths.local_copy(directory) as local:
+            return load_segmenter(local, generator, frozen=frozen, fingerprint=fingerprint)
     directory = Path(directory)
     record = read_segmenter_record(directory)
     want = record.get("generator", {}).get("sha256")
