@@ -7,7 +7,7 @@ aligned the FFHQ way to the generator's resolution and inverted together with in
 segments, 500 steps, G^S masks). Then:
   - tuning, all photos in one batched program, with the given settings (default: TuningSettings());
   - LPIPS (the inversion's) and the identity proxy (dlib's face descriptor, chunkygan_jax.identity)
-    against the aligned photo, before and after;
+    against the aligned photo, before and after, on the images as shown (a grey photo's in grey);
   - editability: the mean absolute pixel change of the `pca:0` edit at strength 3 on the tuned and on
     the untuned projection;
   - timing: a batch of 4 (the photos, the first repeated) in one program against each photo tuned alone,
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from chunkygan_jax import io  # noqa: E402
-from chunkygan_jax.align import align, as_mode, load_photo, paste_back, photo_mode  # noqa: E402
+from chunkygan_jax.align import align, as_mode, load_photo, paste_back  # noqa: E402
 from chunkygan_jax.demo import resolve_generator  # noqa: E402
 from chunkygan_jax.editing import DirectionEdit, edit_result, resolve_direction  # noqa: E402
 from chunkygan_jax.editing.sheets import tile_sheet  # noqa: E402
@@ -142,10 +142,13 @@ def main() -> None:
     rows, sheet, pasted = [], [], []
     for name, before, after in zip(photos, inverted, tuned):
         target = photos[name]
-        id_before, id_after = ident.distances(target, [before.clipped, after.clipped])
+        # everything is measured on the images as shown: a grey photo's faces in grey
+        mode = before.settings.get("photo_mode", "rgb")
+        seen = lambda x: as_mode(io.to_uint8(x), mode)
+        id_before, id_after = ident.distances(target, [seen(x.clipped) for x in (before, after)])
         edit = [DirectionEdit(direction, 3.0, name="pca:0")]
         e_before, e_after = edit_result(before, g, edit), edit_result(after, g, edit)
-        move = lambda e, r: float(np.mean(np.abs(e.clipped - r.clipped)))
+        move = lambda e, r: float(np.mean(np.abs(seen(e.clipped).astype(np.float32) - seen(r.clipped)))) / 127.5
         rec = after.tuning["record"]
         row = {"photo": name, "lpips_before": rec["lpips_before"], "lpips_after": rec["lpips_after"],
                "lpips_ratio": rec["lpips_after"] / rec["lpips_before"], "identity_before": id_before,
@@ -157,10 +160,9 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         k = sheet_scale(g.resolution)
         shown = (before.target, before.clipped, after.clipped, e_before.clipped, e_after.clipped)
-        sheet.append([enlarge(io.to_uint8(x), k) for x in shown])
+        sheet.append([enlarge(io.to_uint8(shown[0]), k)] + [enlarge(seen(x), k) for x in shown[1:]])
         photo = getattr(real_photos, name)()
-        mode = photo_mode(photo)  # a greyscale photo gets greyscale faces, as bin/invert pastes them
-        full = [np.asarray(load_photo(photo))] + [paste_back(photo, as_mode(io.to_uint8(x), mode), found[name][1])
+        full = [np.asarray(load_photo(photo))] + [paste_back(photo, seen(x), found[name][1])
                                                   for x in shown[1:]]
         pasted.append([np.asarray(Image.fromarray(x).resize((x.shape[1] // 2, x.shape[0] // 2), Image.Resampling.LANCZOS))
                        for x in full])
