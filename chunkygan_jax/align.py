@@ -613,15 +613,15 @@ def paste_back(photo, generated, alignment: Alignment, *, blend: str = "feather"
     if tuple(alignment.photo_size) != (w, h):
         raise ImageError(f"the alignment was computed on a {alignment.photo_size[0]}x{alignment.photo_size[1]} "
                          f"photo, this one is {w}x{h}")
-    gen = load_photo(generated, alpha="drop")
-    r = gen.shape[0]
-    if gen.shape[:2] != (r, r):
-        raise ImageError(f"the generated image must be square, got {gen.shape[1]}x{gen.shape[0]}")
+    drawn = load_photo(generated, alpha="drop")
+    r = drawn.shape[0]
+    if drawn.shape[:2] != (r, r):
+        raise ImageError(f"the generated image must be square, got {drawn.shape[1]}x{drawn.shape[0]}")
 
     ref = None
     if reference is not None:
         ref = load_photo(reference, alpha="drop")
-        if ref.shape != gen.shape:
+        if ref.shape != drawn.shape:
             raise ImageError(f"the reference image is {ref.shape[1]}x{ref.shape[0]}, the edit {r}x{r}")
     quad = np.asarray(alignment.quad, np.float64)
     # the quad's bounding box in the photo, one pixel wider for the resampling footprint
@@ -635,7 +635,7 @@ def paste_back(photo, generated, alignment: Alignment, *, blend: str = "feather"
     side = alignment.side
     if side < r:
         s = max(int(math.ceil(side)), 2)
-        gen = np.asarray(Image.fromarray(gen).resize((s, s), Image.Resampling.LANCZOS))
+        drawn = np.asarray(Image.fromarray(drawn).resize((s, s), Image.Resampling.LANCZOS))
         ref = None if ref is None else np.asarray(Image.fromarray(ref).resize((s, s), Image.Resampling.LANCZOS))
         r = s
     # photo edge coordinates -> generated edge coordinates; the generated image is edge-padded by 2 px
@@ -649,7 +649,7 @@ def paste_back(photo, generated, alignment: Alignment, *, blend: str = "feather"
         return np.asarray(Image.fromarray(padded).transform((bx1 - bx0, by1 - by0), Image.Transform.AFFINE,
                                                             _pil_affine(shift), resample=Image.Resampling.BICUBIC),
                           np.float32)
-    warped = warp(gen)
+    warped = warp(drawn)
     dst = rgb[by0:by1, bx0:bx1].astype(np.float32)
     if ref is not None:  # the photo plus the edit's change: the photo's own detail stays
         warped = dst + (warped - warp(ref))

@@ -114,7 +114,7 @@ def save_generator(generator, directory, *, source: dict | None = None, overwrit
         "source": {k: v for k, v in source.items() if k not in _LIFTED} or None,
         "w_avg_source": source.get("w_avg_source", "checkpoint"),
         **({"class_w_avg_source": source.get("class_w_avg_source", "checkpoint")}
-           if getattr(generator, "num_classes", 0) else {}),
+           if generator.num_classes else {}),
         "converter_version": CONVERTER_VERSION,
         "num_params": int(sum(a.size for a in flatten_tree(params, sep=".").values())),
     }

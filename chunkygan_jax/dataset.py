@@ -452,7 +452,7 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
     if max_batches is not None and max_batches < 0:
         raise ConfigError(f"max_batches must be >= 0, got {max_batches}")
     if lambda_reg is None:  # the generator's calibrated value, as invert() takes it
-        lambda_reg = getattr(generator, "default_lambda_reg", 1.0)
+        lambda_reg = generator.default_lambda_reg
     settings = InversionSettings(segments=segments, space=space or generator.default_space, steps=steps, lr=lr,
                                  lambda_reg=lambda_reg, l2_weight=l2_weight,
                                  mean_latent_weight=mean_latent_weight, lpips_net=lpips_net,

@@ -75,7 +75,7 @@ class Method:
 def methods_for(generator, segments: int, tune_steps: int = 0) -> list[Method]:
     """Global and ours in every space of the generator (see the module docstring); with tune_steps,
     also ours in the default space followed by pivotal tuning ("+ tuning")."""
-    lam = float(getattr(generator, "default_lambda_reg", 0.0))
+    lam = float(generator.default_lambda_reg)
     out = []
     for space in generator.latent_spaces:
         key, name = space.replace("+", "plus"), space.upper()

@@ -21,7 +21,7 @@ DEFAULT_NOISE_REG_WEIGHT = 1e5  # NVIDIA's projector's regularize_noise_weight
 
 
 def has_noise(generator) -> bool:
-    return hasattr(generator, "noise_buffers")
+    return bool(generator.noise_buffers())
 
 
 def require_noise(generator) -> dict:

@@ -93,10 +93,10 @@ def principal_components(x, k: int, *, seed: int = 0, exact=None):
 def pca_space(generator) -> str:
     """'w' (PCA of W) for a StyleGAN2, 'z' (features carried back to z) for a z-space generator with
     block `features`; ConfigError for anything else."""
-    spaces = tuple(getattr(generator, "latent_spaces", ()))
-    if "w" in spaces and hasattr(generator, "mapping"):
+    spaces = generator.latent_spaces
+    if "w" in spaces:
         return "w"
-    if direction_space(generator) == "z" and hasattr(generator, "features"):
+    if direction_space(generator) == "z":
         return "z"
     raise ConfigError(f"principal directions need a StyleGAN2 (W space) or a z-space generator with block "
                       f"features; this {type(generator).__name__} has latent spaces {spaces}")

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import ConfigError
+from ..generators.protocol import require_generator
 from ..inversion import SPACE_ALIASES
 
 # ---------------------------------------------------------------------------------------- latent spaces
@@ -19,8 +20,7 @@ def code_shapes(generator) -> dict:
     """{space: the shape of one segment's code} for every latent space of the generator, read from the
     protocol's `initial_codes` without computing anything: StyleGAN2 {'w': (1, w_dim), 'w+': (num_ws,
     w_dim), 's': {layer: (channels,)}}, the demo DCGAN {'z': (z_dim,)}."""
-    if not hasattr(generator, "latent_spaces") or not hasattr(generator, "initial_codes"):
-        raise ConfigError(f"{type(generator).__name__} is not a generator (it has no latent_spaces / initial_codes)")
+    require_generator(generator)
     key = (type(generator), generator.config)
     if key not in _SHAPES:
         _SHAPES[key] = {space: jax.tree_util.tree_map(lambda s: tuple(s.shape[1:]), jax.eval_shape(

@@ -357,9 +357,8 @@ class EditorSession:
             self.editable, self.why_not = True, ""
         except ChunkyGANError as e:
             self.editable, self.why_not = False, str(e)
-        self.num_ws = getattr(generator, "num_ws", None)
-        has_s = self.editable and hasattr(generator, "styles_from_ws") and hasattr(generator, "config") \
-            and hasattr(generator.config, "style_dims")
+        self.num_ws = generator.num_ws if "w" in generator.latent_spaces else None
+        has_s = self.editable and "s" in generator.latent_spaces  # StyleSpace (protocol.Generator)
         self.style_dims = dict(generator.config.style_dims()) if has_s else {}
         self._directions: dict[str, dict] = {}
         self.direction_errors: list[str] = []

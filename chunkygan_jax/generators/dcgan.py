@@ -153,6 +153,14 @@ class DCGAN:
         if space != "z":
             raise ConfigError(space_error(space))
 
+    def prepare(self, dtype=jnp.float32) -> "DCGAN":
+        """Itself: its layers have no weight-only preprocessing to do once."""
+        return self
+
+    def noise_buffers(self) -> dict:
+        """{}: a DCGAN draws without noise."""
+        return {}
+
     def initial_codes(self, space: str, n: int, z=None):
         """n copies of one starting code [n, z_dim]: `z` if given, else `start_code(z_dim)`.
 
@@ -167,13 +175,16 @@ class DCGAN:
         return jnp.broadcast_to(z, (n, self.z_dim)).astype(jnp.float32)
 
     def synthesize(self, codes, space: str = "z", *, noise_mode="const", key=None, dtype=jnp.float32,
-                   remat=False):
+                   remat=False, noise=None):
         """Images [N, H, W, 3] float32 in [-1, 1] from z codes [N, z_dim]. `noise_mode`, `key` and `remat`
         are accepted for the protocol's sake: a DCGAN has no noise inputs (every mode gives the same
-        image), and at 64 px its activations are too small for rematerialisation to matter."""
+        image), and at 64 px its activations are too small for rematerialisation to matter. `noise`
+        must be None or empty (noise_buffers() is {})."""
         self.check_space(space)
         if noise_mode not in NOISE_MODES:
             raise ConfigError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        if noise:
+            raise ConfigError("a DCGAN draws without noise; it takes no noise buffers")
         return self(codes, dtype=dtype)
 
     # ------------------------------------------------------------------ the features protocol (G^S)

@@ -1,55 +1,126 @@
-"""What every image generator G^I offers, and its identity.
+"""What every image generator G^I offers (`Generator`, a typing.Protocol), and its identity.
 
-A generator is a pytree (a flax struct: static `config`, array `params`; `fingerprint` reads both) with
-  resolution, latent_spaces, default_space,
-  default_lambda_reg                 its weight of the codes' dispersion (StyleGAN2 1.0, the DCGAN 0),
-  initial_codes(space, n)            the starting codes of n segments,
-  synthesize(codes, space, *, noise_mode, key, dtype, remat)
-                                     images [N, H, W, 3] in about [-1, 1] (the DCGAN accepts and ignores
-                                     noise_mode, key and remat).
-What the library uses only where a generator has it (read with hasattr/getattr):
-  check_space(space)                 a specific error for a space it lacks (the DCGAN),
-  prepare(dtype)                     the generator with its weight-only preprocessing done once, which
-                                     the inversion's step then uses (StyleGAN2),
-  w_avg, mapping                     for the mean-latent term and the W-space tools (StyleGAN2).
-A generator that offers its intermediate features (what the segment generator G^S is built from) adds
-FEATURES_PROTOCOL (`offers_features` checks these names):
-  segment_space                      the space of the segment code X^S ('w+' StyleGAN2, 'z' DCGAN);
-                                     X^S starts at initial_codes(segment_space, 1)[0],
-  feature_layers                     the resolutions it offers features at,
-  feature_channels(layer)            their channel counts,
-  features(codes, layers, noise_mode=...)  {layer: [N, r, r, C]} for codes of segment_space,
-  sample_codes(num, seed)            random samples' codes of segment_space (numpy);
-and may set checkerboard_features (default False): whether features carry the period-2 pattern of
-transposed convolutions (phi filters it out; see segmenter/features.py).
-StyleGAN2 adds the W/W+/S conversions; the DCGAN works in z alone.
-A conditional generator (StyleGAN2 with c_dim > 0) has num_classes > 0 and with_label(k); only a
-generator bound to a class (`bind_label`) offers the protocol above.
+`Generator` names every member the inversion, the masks and G^S, editing and tuning use; both generators
+(StyleGAN2 and the DCGAN) implement all of it, so the library calls members and never probes for them.
+Capabilities that only some generators have are declared by values, not by the presence of methods:
+  latent_spaces                      the spaces it draws from: W-space tools (the mapping, w_avg, PCA in
+                                     W, StyleSpace) apply where "w" / "s" are in it (StyleGAN2),
+  noise_buffers()                    {} for a generator without noise (the DCGAN),
+  num_classes / label                0 / None for an unconditional generator; a conditional one is bound
+                                     to a class by `bind_label` before it offers the rest,
+  checkerboard_features              whether features carry the period-2 pattern of transposed
+                                     convolutions (phi filters it out; segmenter/features.py).
+`offers_features` and `require_generator` check a generator from elsewhere against the protocol.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..errors import ConfigError
 from ..trees import flatten_tree
 
+@runtime_checkable
+class Generator(Protocol):
+    """A pytree (a flax struct: static `config`, array `params`) that draws images from latent codes."""
+
+    config: Any
+    params: Any
+    resolution: int
+    latent_spaces: tuple[str, ...]
+    default_space: str
+    default_lambda_reg: float  # its weight of the codes' dispersion (StyleGAN2 1.0, the DCGAN 0)
+    segment_space: str  # the space of the segment code X^S ('w+' StyleGAN2, 'z' DCGAN)
+    feature_layers: tuple[int, ...]  # the resolutions it offers features at
+    checkerboard_features: bool
+    num_classes: int
+    label: Any
+
+    def check_space(self, space: str) -> None:
+        """ConfigError naming the spaces it has, for one it lacks."""
+
+    def initial_codes(self, space: str, n: int, start=None) -> Any:
+        """The starting codes of n segments (X^S starts at initial_codes(segment_space, 1)[0])."""
+
+    def synthesize(self, codes, space: str, *, noise_mode="const", key=None, dtype=None, remat=False,
+                   noise=None) -> Any:
+        """Images [N, H, W, 3] in about [-1, 1]."""
+
+    def prepare(self, dtype=None) -> "Generator":
+        """The generator with its weight-only preprocessing done once, for loops that draw many times."""
+
+    def drawing_params(self) -> tuple[str, ...]:
+        """The flat names of the parameters that draw the image: what pivotal tuning may change."""
+
+    def feature_channels(self, layer: int) -> int: ...
+
+    def features(self, codes, layers, *, noise_mode="none", key=None, dtype=None) -> dict:
+        """{layer: [N, r, r, C]} for codes of segment_space."""
+
+    def sample_codes(self, num: int, seed: int) -> np.ndarray:
+        """Random samples' codes of segment_space (numpy)."""
+
+    def noise_buffers(self) -> dict:
+        """{conv layer: its constant noise}; {} for a generator without noise."""
+
+    def replace(self, **changes) -> "Generator": ...
+
+
+@runtime_checkable
+class WSpaceGenerator(Generator, Protocol):
+    """A generator with "w" in its latent_spaces (StyleGAN2): the mapping, W, W+ and StyleSpace. The
+    library uses these members only where latent_spaces says so."""
+
+    w_avg: Any
+    w_dim: int
+    num_ws: int
+
+    def mapping(self, z, *args, **kwargs) -> Any: ...
+
+    def to_ws(self, codes, space: str) -> Any:
+        """W+ codes [N, num_ws, w_dim] from codes of `space`."""
+
+    def styles_from_ws(self, ws) -> dict:
+        """StyleSpace: {layer: [N, channels]}."""
+
+    def synthesis_from_styles(self, styles, **kwargs) -> Any: ...
+
+    def with_noise(self, noise: dict) -> "WSpaceGenerator":
+        """Drawing with `noise` in place of its constant buffers (noise_buffers() not empty)."""
+
+    def with_label(self, label: int) -> "WSpaceGenerator":
+        """Bound to class `label` (num_classes > 0)."""
+
+
 FEATURES_PROTOCOL = ("segment_space", "feature_layers", "feature_channels", "features", "sample_codes")
 
 
 def offers_features(generator) -> bool:
-    """Whether the generator offers what the segment generator G^S needs (FEATURES_PROTOCOL)."""
-    return all(hasattr(generator, name) for name in FEATURES_PROTOCOL)
+    """Whether an object offers what the segment generator G^S needs (FEATURES_PROTOCOL); true of every
+    `Generator`."""
+    return isinstance(generator, Generator) or all(hasattr(generator, name) for name in FEATURES_PROTOCOL)
+
+
+def require_generator(generator) -> None:
+    """ConfigError unless `generator` implements `Generator` (a check at the library's edge)."""
+    if not isinstance(generator, Generator):
+        missing = [n for n in _MEMBERS if not hasattr(generator, n)]
+        raise ConfigError(f"{type(generator).__name__} is not a generator: it lacks {', '.join(missing[:6])}")
+
+
+_MEMBERS = tuple(sorted(set(Generator.__annotations__) | {
+    n for n, v in vars(Generator).items() if callable(v) and not n.startswith("_")}))
 
 
 def fingerprint(generator) -> str:
     """The generator's identity: sha256 over its config and every parameter (name, shape, dtype,
     bytes). Caches (k-means heads, directions) and dataset records are keyed by it."""
     h = hashlib.sha256()
-    config = generator.config.to_dict() if hasattr(generator.config, "to_dict") else repr(generator.config)
+    config = generator.config.to_dict()
     h.update(json.dumps(config, sort_keys=True).encode())
     for name, value in sorted(flatten_tree(generator.params).items()):
         a = np.ascontiguousarray(np.asarray(value))
@@ -65,7 +136,7 @@ def bind_label(generator, label):
     that class's mean w); one already bound keeps its class when `label` is None. An unconditional
     generator is returned as it is. ConfigError for a conditional generator without a class, or a
     label given to an unconditional one."""
-    classes = getattr(generator, "num_classes", 0)
+    classes = generator.num_classes
     if label is None:
         if classes and generator.label is None:
             raise ConfigError(f"this generator is conditional ({classes} classes): give a class label "

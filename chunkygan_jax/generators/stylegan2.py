@@ -243,6 +243,9 @@ class StyleGAN2:
         names = flat_leaves(self.params["synthesis"], prefix="synthesis/")
         return tuple(sorted(k for k in names if not k.endswith("/noise_const")))
 
+    def check_space(self, space: str) -> None:
+        check_space(self, space)
+
     def noise_buffers(self) -> dict:
         """{conv layer name: its constant noise [res, res]}: the buffers NVIDIA's projector optimises."""
         return {name: self._layer(name)["noise_const"] for name in self.config.layer_names()

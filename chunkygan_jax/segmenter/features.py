@@ -73,7 +73,7 @@ def pixel_features(generator, codes, layers, *, noise_mode=DEFAULT_NOISE_MODE):
     parts = []
     for r in sorted(feats):
         f = feats[r].astype(jnp.float32)
-        if getattr(generator, "checkerboard_features", False):
+        if generator.checkerboard_features:
             f = smooth_2x(f)
         if r != h:
             f = jax.image.resize(f, (f.shape[0], h, h, f.shape[-1]), method="bilinear")

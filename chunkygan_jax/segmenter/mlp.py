@@ -111,7 +111,7 @@ def read_latent(path, generator, latent: str = "auto") -> np.ndarray:
     if latent not in LATENT_KINDS:
         raise ConfigError(f"latent must be one of {LATENT_KINDS}, got {latent!r}")
     g = generator
-    if not hasattr(g, "mapping"):
+    if "w" not in g.latent_spaces:
         return _read_code(path, g, latent)
     a = _load_latent_file(path)
     if a.ndim == 2 and a.shape[0] == 1:
