@@ -86,6 +86,11 @@ class InversionSettings:
     # One noise per image, shared by its segments (what results store and render); True gives each segment
     # its own, for the measurement in docs/inversion.md (bench/noise_sharing.py) only.
     noise_per_segment: bool = False
+    # With learned masks and n > 1: the std of a per-segment offset added to the starting codes, so that
+    # the segments differ and the masks get a real gradient from the first step (equal codes give them
+    # exactly none, and Adam would follow rounding). Seeded per image by its pixels and `seed`
+    # (`image_seeds`): the same start whatever the batch or devices. 0: every segment starts equal.
+    start_jitter: float = 1e-3
 
     def validate(self, generator) -> "InversionSettings":
         space = SPACE_ALIASES.get(self.space, self.space)
@@ -98,7 +103,7 @@ class InversionSettings:
             raise ConfigError(f"segments must be an integer >= 1, got {self.segments!r}")
         if not isinstance(self.steps, (int, np.integer)) or self.steps < 1:
             raise ConfigError(f"steps must be an integer >= 1, got {self.steps!r}")
-        for name in ("lr", "lambda_reg", "l2_weight", "mean_latent_weight", "noise_reg_weight"):
+        for name in ("lr", "lambda_reg", "l2_weight", "mean_latent_weight", "noise_reg_weight", "start_jitter"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -223,6 +228,30 @@ def adam_directions():
                                   "masks": optax.scale_by_adam(eps=MASK_ADAM_EPS)}, labels)
 
 
+# ---------------------------------------------------------------------------------------- the start
+def image_seeds(targets) -> jax.Array:
+    """[B] uint32, one per image from its pixels alone: the 8-bit levels of the image, weighted by a
+    number per position and summed in wrapping uint32 arithmetic. Integer sums are exact in any order,
+    so an image gets its number whatever its batch, its place in it or the devices."""
+    levels = jnp.round((jnp.clip(targets, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint32)
+    levels = levels.reshape(levels.shape[0], -1)
+    weights = jnp.arange(levels.shape[1], dtype=jnp.uint32) * jnp.uint32(2654435761) + jnp.uint32(0x9E3779B9)
+    return jnp.sum((levels + jnp.uint32(1)) * weights, axis=1, dtype=jnp.uint32)
+
+
+def jittered(codes, seeds, seed, scale):
+    """codes [B, n, ...] (any pytree) plus N(0, scale^2) offsets drawn from each image's key
+    (`seed` folded with its `seeds` entry): distinct segments, the same for an image wherever it is."""
+    leaves, treedef = jax.tree_util.tree_flatten(codes)
+
+    def one(image_seed):
+        keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), image_seed), len(leaves))
+        return [jax.random.normal(k, x.shape[1:], jnp.float32) for k, x in zip(keys, leaves)]
+
+    offsets = jax.vmap(one)(jnp.asarray(seeds, jnp.uint32))
+    return jax.tree_util.tree_unflatten(treedef, [x + scale * o.astype(x.dtype) for x, o in zip(leaves, offsets)])
+
+
 # ---------------------------------------------------------------------------------------- the core
 @flax.struct.dataclass
 class CoreState:
@@ -249,6 +278,7 @@ class Core:
     lpips: Any
     mask_source: Any
     w_std: Any  # the spread of W for mean_latent_weight (1.0 when unused)
+    seed: Any  # settings.seed, a value: it seeds the starting codes' offsets (start_jitter)
     settings: InversionSettings = flax.struct.field(pytree_node=False)
 
     def batch(self, targets, static_masks=None) -> dict:
@@ -261,19 +291,25 @@ class Core:
             batch["static_mask"] = jnp.asarray(static_masks, jnp.float32)
         return batch
 
-    def initial_latents(self, batch_size: int, initial_codes=None) -> dict:
+    def initial_latents(self, batch_size: int, initial_codes=None, seeds=None) -> dict:
         """The starting latents of `batch_size` images: the generator's starting codes (or
-        `initial_codes` [B, n, ...]), the mask source's parameters and, with optimize_noise, the noise."""
+        `initial_codes` [B, n, ...]), the mask source's parameters and, with optimize_noise, the noise.
+        seeds: `image_seeds` of the targets [B]; with learned masks and n > 1 they draw each image's
+        per-segment offsets of the generator's starting codes (settings.start_jitter). None: all
+        segments start equal."""
         s = self.settings
         rows = lambda tree: jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (batch_size,) + jnp.shape(x)), tree)
+        params = self.mask_source.init(s.segments)
         if initial_codes is None:
             codes = rows(self.generator.initial_codes(s.space, s.segments))
+            if seeds is not None and params and s.segments > 1 and s.start_jitter > 0:
+                codes = jittered(codes, seeds, self.seed, s.start_jitter)
         else:
             codes = jax.tree_util.tree_map(jnp.asarray, initial_codes)
         latents = {"codes": codes}
         if s.optimize_noise:
             latents["noise"] = rows(initial_noise(self.generator, s.segments if s.noise_per_segment else 1))
-        latents.update(rows(self.mask_source.init(s.segments)))
+        latents.update(rows(params))
         return latents
 
     def start(self, latents) -> CoreState:
@@ -282,8 +318,8 @@ class Core:
                          lr=jnp.float32(self.settings.lr))
 
     def init(self, targets, initial_codes=None) -> CoreState:
-        """The state at step 0 for targets [B, H, W, 3] (only their count is read)."""
-        return self.start(self.initial_latents(jnp.shape(targets)[0], initial_codes))
+        """The state at step 0 for targets [B, H, W, 3] (their count, and their pixels seed the start)."""
+        return self.start(self.initial_latents(jnp.shape(targets)[0], initial_codes, image_seeds(targets)))
 
     def step(self, state: CoreState, batch: dict) -> tuple[CoreState, dict]:
         """One Adam step on every image's latents: (the new state, the loss parts [B] at the old one)."""
@@ -326,7 +362,7 @@ def inversion_core(generator, settings: InversionSettings | None = None, mask_so
     if lpips is None:
         lpips = load_lpips(s.lpips_net, compute_dtype=s.dtype)
     w_std = w_std_of(generator) if s.mean_latent_weight > 0 else 1.0
-    # The seed has done its work (the mask source's layout): left out of the static settings, so that
-    # every seed shares one compiled step.
+    # The seed is a value of the core (it seeds the start), not of the static settings: every seed
+    # shares one compiled step.
     return Core(generator=_prepare(generator, s.dtype), lpips=lpips, mask_source=mask_source, w_std=w_std,
-                settings=dataclasses.replace(s, seed=0))
+                seed=int(s.seed), settings=dataclasses.replace(s, seed=0))

@@ -30,7 +30,7 @@ from . import io, sharding
 from .align import Alignment, align_image, find_alignments, load_photo, photo_mode
 from .align import align as align_photo
 from .core import (MASK_ADAM_EPS, NOISE_MODES, SPACE_ALIASES, Core, CoreState, InversionSettings,  # noqa: F401
-                   dispersion, inversion_core, make_loss_fn, nvidia_lr_schedule, w_std_of)
+                   dispersion, image_seeds, inversion_core, make_loss_fn, nvidia_lr_schedule, w_std_of)
 from .demo import resolve_generator
 from .errors import ConfigError, ImageError, ResourceError
 from .generators.protocol import bind_label
@@ -92,6 +92,10 @@ def _programs(settings: InversionSettings, mesh):
                 snapshot=jax.jit(snapshot), run=jax.jit(run, donate_argnums=(1, 2)),
                 steps=jax.jit(steps, static_argnums=(3,), donate_argnums=(1,)),
                 batch=jax.jit(lambda core, targets: core.batch(targets)))
+
+
+def _batch_of(tree) -> int:
+    return jax.tree_util.tree_leaves(tree)[0].shape[0]
 
 
 # ---------------------------------------------------------------------------------------- memory
@@ -163,6 +167,9 @@ def check_memory(generator, settings: InversionSettings, images_per_device: int)
             f"the {gib(have)} of {where}; use fewer segments or fewer images per device")
 
 
+_image_seeds = jax.jit(image_seeds)
+
+
 # ---------------------------------------------------------------------------------------- the loop
 @dataclasses.dataclass
 class InversionState:
@@ -221,8 +228,11 @@ class Inverter:
         return sharding.local_rows(tree)
 
     # ------------------------------------------------------------------ setup
-    def initial_latents(self, batch_size: int, initial_codes=None):
-        latents = self.core.initial_latents(batch_size, initial_codes)
+    def initial_latents(self, batch_size: int, initial_codes=None, targets=None):
+        """The core's starting latents; `targets` (this process's rows, on the host) seed each image's
+        start (core.image_seeds), as Core.init does: without them every segment starts equal."""
+        seeds = None if targets is None else _image_seeds(np.asarray(targets, np.float32))
+        latents = self.core.initial_latents(batch_size, initial_codes, seeds)
         return latents if self.mesh is None else self._to_device(self._to_host(latents))
 
     def make_batch(self, targets, static_masks=None) -> dict:
@@ -278,10 +288,6 @@ class Inverter:
 
 
 # ---------------------------------------------------------------------------------------- entry points
-def _batch_of(tree) -> int:
-    return jax.tree_util.tree_leaves(tree)[0].shape[0]
-
-
 def _unbatch(tree, i):
     return jax.tree_util.tree_map(lambda x: np.asarray(x[i]), tree)
 
@@ -361,7 +367,7 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
     if progress and not progress_every:
         progress_every = max(1, min(25, steps // 20))
     batch = inverter.make_batch(targets, sxs)
-    state = inverter.start(inverter.initial_latents(len(targets), initial_codes), len(targets))
+    state = inverter.start(inverter.initial_latents(len(targets), initial_codes, targets), len(targets))
     # The first call runs one step alone: its time is the compilation plus one step, and the steps after it
     # give the steady time per step.
     stops = sorted({int(s) for s in snapshot_steps if 0 <= int(s) <= steps}
