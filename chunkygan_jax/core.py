@@ -210,11 +210,11 @@ def make_loss_fn(settings: InversionSettings):
     return loss_fn, render
 
 
-# Adam's eps for the mask parameters. All codes start equal, so every segment renders the same image
-# and the true gradient of the masks is exactly zero until the codes part; with eps = 1e-8 Adam would
-# blow rounding noise (~1e-9) up to full learning-rate steps, making the masks depend on float
-# summation order (batch size, device count). 1e-6 damps that noise a thousandfold while leaving real
-# mask gradients (>= 1e-5) essentially unscaled.
+# Adam's eps for the mask parameters. Where the segments' codes are (nearly) equal, every segment renders
+# the same image and the true gradient of the masks is (nearly) zero; with eps = 1e-8 Adam would blow
+# rounding noise (~1e-9) up to full learning-rate steps, making the masks depend on float summation
+# order (batch size, device count). 1e-6 damps that noise a thousandfold. The start's per-segment
+# offsets (start_jitter) give the masks a real gradient at step 0 (~6e-6 on the tests' generator).
 MASK_ADAM_EPS = 1e-6
 
 

@@ -437,7 +437,8 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
     result (projection.png, pasted photos, edits) is then its luminance (`align.as_mode`).
     generator: a generator object, a checkpoint path (ours, NVIDIA .pkl, rosinality .pt), or None for
         the demo face generator.
-    space: 'w', 'w+' (default for StyleGAN2) or 's'; codes start at w_avg.
+    space: 'w', 'w+' (default for StyleGAN2) or 's'; codes start at w_avg (with learned masks, each
+        segment offset a little, seeded by the image's pixels and `seed`: InversionSettings.start_jitter).
     masks: None / 'segmenter' (the paper's method and the default for generators that offer their
         features, StyleGAN2 and the demo DCGAN: S = G^S(X^S), the segment code X^S learned with the
         image codes; the k-means head cached per generator, or `segmenter`), 'logits' (learned
