@@ -353,10 +353,14 @@ class Core:
 
 
 def inversion_core(generator, settings: InversionSettings | None = None, mask_source=None, *, lpips=None) -> Core:
-    """The pure inversion for `generator` and `settings` (validated here). mask_source: a mask source
+    """The pure inversion for `generator` and `settings` (validated here; None: invert()'s defaults for
+    this generator: its default space and lambda_reg). mask_source: a mask source
     (mask_sources.make_mask_source; None: the default for this generator, seeded by settings.seed);
     lpips: an LPIPS object (None: the pretrained `settings.lpips_net`)."""
-    s = (settings or InversionSettings(space=generator.default_space)).validate(generator)
+    if settings is None:  # invert()'s defaults for this generator
+        settings = InversionSettings(space=generator.default_space,
+                                     lambda_reg=getattr(generator, "default_lambda_reg", 1.0))
+    s = settings.validate(generator)
     if mask_source is None:
         mask_source = make_mask_source(None, s.segments, generator.resolution, seed=s.seed, generator=generator)
     if lpips is None:
