@@ -51,15 +51,14 @@ def main():
     state = inv.start(inv.initial_latents(1), 1)
     fn = inv._programs["run" if args.program == "loop" else "steps"]
     if args.program == "loop":
-        call_args = lambda nets: (nets, state.latents, state.opt_state, jnp.int32(0), jnp.zeros((1, 100)),
-                                  batch, jnp.int32(1))
+        call_args = lambda core: (core, state.core, jnp.zeros((1, 100)), batch, jnp.int32(1))
     else:
-        call_args = lambda nets: (nets, state.latents, state.opt_state, batch, jnp.int32(0), 1)
-    variants = [("prepared", inv.nets), ("inside", (generator,) + inv.nets[1:])]
+        call_args = lambda core: (core, state.core, batch, 1)
+    variants = [("prepared", inv.core), ("inside", inv.core.replace(generator=generator))]
     out = {"resolution": r, "segments": args.segments, "program": args.program, "backend": jax.default_backend()}
-    for name, nets in (variants[::-1] if args.reverse else variants):
+    for name, core in (variants[::-1] if args.reverse else variants):
         t = time.perf_counter()
-        fn.lower(*call_args(nets)).compile()
+        fn.lower(*call_args(core)).compile()
         out[f"compile_s_{name}"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     jax.jit(lambda g: g.prepare()).lower(generator).compile()

@@ -53,7 +53,7 @@ def main():
         loop = form.split(":")[0]
         inv = Inverter(generator, settings, lpips=lpips, loop=loop)
         if form.endswith(":raw"):  # the plain generator: its preprocessing runs inside every step
-            inv.nets = (generator,) + inv.nets[1:]
+            inv.core = inv.core.replace(generator=generator)
         batch = inv.make_batch(target)
         state = inv.start(inv.initial_latents(1), 1)
         k = UNROLL if loop == "unrolled" else 1

@@ -62,7 +62,7 @@ def main():
             inv = Inverter(g, s, lpips=random_lpips("vgg", compute_dtype=dtype), loop="loop")  # the loop's plan
             batch = inv.make_batch(np.zeros((1, res, res, 3), np.float32))
             st = inv.start(inv.initial_latents(1), 1)
-            m = inv._run.lower(inv.nets, st.latents, st.opt_state, jnp.int32(0), jnp.asarray(st.history), batch,
+            m = inv._run.lower(inv.core, st.core, jnp.asarray(st.history), batch,
                                jnp.int32(1)).compile().memory_analysis()
             plan = m.temp_size_in_bytes + m.argument_size_in_bytes
         mib = lambda b: f"{b / 2**20:.1f}"

@@ -1,6 +1,7 @@
 """chunkygan_jax: ChunkyGAN real-image inversion via segments, in JAX.
 
-The public API, re-exported: invert / invert_batch / Inverter (inversion.py), load_generator /
+The public API, re-exported: invert / invert_batch / Inverter (inversion.py), the pure core
+inversion_core / Core / CoreState / InversionSettings (core.py), load_generator /
 save_generator (checkpoints.py), resolve_generator (demo.py), InversionResult / load_result
 (results.py), the generators and the error types. The layering of the modules is described in
 WORKSPACE.md. The names are imported on first use, so that a tool answers --help without loading
@@ -20,7 +21,8 @@ _EXPORTS = {
     "demo": ["resolve_generator"],
     "results": ["InversionResult", "load_result"],
     "groups": ["FaceGroup", "load_group"],
-    "inversion": ["InversionSettings", "Inverter", "invert", "invert_batch"],
+    "core": ["Core", "CoreState", "InversionSettings", "inversion_core"],
+    "inversion": ["Inverter", "invert", "invert_batch"],
     "tuning": ["TuningSettings", "tune_results"],
     "deltas": ["tuned_generator"],
     "compilation_cache": ["enable_compilation_cache"],

@@ -544,7 +544,7 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
                 filler = loaded[names[-1]]
                 targets = np.stack([loaded[n] for n in names] + [filler] * (batch_size - len(names)))
                 batch = inverter.make_batch(targets)
-                state = inverter.start(inverter.initial_latents(batch_size), batch_size)
+                state = inverter.start(inverter.initial_latents(batch_size, targets=targets), batch_size)
                 state = inverter.advance(state, batch, settings.steps)
                 imgs, seg_masks, out, parts = inverter.evaluate(state.latents, batch)  # host arrays
                 latents = local_rows(state.latents)

@@ -55,7 +55,7 @@ from .progress import Progress
 
 __all__ = ["Method", "methods_for", "evaluate", "LPIPS_MEASURE"]
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: a grey photo is compared in luminance (grey_loss); 1 in colour
 LPIPS_NET, LPIPS_RESOLUTION = "vgg", 256
 LPIPS_MEASURE = f"LPIPS {LPIPS_NET} v0.1, images area-downsampled to at most {LPIPS_RESOLUTION} px"
 L2_MEASURE = "mean squared pixel error, images in [-1, 1]"

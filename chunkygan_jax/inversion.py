@@ -1,238 +1,47 @@
-"""ChunkyGAN inversion: n latent codes and their masks, optimised jointly (paper eq. 2 and 3).
+"""The drivers of the inversion (core.py holds the objective and the pure step):
 
-    O = S^X * I + (1 - S^X) * sum_i G(X_i) * S_i                         (composite; S^X = 0 by default)
-    L = LPIPS(I, O) + l2_weight * mean((O - I)^2)
-        + lambda_reg * sum_i ||X_i - mean_j X_j||^2                     (paper's dispersion term)
-        + mean_latent_weight * mean(((w - w_avg) / w_std)^2)            (the authors' tool's term)
-        + noise_reg_weight * NVIDIA's noise regulariser                 (with optimize_noise; noise.py)
+    core.py   inversion_core(generator, settings) -> Core: batch / init / step / evaluate (pure, jittable)
+                 |
+    here      Inverter: the step in one of three loop forms, jitted once per setup, state donated, the
+                 |        loss history kept on the host; meshes (sharding.py) shard the batch axis
+              invert_batch(images) / invert(image): images in, InversionResults out (snapshots, progress,
+                          timings, tuning); dataset.py, editing/region.py and the editor drive Inverter too
 
-Everything for B images runs as one jitted step: the B*n codes go through the generator as ONE batch,
-masks blend them, LPIPS compares with target features computed once. The loss is a sum over images and
-Adam is elementwise, so images in a batch never influence each other (invert_batch == many invert()).
 On GPUs and TPUs a jitted loop runs many steps per call and the host returns only at progress and
 snapshot points; on CPUs, where XLA runs a loop body about 3x slower than the same step as a plain
 program, the host calls one jitted step at a time (`default_loop_form`). Either way the loop state is
 donated and the generator's weight-only preprocessing is done once per Inverter.
-
-Units of lambda_reg: squared distances in the latent space's own units, summed over segments, layers and
-dimensions (the paper's unnormalised sum). The paper's value 1 was tuned for FFHQ's W space; for other
-generators (small random ones, the demo DCGAN's z space) much smaller values, or 0, fit far better.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from . import io, sharding
 from .align import Alignment, align_image, find_alignments, load_photo, photo_mode
 from .align import align as align_photo
-from .compute import COMPUTE_DTYPES
+from .core import (MASK_ADAM_EPS, NOISE_MODES, SPACE_ALIASES, Core, CoreState, InversionSettings,  # noqa: F401
+                   dispersion, image_seeds, inversion_core, make_loss_fn, nvidia_lr_schedule, w_std_of)
 from .demo import resolve_generator
 from .errors import ConfigError, ImageError, ResourceError
 from .generators.protocol import bind_label
-from .generators.stylegan2 import sample_ws
 from .groups import FaceGroup
-from .lpips import load_lpips, resize_for_lpips
+from .lpips import load_lpips
 from .mask_sources import make_mask_source, mask_source_record
-from .masks import composite, luminance_where_grey, source_masks
-from .noise import DEFAULT_NOISE_REG_WEIGHT, initial_noise, mask_params, normalize, regularizer, require_noise
+from .masks import composite
+from .noise import DEFAULT_NOISE_REG_WEIGHT
 from .progress import Progress
 from .results import InversionResult, Snapshot
 from .tuning import as_tuning, tune_results
-
-SPACE_ALIASES = {"wplus": "w+", "w_plus": "w+", "W": "w", "W+": "w+", "S": "s"}
-NOISE_MODES = ("const", "none")  # an inversion's images must be a function of its codes alone
-
-
-# ---------------------------------------------------------------------------------------- schedule
-def nvidia_lr_schedule(lr: float, steps: int, rampup: float = 0.05, rampdown: float = 0.25):
-    """NVIDIA's projector schedule: linear ramp-up over the first 5 %, cosine ramp-down over the last
-    25 %, lr = 0 at step 0. t is clamped to [0, 1], so steps past the end keep lr = 0 (the authors' tool
-    let it rise again)."""
-
-    def schedule(count):
-        t = jnp.clip(count / max(steps, 1), 0.0, 1.0)
-        ramp = jnp.minimum(1.0, (1.0 - t) / rampdown)
-        ramp = 0.5 - 0.5 * jnp.cos(jnp.pi * ramp)
-        ramp = ramp * jnp.minimum(1.0, t / rampup)
-        return lr * ramp
-
-    return schedule
-
-
-# ---------------------------------------------------------------------------------------- settings
-@dataclasses.dataclass(frozen=True)
-class InversionSettings:
-    segments: int = 8
-    space: str = "w+"
-    steps: int = 500
-    lr: float = 0.1
-    lambda_reg: float = 1.0
-    l2_weight: float = 0.0
-    mean_latent_weight: float = 0.0
-    lpips_net: str = "vgg"
-    lpips_resolution: Any = 256
-    seed: int = 0
-    noise_mode: str = "const"
-    dtype: str = "float32"
-    remat: bool = False  # recompute synthesis blocks in the backward pass (memory at 1024 px)
-    optimize_noise: bool = False  # the generator's noise buffers are optimised too (noise.py)
-    noise_reg_weight: float = DEFAULT_NOISE_REG_WEIGHT
-    # One noise per image, shared by its segments (what results store and render); True gives each segment
-    # its own, for the measurement in docs/inversion.md (bench/noise_sharing.py) only.
-    noise_per_segment: bool = False
-    # A greyscale target (three equal channels) is compared with the composite's luminance, not its
-    # colours: the generator is free to pick any colour of the right brightness. False: always colour.
-    grey_loss: bool = True
-
-    def validate(self, generator) -> "InversionSettings":
-        space = SPACE_ALIASES.get(self.space, self.space)
-        if hasattr(generator, "check_space"):  # the generator's own, more specific message
-            generator.check_space(space)
-        if space not in generator.latent_spaces:
-            raise ConfigError(f"unknown latent space {self.space!r}; this generator supports "
-                              f"{', '.join(generator.latent_spaces)}")
-        if not isinstance(self.segments, (int, np.integer)) or self.segments < 1:
-            raise ConfigError(f"segments must be an integer >= 1, got {self.segments!r}")
-        if not isinstance(self.steps, (int, np.integer)) or self.steps < 1:
-            raise ConfigError(f"steps must be an integer >= 1, got {self.steps!r}")
-        for name in ("lr", "lambda_reg", "l2_weight", "mean_latent_weight", "noise_reg_weight"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
-        if self.dtype not in COMPUTE_DTYPES:
-            raise ConfigError(f"dtype must be one of {', '.join(map(repr, COMPUTE_DTYPES))}, got {self.dtype!r}")
-        if self.noise_mode not in NOISE_MODES:
-            # 'random' would draw new noise at every render: the saved codes would not reproduce the
-            # projection, and every later edit would move pixels the edit never asked to move.
-            raise ConfigError(f"noise_mode must be one of {', '.join(NOISE_MODES)} for an inversion (fixed "
-                              f"noise, so that the codes reproduce their image), got {self.noise_mode!r}")
-        for name in ("optimize_noise", "grey_loss"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if self.optimize_noise:
-            require_noise(generator)
-            if self.noise_mode != "const":
-                raise ConfigError(f"optimize_noise optimises the constant noise buffers: noise_mode must be "
-                                  f"'const', got {self.noise_mode!r}")
-        if self.mean_latent_weight > 0 and not hasattr(generator, "w_avg"):
-            raise ConfigError("mean_latent_weight needs a StyleGAN generator (W space)")
-        if self.mean_latent_weight > 0 and space == "s":
-            raise ConfigError("mean_latent_weight applies to the w and w+ spaces only")
-        return dataclasses.replace(self, space=space)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-# ---------------------------------------------------------------------------------------- objective
-def dispersion(codes) -> jax.Array:
-    """sum_i ||X_i - mean_j X_j||^2 for codes with the segment axis first (any pytree)."""
-    leaves = jax.tree_util.tree_leaves(codes)
-    return sum(jnp.sum(jnp.square(x - jnp.mean(x, axis=0, keepdims=True))) for x in leaves)
-
-
-def _mean_latent_term(generator, codes, space, w_std):
-    ws = generator.to_ws(codes, space)
-    z = (ws - generator.w_avg) / w_std
-    term = jnp.mean(jnp.square(z))
-    return term / generator.num_ws if space == "w+" else term
-
-
-def w_std_of(generator, num_samples=10_000, seed=123) -> float:
-    """The scalar spread of W used by NVIDIA's projector: sqrt(E ||w - w_avg||^2)."""
-    w = sample_ws(generator, num_samples, seed)[:, 0].astype(np.float64)
-    return float(np.sqrt(np.sum(np.square(w - w.mean(axis=0))) / num_samples))
-
-
-def make_loss_fn(settings: InversionSettings):
-    """loss(nets, latents, batch) -> (sum over images, per-image dict) and render(nets, latents).
-
-    nets = (generator, lpips, mask_source) are pytrees passed as ARGUMENTS (not closed over), so one
-    compiled program serves every checkpoint of the same architecture and parameters are never baked
-    into the program as constants. `latents` = {"codes": [B, n, ...], + the mask source's params with a
-    leading B}; `batch` = target, target features, static mask, w_std."""
-    dtype = settings.dtype  # a name of compute.COMPUTE_DTYPES, resolved by the generator
-    space = settings.space
-
-    def render(nets, latents, progress):
-        generator, _, mask_source = nets
-        codes = latents["codes"]
-        b, n = jax.tree_util.tree_leaves(codes)[0].shape[:2]
-        flat = jax.tree_util.tree_map(lambda x: x.reshape((b * n,) + x.shape[2:]), codes)
-        extra = {"remat": True} if settings.remat else {}
-        if "noise" in latents:  # [B, 1 or n, res, res] per layer -> one buffer per segment image
-            extra["noise"] = {k: jnp.broadcast_to(v, (b, n) + v.shape[2:]).reshape((b * n,) + v.shape[2:])
-                              for k, v in latents["noise"].items()}
-        imgs = generator.synthesize(flat, space, noise_mode=settings.noise_mode, dtype=dtype, **extra)
-        imgs = imgs.reshape((b, n) + imgs.shape[1:])
-        params = mask_params(latents)
-        if params:
-            seg_masks = jax.vmap(lambda p: source_masks(mask_source, p, progress))(params)
-        else:
-            fixed = source_masks(mask_source, {}, progress)
-            seg_masks = jnp.broadcast_to(fixed, (b,) + fixed.shape)
-        return imgs, seg_masks
-
-    def loss_fn(nets, latents, batch, progress):
-        generator, lpips, _ = nets
-        imgs, seg_masks = render(nets, latents, progress)
-        out = composite(imgs, seg_masks, batch["target"], batch.get("static_mask"))
-        if settings.grey_loss:
-            out = luminance_where_grey(out, batch["target"])
-        feats = lpips.features(resize_for_lpips(out, settings.lpips_resolution))
-        lp = lpips.distance_from_features(feats, batch["target_features"])
-        total = lp
-        parts = {"lpips": lp}
-        if settings.l2_weight > 0:
-            l2 = jnp.mean(jnp.square(out - batch["target"]), axis=(1, 2, 3))
-            total = total + settings.l2_weight * l2
-            parts["l2"] = l2
-        if settings.lambda_reg > 0:
-            disp = jax.vmap(dispersion)(latents["codes"])
-            total = total + settings.lambda_reg * disp
-            parts["dispersion"] = disp
-        if settings.mean_latent_weight > 0:
-            ml = jax.vmap(lambda c: _mean_latent_term(generator, c, space, batch["w_std"]))(latents["codes"])
-            total = total + settings.mean_latent_weight * ml
-            parts["mean_latent"] = ml
-        if "noise" in latents:  # summed over the buffers, and over the segments of per-segment noise
-            reg = jnp.sum(regularizer(latents["noise"]), axis=1)
-            total = total + settings.noise_reg_weight * reg
-            parts["noise_reg"] = reg
-        parts["total"] = total
-        return jnp.sum(total), parts
-
-    return loss_fn, render
-
-
-# Adam's eps for the mask parameters. All codes start equal, so every segment renders the same image
-# and the true gradient of the masks is exactly zero until the codes part; with eps = 1e-8 Adam would
-# blow rounding noise (~1e-9) up to full learning-rate steps, making the masks depend on float
-# summation order (batch size, device count). 1e-6 damps that noise a thousandfold while leaving real
-# mask gradients (>= 1e-5) essentially unscaled.
-MASK_ADAM_EPS = 1e-6
-
-
-def make_optimizer(settings: InversionSettings):
-    schedule = nvidia_lr_schedule(settings.lr, settings.steps)
-    # noise: plain Adam with the codes' schedule, as NVIDIA's projector optimises its buffers
-    label = lambda k: k if k in ("codes", "noise") else "masks"
-    labels = lambda latents: {k: jax.tree_util.tree_map(lambda _: label(k), v) for k, v in latents.items()}
-    return optax.multi_transform({"codes": optax.adam(schedule), "noise": optax.adam(schedule),
-                                  "masks": optax.adam(schedule, eps=MASK_ADAM_EPS)}, labels)
-
 
 LOOP_FORMS = ("loop", "steps", "unrolled")
 UNROLL = 4  # steps per call in the "unrolled" form
@@ -247,62 +56,46 @@ def default_loop_form(backend: str) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _programs(settings: InversionSettings, mesh):
-    """The jitted functions for one setup, shared by every Inverter with equal settings and mesh (jax
-    then caches one executable per architecture and shape). The loop state (latents, optimiser state,
-    history) is donated: each call's outputs reuse its inputs' buffers."""
-    optimizer = make_optimizer(settings)
-    loss_fn, render = make_loss_fn(settings)
+    """The jitted drivers of `Core.step` for one setup, shared by every Inverter with equal settings and
+    mesh (jax then caches one executable per architecture and shape). The core is an argument, never a
+    constant of the program. The loop state (core state, history) is donated: each call's outputs reuse
+    its inputs' buffers."""
     constrain = (lambda tree, b: tree) if mesh is None else \
         (lambda tree, b: sharding.constrain_batch(tree, mesh, b))
 
-    def one_step(nets, latents, opt_state, batch, step):
-        progress = step.astype(jnp.float32) / settings.steps  # what annealing mask sources follow
-        (_, parts), grads = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)(nets, latents, batch, progress)
-        updates, opt_state = optimizer.update(grads, opt_state, latents)
-        latents = optax.apply_updates(latents, updates)
-        if "noise" in latents:  # renormalised after every step, as in NVIDIA's projector
-            latents = dict(latents, noise=normalize(latents["noise"]))
-        return latents, opt_state, parts["total"]
-
-    def run(nets, latents, opt_state, step, history, batch, count):
+    def run(core, state, history, batch, count):  # the "loop" form: count steps in a fori_loop
         def body(_, carry):
-            latents, opt_state, step, history = carry
-            latents, opt_state, total = one_step(nets, latents, opt_state, batch, step)
-            history = jax.lax.dynamic_update_slice(history, total[:, None], (0, step))
-            return latents, opt_state, step + 1, history
+            state, history = carry
+            new, parts = core.step(state, batch)
+            history = jax.lax.dynamic_update_slice(history, parts["total"][:, None], (0, state.step))
+            return new, history
 
-        carry = jax.lax.fori_loop(0, count, body, (latents, opt_state, step, history))
+        carry = jax.lax.fori_loop(0, count, body, (state, history))
         return constrain(carry, history.shape[0])
 
-    def steps(nets, latents, opt_state, batch, start, count):  # count is static: the steps are unrolled
+    def steps(core, state, batch, count):  # count is static: the steps are unrolled
         totals = []
-        for i in range(count):
-            latents, opt_state, total = one_step(nets, latents, opt_state, batch, start + i)
-            totals.append(total)
-        out = (latents, opt_state, jnp.stack(totals, axis=1))
-        return constrain(out, _batch_of(latents))
+        for _ in range(count):
+            state, parts = core.step(state, batch)
+            totals.append(parts["total"])
+        return constrain((state, jnp.stack(totals, axis=1)), _batch_of(state.latents))
 
-    def evaluate(nets, latents, batch, progress):
-        imgs, seg_masks = render(nets, latents, progress)
-        _, parts = loss_fn(nets, latents, batch, progress)
-        out = composite(imgs, seg_masks, batch["target"], batch.get("static_mask"))
-        return imgs, seg_masks, out, parts
-
-    def snapshot(nets, latents, batch, progress):  # what a progression sheet shows, and nothing more
-        imgs, seg_masks = render(nets, latents, progress)
+    def snapshot(core, latents, batch, progress):  # what a progression sheet shows, and nothing more
+        imgs, seg_masks = core.render(latents, progress)
         return composite(imgs, seg_masks, batch["target"], batch.get("static_mask")), seg_masks
 
-    def init(latents):  # a copy of the latents too: the caller's arrays are never donated
+    def start(core, latents):  # a copy of the latents too: the caller's arrays are never donated
         copy = jax.tree_util.tree_map(lambda x: x + jnp.zeros((), x.dtype), latents)
-        return constrain((copy, optimizer.init(latents)), _batch_of(latents))
+        return constrain(core.start(copy), _batch_of(latents))
 
-    dtype = settings.dtype
-    return dict(optimizer=optimizer, init=jax.jit(init), evaluate=jax.jit(evaluate), snapshot=jax.jit(snapshot),
-                run=jax.jit(run, donate_argnums=(1, 2, 4)),
-                steps=jax.jit(steps, static_argnums=(5,), donate_argnums=(1, 2)),
-                # weight-only preprocessing, once per Inverter (the weights are fixed during an inversion)
-                prepare=jax.jit(lambda g: g.prepare(dtype) if hasattr(g, "prepare") else g),
-                features=jax.jit(lambda lp, x: lp.features(resize_for_lpips(x, settings.lpips_resolution))))
+    return dict(start=jax.jit(start), evaluate=jax.jit(lambda core, *a: core.evaluate(*a)),
+                snapshot=jax.jit(snapshot), run=jax.jit(run, donate_argnums=(1, 2)),
+                steps=jax.jit(steps, static_argnums=(3,), donate_argnums=(1,)),
+                batch=jax.jit(lambda core, targets: core.batch(targets)))
+
+
+def _batch_of(tree) -> int:
+    return jax.tree_util.tree_leaves(tree)[0].shape[0]
 
 
 # ---------------------------------------------------------------------------------------- memory
@@ -331,7 +124,7 @@ def step_memory_bytes(generator, settings: InversionSettings, images: int) -> in
     backward pass must keep or recompute. Found by tracing the synthesis for one and for two segments
     (the difference leaves out what does not grow with the segments). XLA's plans on CPU take 2.5 to 3.5
     times this per segment (bench/memory_estimate.py)."""
-    key = (type(generator), getattr(generator, "config", None), settings.space, settings.noise_mode, settings.dtype)
+    key = (type(generator), generator.config, settings.space, settings.noise_mode, settings.dtype)
     if key not in _SEGMENT_BYTES:
         def traced(k):
             synth = lambda g, c: g.synthesize(c, settings.space, noise_mode=settings.noise_mode,
@@ -374,19 +167,29 @@ def check_memory(generator, settings: InversionSettings, images_per_device: int)
             f"the {gib(have)} of {where}; use fewer segments or fewer images per device")
 
 
+_image_seeds = jax.jit(image_seeds)
+
+
 # ---------------------------------------------------------------------------------------- the loop
 @dataclasses.dataclass
 class InversionState:
-    latents: Any
-    opt_state: Any
-    step: int
+    core: CoreState  # on the device(s); donated by the next advance()
+    step: int  # steps done, known on the host
     history: np.ndarray  # [B, steps] total loss per step
+
+    @property
+    def latents(self):
+        return self.core.latents
+
+    @property
+    def opt_state(self):
+        return self.core.opt_state
 
 
 class Inverter:
-    """Inversion for one generator and one setup. The compiled programs are shared by all Inverters
-    with equal settings, so neither a new image nor a new Inverter (invert() builds one per call)
-    recompiles; only a new architecture, image size, batch size or setting does."""
+    """A driver of the pure core (core.py) for one generator and one setup. The compiled programs are
+    shared by all Inverters with equal settings, so neither a new image nor a new Inverter (invert()
+    builds one per call) recompiles; only a new architecture, image size, batch size or setting does."""
 
     def __init__(self, generator, settings: InversionSettings, mask_source=None, *, static_mask=False,
                  mesh=None, lpips=None, loop: str | None = None):
@@ -405,10 +208,9 @@ class Inverter:
         self.mask_source = rep(mask_source if mask_source is not None else make_mask_source(
             None, s.segments, generator.resolution, seed=s.seed, generator=generator))
         self.lpips = rep(lpips if lpips is not None else load_lpips(s.lpips_net, compute_dtype=s.dtype))
-        self.w_std = w_std_of(generator) if s.mean_latent_weight > 0 else 1.0
+        self.core = inversion_core(self.generator, s, self.mask_source, lpips=self.lpips)
         self._has_static = static_mask
-        self._programs = _programs(dataclasses.replace(s, seed=0), mesh)  # the seed only moves the layout
-        self.nets = (self._programs["prepare"](self.generator), self.lpips, self.mask_source)
+        self._programs = _programs(self.core.settings, mesh)  # the core's settings: the seed left out
         backend = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
         self.loop = loop or default_loop_form(backend)
         if self.loop not in LOOP_FORMS:
@@ -426,20 +228,11 @@ class Inverter:
         return sharding.local_rows(tree)
 
     # ------------------------------------------------------------------ setup
-    def initial_latents(self, batch_size: int, initial_codes=None):
-        s = self.settings
-        if initial_codes is None:
-            codes = self.generator.initial_codes(s.space, s.segments)
-            codes = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (batch_size,) + x.shape), codes)
-        else:
-            codes = jax.tree_util.tree_map(jnp.asarray, initial_codes)
-        latents = {"codes": codes}
-        if s.optimize_noise:
-            noise = initial_noise(self.generator, s.segments if s.noise_per_segment else 1)
-            latents["noise"] = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (batch_size,) + x.shape), noise)
-        mask_params = self.mask_source.init(s.segments)
-        latents.update(jax.tree_util.tree_map(
-            lambda x: jnp.broadcast_to(x, (batch_size,) + x.shape), mask_params))
+    def initial_latents(self, batch_size: int, initial_codes=None, targets=None):
+        """The core's starting latents; `targets` (this process's rows, on the host) seed each image's
+        start (core.image_seeds), as Core.init does: without them every segment starts equal."""
+        seeds = None if targets is None else _image_seeds(np.asarray(targets, np.float32))
+        latents = self.core.initial_latents(batch_size, initial_codes, seeds)
         return latents if self.mesh is None else self._to_device(self._to_host(latents))
 
     def make_batch(self, targets, static_masks=None) -> dict:
@@ -448,15 +241,15 @@ class Inverter:
         if bool(static_masks is not None) != self._has_static:
             raise ConfigError("this Inverter was built " + ("with" if self._has_static else "without")
                               + " a static mask; build another for the other case")
-        batch = {"target": targets, "target_features": self._programs["features"](self.lpips, targets),
-                 "w_std": jnp.float32(self.w_std) if self.mesh is None else np.float32(self.w_std)}
+        batch = self._programs["batch"](self.core, targets)
+        if self.mesh is not None:  # the scalar as a host value: the programs place it on the mesh
+            batch["w_std"] = np.float32(self.core.w_std)
         if static_masks is not None:
             batch["static_mask"] = self._to_device(np.asarray(static_masks, np.float32))
         return batch
 
     def start(self, latents, batch_size: int) -> InversionState:
-        latents, opt_state = self._programs["init"](latents)
-        return InversionState(latents=latents, opt_state=opt_state, step=0,
+        return InversionState(core=self._programs["start"](self.core, latents), step=0,
                               history=np.zeros((batch_size, self.settings.steps), np.float32))
 
     def advance(self, state: InversionState, batch, count: int) -> InversionState:
@@ -464,33 +257,30 @@ class Inverter:
         count = int(min(count, self.settings.steps - state.step))
         if count <= 0:
             return state
-        scalar = jnp.int32 if self.mesh is None else np.int32
         if self.loop == "loop":
-            latents, opt_state, step, history = self._run(
-                self.nets, state.latents, state.opt_state, scalar(state.step),
-                self._to_device(state.history), batch, scalar(count))
-            return InversionState(latents, opt_state, int(step), self._to_host(history))
+            scalar = jnp.int32 if self.mesh is None else np.int32
+            core, history = self._run(self.core, state.core, self._to_device(state.history), batch, scalar(count))
+            return InversionState(core, state.step + count, self._to_host(history))
         chunk = UNROLL if self.loop == "unrolled" else 1
-        latents, opt_state, totals = state.latents, state.opt_state, []
-        done = 0
+        core, totals, done = state.core, [], 0
         while done < count:
             k = chunk if count - done >= chunk else 1  # the remainder one step at a time: two programs
-            latents, opt_state, total = self._run(self.nets, latents, opt_state, batch, scalar(state.step + done), k)
+            core, total = self._run(self.core, core, batch, k)
             totals.append(total)
             done += k
         history = state.history.copy()
         history[:, state.step:state.step + count] = np.concatenate(self._to_host(totals), axis=1)
-        return InversionState(latents, opt_state, state.step + count, history)
+        return InversionState(core, state.step + count, history)
 
     def evaluate(self, latents, batch, step: int | None = None):
         """(segment images [B, n, H, W, 3], masks [B, n, H, W], composite [B, H, W, 3], loss parts), on the
         host, as after `step` steps (None: all, the masks a result keeps)."""
-        return self._to_host(self._programs["evaluate"](self.nets, latents, batch, self._progress(step)))
+        return self._to_host(self._programs["evaluate"](self.core, latents, batch, self._progress(step)))
 
     def snapshot(self, latents, batch, step: int | None = None):
         """(composite [B, H, W, 3], masks [B, n, H, W]) on the host, as after `step` steps: the only
         arrays a snapshot copies from the device (no segment images, no losses)."""
-        return self._to_host(self._programs["snapshot"](self.nets, latents, batch, self._progress(step)))
+        return self._to_host(self._programs["snapshot"](self.core, latents, batch, self._progress(step)))
 
     def _progress(self, step):
         done = 1.0 if step is None else min(int(step), self.settings.steps) / self.settings.steps
@@ -498,10 +288,6 @@ class Inverter:
 
 
 # ---------------------------------------------------------------------------------------- entry points
-def _batch_of(tree) -> int:
-    return jax.tree_util.tree_leaves(tree)[0].shape[0]
-
-
 def _unbatch(tree, i):
     return jax.tree_util.tree_map(lambda x: np.asarray(x[i]), tree)
 
@@ -537,7 +323,7 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
     generator = bind_label(resolve_generator(generator), label)  # a conditional generator's class
     space = space or generator.default_space
     if lambda_reg is None:  # the generator's calibrated value (1.0, the paper's, for StyleGAN2's W)
-        lambda_reg = getattr(generator, "default_lambda_reg", 1.0)
+        lambda_reg = generator.default_lambda_reg
     settings = InversionSettings(segments=segments, space=space, steps=steps, lr=lr, lambda_reg=lambda_reg,
                                  l2_weight=l2_weight, mean_latent_weight=mean_latent_weight,
                                  lpips_net=lpips_net, lpips_resolution=lpips_resolution, seed=seed,
@@ -581,7 +367,7 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
     if progress and not progress_every:
         progress_every = max(1, min(25, steps // 20))
     batch = inverter.make_batch(targets, sxs)
-    state = inverter.start(inverter.initial_latents(len(targets), initial_codes), len(targets))
+    state = inverter.start(inverter.initial_latents(len(targets), initial_codes, targets), len(targets))
     # The first call runs one step alone: its time is the compilation plus one step, and the steps after it
     # give the steady time per step.
     stops = sorted({int(s) for s in snapshot_steps if 0 <= int(s) <= steps}
@@ -654,7 +440,8 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
     photos, edits) is then its luminance (`align.as_mode`).
     generator: a generator object, a checkpoint path (ours, NVIDIA .pkl, rosinality .pt), or None for
         the demo face generator.
-    space: 'w', 'w+' (default for StyleGAN2) or 's'; codes start at w_avg.
+    space: 'w', 'w+' (default for StyleGAN2) or 's'; codes start at w_avg (with learned masks, each
+        segment offset a little, seeded by the image's pixels and `seed`: InversionSettings.start_jitter).
     masks: None / 'segmenter' (the paper's method and the default for generators that offer their
         features, StyleGAN2 and the demo DCGAN: S = G^S(X^S), the segment code X^S learned with the
         image codes; the k-means head cached per generator, or `segmenter`), 'logits' (learned

@@ -81,6 +81,7 @@ CASES = {
                                                    "--directions=0", "--strengths=3",
                                                    "--output={out}/global_edit_masks.json"], "relabelled"),
     "editor_screenshot": ("editor_screenshot.py", ["{out}/result", "--output={out}/editor.png"], "wrote"),
+    "start_symmetry": ("start_symmetry.py", ["--generator={ckpt}", "--smoke"], '"lpips_apart"'),
     "noise_sharing": ("noise_sharing.py", ["--seeds=0", "--steps=2", "--lpips_net=alex"], "| setting |"),
     "vs_official_ours": ("vs_official.py", [], ""),  # our worker alone (our_worker)
     "vs_official": ("vs_official.py", ["--official={official}", "--rounds=1", "--works=synth_fwd:1,step:2",

@@ -423,7 +423,7 @@ def test_snapshots_copy_composite_and_masks_only_and_match_a_separate_run(tiny_g
 
     inv = Inverter(tiny_generator, settings)
     batch = inv.make_batch(target[None])
-    state = inv.start(inv.initial_latents(1), 1)
+    state = inv.start(inv.initial_latents(1, targets=target[None]), 1)  # seeded as invert() seeds it
     shown = inv.snapshot(state.latents, batch)
     assert len(shown) == 2 and shown[0].shape == (1, 32, 32, 3) and shown[1].shape == (1, 2, 32, 32)
     for snap in res.snapshots:

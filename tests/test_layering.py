@@ -17,7 +17,7 @@ LAYERS = [
     ["checkpoints", "results", "groups"],
     ["demo", "segmenter"],
     ["mask_sources", "tuning"],
-    ["inversion"],
+    ["core", "inversion"],
     ["editing", "dataset", "report", "evaluate"],
     ["cli", "editor"],
 ]

@@ -169,7 +169,8 @@ class DCGAN:
         all first-layer ReLUs are off, G is locally constant and the gradient is exactly zero: the
         optimiser would never move. The origin is also untypical for the prior: z ~ N(0, I_100) has norm
         10 +- 0.7, and the generator never saw inputs near 0. A fixed draw from the prior is a typical
-        input with live gradients; all n segments start from the same code, as in the paper."""
+        input with live gradients; all n segments start from this code, as in the paper (an inversion with
+        learned masks then offsets each a little: InversionSettings.start_jitter)."""
         self.check_space(space)
         z = start_code(self.z_dim) if z is None else jnp.asarray(z, jnp.float32).reshape(self.z_dim)
         return jnp.broadcast_to(z, (n, self.z_dim)).astype(jnp.float32)

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Does an image's result depend on its batch and the device count? One image inverted alone on one
+device against the same image inside a batch of 4 sharded over 4 devices (simulated on the CPU), with
+learned masks (the default, G^S), with and without the start's per-segment offsets
+(`InversionSettings.start_jitter`; 0: every segment starts from the same code). Reports how far apart
+the final LPIPS and the codes end.
+
+  python3 bench/start_symmetry.py --generator=CKPT --steps=100,500 --jitters=0,0.01,0.001 \
+      --output=bench/results/start_symmetry_cpu.json
+  python3 bench/start_symmetry.py --generator=CKPT --smoke     # the smallest run, to check that it works
+
+The targets are uniform noise in [-0.8, 0.8] (seeded); image 1 of the 4 is the one compared.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+DEVICES = 4
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):  # before jax loads
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={DEVICES}").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from chunkygan_jax import sharding  # noqa: E402
+from chunkygan_jax.core import InversionSettings  # noqa: E402
+from chunkygan_jax.demo import resolve_generator  # noqa: E402
+from chunkygan_jax.inversion import Inverter  # noqa: E402
+from chunkygan_jax.mask_sources import make_mask_source  # noqa: E402
+
+
+def run(inverter, targets):
+    batch = inverter.make_batch(targets)
+    state = inverter.start(inverter.initial_latents(len(targets), targets=targets), len(targets))
+    state = inverter.advance(state, batch, inverter.settings.steps)
+    lpips = inverter.evaluate(state.latents, batch)[3]["lpips"]
+    return sharding.local_rows(state.latents)["codes"], lpips
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--generator", default=None, help="checkpoint (default: the demo face generator)")
+    ap.add_argument("--segments", type=int, default=4)
+    ap.add_argument("--steps", default="100,500", help="comma-separated step counts")
+    ap.add_argument("--jitters", default="0,0.01,0.001", help="comma-separated start_jitter values")
+    ap.add_argument("--lpips_net", default="alex")
+    ap.add_argument("--output", default=None, help="a JSON file for the records")
+    ap.add_argument("--smoke", action="store_true", help="2 segments, 2 steps, one jitter")
+    args = ap.parse_args()
+    if args.smoke:
+        args.segments, args.steps, args.jitters = 2, "2", "0.001"
+    if jax.device_count() != DEVICES:
+        ap.error(f"needs {DEVICES} devices, found {jax.device_count()} (XLA_FLAGS is set by this script)")
+    g = resolve_generator(args.generator)
+    rng = np.random.RandomState(5)
+    targets = rng.uniform(-0.8, 0.8, (DEVICES, g.resolution, g.resolution, 3)).astype(np.float32)
+    mesh = sharding.data_mesh()
+    source = make_mask_source(None, args.segments, g.resolution, generator=g)
+    records = []
+    for steps in map(int, args.steps.split(",")):
+        for jitter in map(float, args.jitters.split(",")):
+            t = time.perf_counter()
+            s = InversionSettings(segments=args.segments, space=g.default_space, steps=steps,
+                                  lambda_reg=getattr(g, "default_lambda_reg", 1.0), lpips_net=args.lpips_net,
+                                  lpips_resolution="full", start_jitter=jitter)
+            batch_codes, batch_lpips = run(Inverter(g, s, source, mesh=mesh), targets)
+            alone_codes, alone_lpips = run(Inverter(g, s, source), targets[1:2])
+            d = np.abs(np.asarray(batch_codes[1]) - np.asarray(alone_codes[0]))
+            rec = {"steps": steps, "start_jitter": jitter, "lpips": float(alone_lpips[0]),
+                   "lpips_apart": abs(float(batch_lpips[1]) - float(alone_lpips[0])),
+                   "median_code_difference": float(np.median(d)), "largest_code_difference": float(d.max()),
+                   "seconds": round(time.perf_counter() - t, 1)}
+            records.append(rec)
+            print(json.dumps(rec), flush=True)
+    if args.output:
+        out = {"command": "python3 bench/start_symmetry.py " + " ".join(sys.argv[1:]), "devices": DEVICES,
+               "segments": args.segments, "resolution": g.resolution, "lpips_net": args.lpips_net,
+               "masks": "G^S (default)", "records": records}
+        Path(args.output).write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
