@@ -14,7 +14,8 @@ so W and its directions keep their meaning.
 
 The B images of a batch run as one jitted step, vmapped over their deltas (each image renders with its
 own generator). The loss is a sum over images, Adam is elementwise and each image draws its own
-locality codes from (seed, step), so an image tunes the same alone or in any batch. A greyscale target
+locality codes from (seed, step), so an image tunes the same alone or in any batch, up to
+float summation order (which Adam can amplify where a gradient is near zero). A greyscale target
 (three equal channels) is compared with the composite's luminance when its inversion was
 (`grey_loss`), in the loss and in the LPIPS reported after tuning. With
 `lpips_threshold`, an image whose LPIPS reaches it stops changing, and the loop ends when all have.

