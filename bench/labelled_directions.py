@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How well a direction fitted from labelled samples (`editing.labelled`) recovers an attribute, fitted in
 the full space (components=0) and in the span of the generator's first K principal directions (the
-default prior, K = labelled.PRIOR_COMPONENTS).
+prior; --components=K, default 20).
 
 Attributes, all computed from the generator itself, so that the truth is known:
   projection  whether a sample's code lies above the median along a random unit vector u of the fit space
@@ -52,7 +52,7 @@ def main():
     ap.add_argument("--attributes", default="projection," + ",".join(PIXEL))
     ap.add_argument("--labelling", default="median,clear", help="median and/or clear (see above)")
     ap.add_argument("--clear_labels", default="20", help="numbers of labels of the clear rows")
-    ap.add_argument("--components", type=int, default=None, help="the prior's K (default: the library's)")
+    ap.add_argument("--components", type=int, default=20, help="the prior's K")
     ap.add_argument("--reference", type=int, default=3000, help="samples of the pixel properties' truth")
     ap.add_argument("--sklearn", action="store_true", help="compare with scikit-learn's LogisticRegression")
     ap.add_argument("--output", default=None, help="write the rows as JSON here")
@@ -72,7 +72,7 @@ def main():
 
     g = resolve_generator(args.generator)
     space = direction_space(g)
-    k_prior = labelled.PRIOR_COMPONENTS if args.components is None else args.components
+    k_prior = args.components
     fits = {"full": 0, "prior": k_prior}
     fresh = labelled.fit_codes(g, g.sample_codes(1000, 99))
     synth = lambda x: np.concatenate([_synthesize(g, c[:, None].repeat(g.num_ws, 1) if space == "w+" else c, space)

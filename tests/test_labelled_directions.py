@@ -86,7 +86,8 @@ def test_twenty_labels_of_a_pixel_property(dcgan):
     clear, is_light = np.r_[order[:100], order[-100:]], np.arange(200) >= 100
     shown = np.stack([labelled.sample_code(dcgan, seed) for s in range(16) for seed in range(100 * s, 100 * s + 40)])
     brightness = top(shown).reshape(16, 40)
-    got = {0: [], labelled.PRIOR_COMPONENTS: []}
+    assert labelled.default_components(dcgan) == 20
+    got = {0: [], None: []}  # the full z; the default
     for s in range(16):
         ranked = np.argsort(brightness[s])
         x, y = shown[40 * s + np.r_[ranked[:10], ranked[-10:]]], np.repeat([0, 1], 10)
@@ -114,10 +115,15 @@ def test_stylegan2_fit_in_w_with_a_layer_range(tiny_generator):
     np.testing.assert_allclose(codes[7], sample_ws(g, 1, 7)[0, 0])  # seed k = the generator's sample k
     u = unit(np.random.RandomState(0).randn(g.w_dim))
     y = (codes @ u > np.median(codes @ u)).astype(int)
-    found = labelled.direction_from_labels(g, seeds, y, layers="0:3", components=0)
+    found = labelled.direction_from_labels(g, seeds, y, layers="0:3")  # in W the default is the full space
     d = found.direction
     assert d.shape == (g.num_ws, g.w_dim) and not d[3:].any() and np.allclose(d[:3], d[0])
-    assert found.record["layers"] == [0, 3] and found.record["space"] == "w"
+    assert found.record["layers"] == [0, 3] and found.record["space"] == "w" and found.record["components"] == 0
+    spanned = labelled.direction_from_labels(g, seeds, y, components=8)  # in the span of pca:0..7 of W
+    basis = labelled.prior_basis(g, 8)
+    w = unit(spanned.direction[0])
+    assert spanned.record["components"] == 8 and np.linalg.norm(basis.T @ w) == pytest.approx(1, abs=1e-5)
+    assert np.linalg.norm(basis.T @ unit(d[0])) < 0.9  # the full fit leaves the span
     assert found.record["accuracy"] >= 0.8 and unit(d[0]) @ u > 0.8
     fresh = labelled.fit_codes(g, sample_ws(g, 2000, 5))
     assert abs(np.std(fresh @ unit(d[0])) / np.linalg.norm(d[0]) - 1) < 0.1

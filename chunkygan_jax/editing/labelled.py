@@ -5,12 +5,13 @@ an attribute from those that lack it, and its unit normal is the attribute's dir
 - The codes: sample `seed` is `generator.sample_codes(1, seed)[0]` (what a grid of samples shows); the
   fit runs in W for a StyleGAN2 (every row of a sample's W+ code is the same w) and in z for a z-space
   generator (the demo DCGAN).
-- The prior: by default the fit runs in the span of the generator's first 20 principal directions
-  (`pca:0..19`, `principal.principal_directions`, cached per generator): directions along which the
-  generator's own samples vary most. From few labels a fit in all of z (100-d for the demo DCGAN)
-  overfits; in the span it recovers pixel properties far better (bench/labelled_directions.py). The
-  basis comes from the generator's samples, never from the labels, so the cross-validation stays
-  honest. `components=0` fits in the full space (an attribute outside the span needs it, and many labels).
+- The prior: for a z-space generator the fit runs by default in the span of its first 20 principal
+  directions (`pca:0..19`, `principal.principal_directions`, cached per generator): directions along
+  which the generator's own samples vary most. From few labels a fit in all of z (100-d for the demo
+  DCGAN) overfits; in the span it recovers pixel properties far better (bench/labelled_directions.py).
+  The basis comes from the generator's samples, never from the labels, so the cross-validation stays
+  honest. `components=0` fits in the full space (an attribute outside the span needs it, and many
+  labels), the default in W, where the span did not help the test StyleGAN2; `components=K` asks for K.
 - The classifier: L2-regularised logistic regression, fitted by Newton's method in JAX on codes centred
   and divided by one overall scale (so the penalty treats every direction of the span alike). Every
   cross-validation fold and the final fit run as one vmapped program.
@@ -49,7 +50,10 @@ NEWTON_STEPS = 25
 MAX_LABELS = 100_000
 MAX_LABELS_BYTES = 8 << 20
 SEED_LIMIT = 2**32  # numpy RandomState seeds
-PRIOR_COMPONENTS = 20  # the fit's span: the generator's first principal directions (0: the full space)
+# The fit's default span: the generator's first K principal directions (0: the full space). Measured by
+# bench/labelled_directions.py: the span of 20 helps the demo DCGAN's z; in W of the (random-weight) test
+# StyleGAN2 it did not, so W keeps the full space unless asked.
+PRIOR_COMPONENTS = {"z": 20, "w": 0}
 STD_SAMPLES, STD_SEED = 2000, 123  # the generator's own samples that measure a standard deviation
 
 
@@ -215,17 +219,22 @@ def prior_basis(generator, components) -> np.ndarray | None:
     return np.linalg.qr(rows.T.astype(np.float64))[0].astype(np.float32)
 
 
+def default_components(generator) -> int:
+    """The fit's default span for this generator: PRIOR_COMPONENTS of its fit space."""
+    return PRIOR_COMPONENTS["w" if direction_space(generator) == "w+" else "z"]
+
+
 def fit_direction(generator, codes, labels, *, layers=None, name="direction", penalty=None,
-                  folds=FOLDS, components=PRIOR_COMPONENTS) -> LabelledDirection:
+                  folds=FOLDS, components=None) -> LabelledDirection:
     """A direction from codes (see `fit_codes`) and their 0/1 labels (see the module doc). penalty: the
     L2 weight on the standardised codes (default 1 / N, scikit-learn's C = 1). components: the fit runs
-    in the span of the generator's first K principal directions (default PRIOR_COMPONENTS; 0 = the
-    full space)."""
+    in the span of the generator's first K principal directions (0 = the full space; default
+    `default_components`: 20 in z, the full space in W)."""
     x = fit_codes(generator, codes, layers)
     y = np.asarray(labels)
     counts = _class_counts(y, len(x))
     rows = direction_rows(generator, layers)
-    basis = prior_basis(generator, components)
+    basis = prior_basis(generator, default_components(generator) if components is None else components)
     if basis is not None:
         x = x @ basis  # coordinates in the span: the basis comes from the generator, never the labels
     k = min(folds, min(counts))
@@ -322,7 +331,7 @@ def write_labelled_direction(generator, labels_path, output, *, layers=None, nam
     check_outputs(output, overwrite, inputs=(labels_path,))
     seeds, labels, given = read_labels(labels_path)
     found = direction_from_labels(generator, seeds, labels, layers=layers, name=name or given or Path(output).stem,
-                                  components=PRIOR_COMPONENTS if components is None else components)
+                                  components=components)
     shown = [int(seeds[labels == c][0]) for c in (1, 0) if (labels == c).any()][:preview_seeds]
     save_direction(found, output, preview=preview_strip(generator, found, shown), overwrite=overwrite)
     return found
