@@ -85,7 +85,8 @@ def main():
             ref = labelled.fit_codes(g, g.sample_codes(args.reference, 7))
             v = props(ref)[a]
             d = labelled.fit_direction(g, ref, (v > np.median(v)).astype(int), components=0).direction
-            truth[a] = np.asarray(d).reshape(-1, fresh.shape[1])[0] / np.linalg.norm(np.asarray(d).reshape(-1, fresh.shape[1])[0])
+            d = np.asarray(d).reshape(-1, fresh.shape[1])[0]
+            truth[a] = d / np.linalg.norm(d)
 
     def sk_fit(x, y):
         from sklearn.linear_model import LogisticRegression
