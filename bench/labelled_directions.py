@@ -1,36 +1,61 @@
 #!/usr/bin/env python3
-"""How well a direction fitted from labelled samples (`editing.labelled`) recovers a known attribute.
+"""How well a direction fitted from labelled samples (`editing.labelled`) recovers an attribute, fitted in
+the full space (components=0) and in the span of the generator's first K principal directions (the
+prior; --components=K, default 20).
 
-Two toy attributes, both computed from the generator itself, so that the truth is known:
-  projection  label = whether a sample's code lies above the median along a random unit vector u of the
-              fit space (W for a StyleGAN2, z for the demo DCGAN); reported: held-out accuracy (the
-              fit's own cross-validation), accuracy on 1,000 fresh samples, and the cosine between the
-              fitted direction and u.
-  brightness  label = whether the top third of a sample's image is brighter than the median; reported:
-              held-out accuracy, and on 200 fresh samples the share whose top third gets brighter when
-              moved by strength +2 along the direction.
-With --sklearn, the same labels also go to scikit-learn's LogisticRegression (C=1, on the same scaled
-codes), if it is installed, for comparison.
+Attributes, all computed from the generator itself, so that the truth is known:
+  projection  whether a sample's code lies above the median along a random unit vector u of the fit space
+              (W for a StyleGAN2, z for the demo DCGAN); the truth is u.
+  top, left_right, contrast, red_blue
+              pixel properties of a sample's image: the mean brightness of the top third, the left half's
+              brightness less the right half's, the standard deviation of the centre's brightness, the
+              mean of red less blue. The truth: the full-space fit to --reference median-split samples.
+Labelling: `median` labels n consecutive samples by whether the attribute is above their median (every
+sample labelled, ambiguous ones included); `clear` shows 2n samples and labels the n/2 highest 1 and the
+n/2 lowest 0, skipping the middle (what a person does with the panel's "skip").
+Reported per fit, as means over --trials sets of samples: held-out accuracy (the fit's own 5-fold
+cross-validation), accuracy on 1,000 fresh samples (the median cut along the fitted normal against the
+attribute's median cut), cosine to the truth, and for pixel properties the share of 200 fresh samples
+whose property rises at strength +2.
 
-  python3 bench/labelled_directions.py                                # the demo generator
+  python3 bench/labelled_directions.py --output=bench/results/labelled_directions_demo.json   # the demo generator
   python3 bench/labelled_directions.py --generator=CKPT --labels=20,50,200 --trials=5 --sklearn
 """
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+PIXEL = ("top", "left_right", "contrast", "red_blue")
+
+
+def pixel_properties(images):
+    """images [N, H, W, 3] in [-1, 1] -> {attribute: [N]}."""
+    r = images.shape[1]
+    lum = images.mean(-1)
+    c = slice(r // 4, 3 * r // 4)
+    return {"top": lum[:, : r // 3].mean((1, 2)),
+            "left_right": lum[:, :, : r // 2].mean((1, 2)) - lum[:, :, r // 2:].mean((1, 2)),
+            "contrast": lum[:, c, c].std((1, 2)),
+            "red_blue": (images[..., 0] - images[..., 2]).mean((1, 2))}
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--generator", default=None, help="checkpoint (default: the demo generator)")
     ap.add_argument("--labels", default="20,50,200", help="numbers of labelled samples")
-    ap.add_argument("--trials", type=int, default=5, help="random attributes (u) per number of labels")
-    ap.add_argument("--attributes", default="projection,brightness")
+    ap.add_argument("--trials", type=int, default=5, help="sets of samples (and random u) per row")
+    ap.add_argument("--attributes", default="projection," + ",".join(PIXEL))
+    ap.add_argument("--labelling", default="median,clear", help="median and/or clear (see above)")
+    ap.add_argument("--clear_labels", default="20", help="numbers of labels of the clear rows")
+    ap.add_argument("--components", type=int, default=20, help="the prior's K")
+    ap.add_argument("--reference", type=int, default=3000, help="samples of the pixel properties' truth")
     ap.add_argument("--sklearn", action="store_true", help="compare with scikit-learn's LogisticRegression")
+    ap.add_argument("--output", default=None, help="write the rows as JSON here")
     args = ap.parse_args()
 
     import warnings
@@ -47,9 +72,21 @@ def main():
 
     g = resolve_generator(args.generator)
     space = direction_space(g)
+    k_prior = args.components
+    fits = {"full": 0, "prior": k_prior}
     fresh = labelled.fit_codes(g, g.sample_codes(1000, 99))
-    synth = lambda x: _synthesize(g, x[:, None].repeat(g.num_ws, 1) if space == "w+" else x, space)
-    top = lambda imgs: imgs[:, : g.resolution // 3].mean(axis=(1, 2, 3))
+    synth = lambda x: np.concatenate([_synthesize(g, c[:, None].repeat(g.num_ws, 1) if space == "w+" else c, space)
+                                      for c in np.array_split(x, max(1, len(x) // 200))])
+    props = lambda x: pixel_properties(synth(x))
+    fresh_props = props(fresh)
+    truth = {}
+    for a in args.attributes.split(","):
+        if a in PIXEL:
+            ref = labelled.fit_codes(g, g.sample_codes(args.reference, 7))
+            v = props(ref)[a]
+            d = labelled.fit_direction(g, ref, (v > np.median(v)).astype(int), components=0).direction
+            d = np.asarray(d).reshape(-1, fresh.shape[1])[0]
+            truth[a] = d / np.linalg.norm(d)
 
     def sk_fit(x, y):
         from sklearn.linear_model import LogisticRegression
@@ -57,46 +94,78 @@ def main():
         n = LogisticRegression(C=1.0, max_iter=1000).fit(xs, y).coef_[0]
         return n / np.linalg.norm(n)
 
-    print(f"generator {args.generator or 'demo'} ({space} space, {fresh.shape[1]}-d); device {jax.devices()[0].device_kind}")
-    print("| attribute | labels | held-out acc | fresh acc | cos(u) | +2 raises | fit s | sklearn cos(u) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for attribute in args.attributes.split(","):
-        for n in (int(v) for v in args.labels.split(",")):
-            rows = []
-            for trial in range(args.trials):
-                seeds = np.arange(10_000 * (trial + 1), 10_000 * (trial + 1) + n)
-                codes = np.stack([labelled.sample_code(g, s) for s in seeds])
-                if attribute == "projection":
-                    u = np.random.RandomState(trial).randn(codes.shape[1])
-                    u /= np.linalg.norm(u)
-                    cut = np.median(fresh @ u)
-                    y = (codes @ u > cut).astype(int)
-                else:
-                    value = top(synth(codes))
-                    y = (value > np.median(value)).astype(int)
-                if min(y.sum(), n - y.sum()) < labelled.MIN_PER_CLASS:
+    print(f"generator {args.generator or 'demo'} ({space} space, {fresh.shape[1]}-d); prior: the first {k_prior} "
+          f"principal directions; device {jax.devices()[0].device_kind}")
+    print("| attribute | labelling | labels | held-out acc full | held-out acc prior | fresh acc full | fresh acc prior "
+          "| cos full | cos prior | +2 raises full | +2 raises prior | fit s prior | sklearn cos |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for labelling in args.labelling.split(","):
+        counts = args.labels if labelling == "median" else args.clear_labels
+        for attribute in args.attributes.split(","):
+            if labelling == "clear" and attribute == "projection":
+                continue
+            for n in (int(v) for v in counts.split(",")):
+                got = {name: [] for name in fits}
+                sk = []
+                for trial in range(args.trials):
+                    shown = n if labelling == "median" else 2 * n
+                    seeds = np.arange(10_000 * (trial + 1), 10_000 * (trial + 1) + shown)
+                    codes = np.stack([labelled.sample_code(g, s) for s in seeds])
+                    if attribute == "projection":
+                        u = np.random.RandomState(trial).randn(codes.shape[1])
+                        u /= np.linalg.norm(u)
+                        value, fresh_value = codes @ u, fresh @ u
+                    else:
+                        u, value, fresh_value = truth[attribute], props(codes)[attribute], fresh_props[attribute]
+                    if labelling == "median":
+                        y = (value > np.median(value)).astype(int)
+                    else:
+                        order = np.argsort(value)
+                        codes = codes[np.r_[order[: n // 2], order[-(n - n // 2):]]]
+                        y = np.r_[np.zeros(n // 2), np.ones(n - n // 2)].astype(int)
+                    if min(y.sum(), n - y.sum()) < labelled.MIN_PER_CLASS:
+                        continue
+                    for name, k in fits.items():
+                        t = time.perf_counter()
+                        found = labelled.fit_direction(g, codes, y, components=k)
+                        took = time.perf_counter() - t
+                        d = np.asarray(found.direction).reshape(-1, fresh.shape[1])[0]
+                        unit = d / np.linalg.norm(d)
+                        s = fresh @ unit
+                        fresh_acc = np.mean((s > np.median(s)) == (fresh_value > np.median(fresh_value)))
+                        raises = float("nan")
+                        if attribute in PIXEL:
+                            held = fresh[:200]
+                            raises = float(np.mean(props(held + 2 * d)[attribute] > fresh_props[attribute][:200]))
+                        got[name].append([found.record["accuracy"], fresh_acc, float(unit @ u), raises, took])
+                    if args.sklearn and attribute == "projection":
+                        sk.append(float(sk_fit(codes, y) @ u))
+                if not got["full"]:
                     continue
-                t = time.perf_counter()
-                found = labelled.fit_direction(g, codes, y)
-                took = time.perf_counter() - t
-                d = np.asarray(found.direction).reshape(-1, fresh.shape[1])[0]
-                unit = d / np.linalg.norm(d)
-                row = [found.record["accuracy"], float("nan"), float("nan"), float("nan"), took, float("nan")]
-                if attribute == "projection":
-                    normal = unit  # the fresh accuracy uses the median cut along the fitted normal
-                    fy = fresh @ u > cut
-                    row[1] = max(np.mean((fresh @ normal > np.median(fresh @ normal)) == fy), 0)
-                    row[2] = float(unit @ u)
-                    if args.sklearn:
-                        row[5] = float(sk_fit(codes, y) @ u)
-                else:
-                    held = fresh[:200]
-                    row[3] = float(np.mean(top(synth(held + 2 * d)) > top(synth(held))))
-                rows.append(row)
-            m = np.nanmean(np.asarray(rows, float), axis=0) if rows else [float("nan")] * 6
-            fmt = lambda v: "-" if np.isnan(v) else f"{v:.3f}"
-            print(f"| {attribute} | {n} | {fmt(m[0])} | {fmt(m[1])} | {fmt(m[2])} | {fmt(m[3])} | {m[4]:.2f} | "
-                  f"{fmt(m[5])} |", flush=True)
+                mean = {name: np.mean(np.asarray(v, float), axis=0) for name, v in got.items()}
+                record = {"attribute": attribute, "labelling": labelling, "labels": n, "trials": len(got["full"]),
+                          "components": k_prior}
+                for name, m in mean.items():
+                    record[name] = {"held_out_accuracy": round(float(m[0]), 3), "fresh_accuracy": round(float(m[1]), 3),
+                                    "cos_truth": round(float(m[2]), 3), "fit_s": round(float(m[4]), 3)}
+                    if attribute in PIXEL:
+                        record[name]["plus2_raises"] = round(float(m[3]), 3)
+                        record[name]["held_out_min"] = round(float(np.min([v[0] for v in got[name]])), 3)
+                if sk:
+                    record["sklearn_cos_truth"] = round(float(np.mean(sk)), 3)
+                rows.append(record)
+                f = lambda v: "-" if v is None or np.isnan(v) else f"{v:.3f}"
+                print(f"| {attribute} | {labelling} | {n} | {f(mean['full'][0])} | {f(mean['prior'][0])} | "
+                      f"{f(mean['full'][1])} | {f(mean['prior'][1])} | {f(mean['full'][2])} | {f(mean['prior'][2])} | "
+                      f"{f(mean['full'][3])} | {f(mean['prior'][3])} | {mean['prior'][4]:.2f} | "
+                      f"{f(record.get('sklearn_cos_truth', float('nan')))} |", flush=True)
+    if args.output:
+        out = {"generator": args.generator or "demo", "space": space, "dim": int(fresh.shape[1]),
+               "components": k_prior, "reference": args.reference, "device": jax.devices()[0].device_kind,
+               "rows": rows}
+        Path(args.output).write_text(json.dumps(out, indent=1) + "\n")
+        print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,15 @@ an attribute from those that lack it, and its unit normal is the attribute's dir
 - The codes: sample `seed` is `generator.sample_codes(1, seed)[0]` (what a grid of samples shows); the
   fit runs in W for a StyleGAN2 (every row of a sample's W+ code is the same w) and in z for a z-space
   generator (the demo DCGAN).
+- The prior: for a z-space generator the fit runs by default in the span of its first 20 principal
+  directions (`pca:0..19`, `principal.principal_directions`, cached per generator): directions along
+  which the generator's own samples vary most. From few labels a fit in all of z (100-d for the demo
+  DCGAN) overfits; in the span it recovers pixel properties far better (bench/labelled_directions.py).
+  The basis comes from the generator's samples, never from the labels, so the cross-validation stays
+  honest. `components=0` fits in the full space (an attribute outside the span needs it, and many
+  labels), the default in W, where the span did not help the test StyleGAN2; `components=K` asks for K.
 - The classifier: L2-regularised logistic regression, fitted by Newton's method in JAX on codes centred
-  and divided by one overall scale (so the penalty treats every direction of the space alike). Every
+  and divided by one overall scale (so the penalty treats every direction of the span alike). Every
   cross-validation fold and the final fit run as one vmapped program.
 - The direction: sigma * n, with n the unit normal (pointing to label 1, "has the attribute") and sigma
   the standard deviation along n of 2,000 of the generator's own samples (not of the labelled codes,
@@ -31,7 +38,7 @@ from ..errors import ConfigError
 from ..files import atomic_path, check_writable
 from ..generators.protocol import fingerprint as generator_fingerprint
 from ..io import save_png, to_uint8
-from .principal import PREVIEW_STRENGTHS, _synthesize
+from .principal import PREVIEW_STRENGTHS, _synthesize, principal_directions
 from .sheets import tile_sheet
 from .spaces import direction_rows, direction_shape, direction_space
 
@@ -43,6 +50,10 @@ NEWTON_STEPS = 25
 MAX_LABELS = 100_000
 MAX_LABELS_BYTES = 8 << 20
 SEED_LIMIT = 2**32  # numpy RandomState seeds
+# The fit's default span: the generator's first K principal directions (0: the full space). Measured by
+# bench/labelled_directions.py: the span of 20 helps the demo DCGAN's z; in W of the (random-weight) test
+# StyleGAN2 it did not, so W keeps the full space unless asked.
+PRIOR_COMPONENTS = {"z": 20, "w": 0}
 STD_SAMPLES, STD_SEED = 2000, 123  # the generator's own samples that measure a standard deviation
 
 
@@ -193,14 +204,39 @@ def _class_counts(y, n) -> list[int]:
     return counts
 
 
+def prior_basis(generator, components) -> np.ndarray | None:
+    """Orthonormal columns [D, K] spanning the generator's first K principal directions (pca:0..K-1,
+    `principal_directions`, cached per generator), or None for the full space (components 0 or None)."""
+    if components is None or components == 0:
+        return None
+    if isinstance(components, bool) or not isinstance(components, (int, np.integer)) or components < 0:
+        raise ConfigError(f"components must be an integer >= 0 (0: the full space), got {components!r}")
+    dim = direction_shape(generator)[-1]
+    if components >= dim:
+        return None  # the span is the whole space
+    found = principal_directions(generator, int(components))
+    rows = found.directions.reshape(len(found.directions), -1, dim)[:, 0]  # a W+ direction repeats w
+    return np.linalg.qr(rows.T.astype(np.float64))[0].astype(np.float32)
+
+
+def default_components(generator) -> int:
+    """The fit's default span for this generator: PRIOR_COMPONENTS of its fit space."""
+    return PRIOR_COMPONENTS["w" if direction_space(generator) == "w+" else "z"]
+
+
 def fit_direction(generator, codes, labels, *, layers=None, name="direction", penalty=None,
-                  folds=FOLDS) -> LabelledDirection:
+                  folds=FOLDS, components=None) -> LabelledDirection:
     """A direction from codes (see `fit_codes`) and their 0/1 labels (see the module doc). penalty: the
-    L2 weight on the standardised codes (default 1 / N, scikit-learn's C = 1)."""
+    L2 weight on the standardised codes (default 1 / N, scikit-learn's C = 1). components: the fit runs
+    in the span of the generator's first K principal directions (0 = the full space; default
+    `default_components`: 20 in z, the full space in W)."""
     x = fit_codes(generator, codes, layers)
     y = np.asarray(labels)
     counts = _class_counts(y, len(x))
     rows = direction_rows(generator, layers)
+    basis = prior_basis(generator, default_components(generator) if components is None else components)
+    if basis is not None:
+        x = x @ basis  # coordinates in the span: the basis comes from the generator, never the labels
     k = min(folds, min(counts))
     fold = _folds(y, k)
     mean = x.mean(axis=0)
@@ -218,6 +254,8 @@ def fit_direction(generator, codes, labels, *, layers=None, name="direction", pe
     if not np.isfinite(norm) or norm == 0:
         raise ConfigError("the fit found no direction (the labelled codes do not vary)")
     unit = normals[k] / norm  # the normal in the original coordinates too: the scale is one scalar
+    if basis is not None:
+        unit = basis.astype(np.float64) @ unit  # back from the span's coordinates (orthonormal: still unit)
     population = fit_codes(generator, generator.sample_codes(STD_SAMPLES, STD_SEED))
     std = float((population @ unit).std())
     direction = np.zeros(direction_shape(generator), np.float32)
@@ -227,7 +265,7 @@ def fit_direction(generator, codes, labels, *, layers=None, name="direction", pe
               "method": "logistic regression (L2, Newton's method)", "space": "w" if space == "w+" else space,
               "layers": [rows[0].start, rows[0].stop] if rows else None, "labels": len(y), "positives": counts[1],
               "negatives": counts[0], "folds": k, "accuracy": accuracy, "train_accuracy": train_accuracy,
-              "std": std, "penalty": penalty,
+              "std": std, "penalty": penalty, "components": 0 if basis is None else basis.shape[1],
               "strength_unit": "one standard deviation of the generator's latent distribution along the direction"}
     return LabelledDirection(direction=direction, record=record)
 
@@ -286,14 +324,14 @@ def save_direction(found: LabelledDirection, output, *, preview=None, overwrite=
 
 
 def write_labelled_direction(generator, labels_path, output, *, layers=None, name=None, overwrite=False,
-                             preview_seeds=2) -> LabelledDirection:
+                             preview_seeds=2, components=None) -> LabelledDirection:
     """bin/directions --from_labels: read the labels, fit, write NAME.npy, NAME.json and the preview
     NAME.png (the starting code and the first labelled sample of each class, strengths -3..3). The
-    outputs are checked before the work."""
+    outputs are checked before the work. components: see `fit_direction` (None: its default)."""
     check_outputs(output, overwrite, inputs=(labels_path,))
     seeds, labels, given = read_labels(labels_path)
-    found = direction_from_labels(generator, seeds, labels, layers=layers,
-                                  name=name or given or Path(output).stem)
+    found = direction_from_labels(generator, seeds, labels, layers=layers, name=name or given or Path(output).stem,
+                                  components=components)
     shown = [int(seeds[labels == c][0]) for c in (1, 0) if (labels == c).any()][:preview_seeds]
     save_direction(found, output, preview=preview_strip(generator, found, shown), overwrite=overwrite)
     return found
