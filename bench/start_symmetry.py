@@ -68,7 +68,7 @@ def main() -> None:
         for jitter in map(float, args.jitters.split(",")):
             t = time.perf_counter()
             s = InversionSettings(segments=args.segments, space=g.default_space, steps=steps,
-                                  lambda_reg=getattr(g, "default_lambda_reg", 1.0), lpips_net=args.lpips_net,
+                                  lambda_reg=g.default_lambda_reg, lpips_net=args.lpips_net,
                                   lpips_resolution="full", start_jitter=jitter)
             batch_codes, batch_lpips = run(Inverter(g, s, source, mesh=mesh), targets)
             alone_codes, alone_lpips = run(Inverter(g, s, source), targets[1:2])
