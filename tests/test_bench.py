@@ -70,7 +70,7 @@ CASES = {
                                                        "--attributes=projection,top", "--reference=100",
                                                        "--output={out}/labelled.json"], "| top | clear | 20 |"),
     "tuning_real": ("tuning_real.py", ["--generator={ckpt}", "--segments=2", "--steps=1", "--tune_steps=2",
-                                       "--rank=1", "--rounds=0", "--output={out}/tuning.json",
+                                       "--rank=1", "--rounds=0", "--no_arithmetic", "--output={out}/tuning.json",
                                        "--sheet={out}/tuning.png", "--pasted_sheet={out}/pasted.png"],
                     "batched_over_alone"),
     "group_photos": ("group_photos.py", ["--generator={ckpt}", "--steps=1", "--segments=2"], '"ours"'),

@@ -187,39 +187,6 @@ def test_no_recompilation_between_images_or_inverters(tiny_generator):
     assert inv._run._cache_size() == before
 
 
-def test_loop_forms_agree_and_the_callers_arrays_survive(tiny_generator, two_halves):
-    """The jitted loop, host-driven steps and the unrolled form run the same step; only XLA's
-    summation order differs. With fixed masks the latents agree to rounding (median) and Adam's
-    normalised steps can amplify rounding on near-zero gradients (max; see test_distributed). The
-    loop state is donated, but never the arrays the caller passed in."""
-    assert default_loop_form("cpu") == "steps" and default_loop_form("gpu") == default_loop_form("tpu") == "loop"
-    target = np.asarray(jax.image.resize(two_halves[0], (32, 32, 3), "linear"))[None]
-    settings = InversionSettings(segments=2, steps=7, lpips_net="alex", lpips_resolution="full", lambda_reg=0.0)
-    source = make_mask_source("layout", 2, 32)
-    out = {}
-    for form in ("loop", "steps", "unrolled"):
-        inv = Inverter(tiny_generator, settings, source, loop=form)
-        assert inv.loop == form
-        batch = inv.make_batch(target)
-        mine = {"codes": jnp.asarray(tiny_generator.initial_codes("w+", 2))[None]}
-        state = inv.start(mine, 1)
-        for count in (2, 5):  # 5 = one unrolled chunk of 4 and a single step
-            state = inv.advance(state, batch, count)
-        assert state.step == 7 and np.all(np.isfinite(state.history))
-        np.testing.assert_array_equal(mine["codes"], np.asarray(tiny_generator.initial_codes("w+", 2))[None])
-        out[form] = (np.asarray(state.latents["codes"]), state.history[0])
-    ref_codes, ref_hist = out["loop"]
-    moved = float(np.abs(ref_codes - np.asarray(tiny_generator.w_avg)).max())
-    for form in ("steps", "unrolled"):
-        codes, hist = out[form]
-        np.testing.assert_allclose(hist[0], ref_hist[0], rtol=1e-5)  # the same objective before any update
-        np.testing.assert_allclose(hist, ref_hist, rtol=1e-3)
-        diff = np.abs(codes - ref_codes)
-        assert float(np.median(diff)) <= 1e-5 and float(diff.max()) <= 0.05 * moved, (form, diff.max(), moved)
-    with pytest.raises(ConfigError, match="loop"):
-        Inverter(tiny_generator, settings, source, loop="while")
-
-
 @flax.struct.dataclass
 class Sharpening:
     """A fixed mask source whose masks sharpen with the inversion's progress (when `anneals`)."""
@@ -234,9 +201,14 @@ class Sharpening:
         return jax.nn.softmax(self.logits * (1.0 + 4.0 * progress), axis=0)
 
 
-def test_every_loop_form_gives_an_annealing_mask_source_the_steps_progress(tiny_generator, two_halves):
-    """Step k sees progress k / steps in the jitted loop, host-driven steps and the unrolled form alike,
-    also when advance() is called in several chunks; a source that does not anneal sees its final masks."""
+def test_loop_forms_agree_give_an_annealing_source_its_progress_and_keep_the_callers_arrays(tiny_generator,
+                                                                                          two_halves):
+    """The jitted loop, host-driven steps and the unrolled form run the same step; only XLA's summation
+    order differs. Step k sees progress k / steps in every form, also when advance() is called in several
+    chunks; a source that does not anneal sees its final masks. With these fixed masks the latents agree
+    to rounding (median) and Adam's normalised steps can amplify rounding on near-zero gradients (max;
+    see test_distributed). The loop state is donated, but never the arrays the caller passed in."""
+    assert default_loop_form("cpu") == "steps" and default_loop_form("gpu") == default_loop_form("tpu") == "loop"
     r = tiny_generator.resolution
     target = np.asarray(jax.image.resize(two_halves[0], (r, r, 3), "linear"))[None]
     settings = InversionSettings(segments=2, steps=7, lpips_net="alex", lpips_resolution="full", lambda_reg=0.0)
@@ -244,22 +216,36 @@ def test_every_loop_form_gives_an_annealing_mask_source_the_steps_progress(tiny_
     logits = jnp.asarray(np.log(np.clip(layout, 1e-3, None)) * 0.3)
     w = np.array(tiny_generator.initial_codes("w+", 2))
     w[1] += 0.5 * np.random.RandomState(0).standard_normal(w[1].shape).astype(np.float32)  # two images
-    hist = {}
+    out = {}
     for name, source in (("loop", Sharpening(logits)), ("steps", Sharpening(logits)),
                          ("unrolled", Sharpening(logits)), ("fixed", Sharpening(logits, anneals=False))):
-        inv = Inverter(tiny_generator, settings, source, loop="steps" if name == "fixed" else name)
+        form = "steps" if name == "fixed" else name
+        inv = Inverter(tiny_generator, settings, source, loop=form)
+        assert inv.loop == form
         batch = inv.make_batch(target)
-        state = inv.start({"codes": jnp.asarray(w)[None]}, 1)
-        for count in (2, 5):
+        mine = {"codes": jnp.asarray(w)[None]}
+        state = inv.start(mine, 1)
+        for count in (2, 5):  # 5 = one unrolled chunk of 4 and a single step
             state = inv.advance(state, batch, count)
-        hist[name] = state.history[0]
+        assert state.step == 7 and np.all(np.isfinite(state.history))
+        np.testing.assert_array_equal(mine["codes"], w[None])
+        out[name] = (np.asarray(state.latents["codes"]), state.history[0])
         if name == "steps":  # what a result keeps: the masks at progress 1
             np.testing.assert_allclose(inv.evaluate(state.latents, batch)[1][0], source.masks({}), atol=1e-6)
             np.testing.assert_allclose(inv.snapshot(state.latents, batch, 0)[1][0], source.masks({}, 0.0), atol=1e-6)
-    for name in ("steps", "unrolled"):
-        np.testing.assert_allclose(hist[name], hist["loop"], rtol=1e-3)
+    ref_codes, ref_hist = out["loop"]
+    moved = float(np.abs(ref_codes - w[None]).max())
+    for form in ("steps", "unrolled"):
+        codes, hist = out[form]
+        np.testing.assert_allclose(hist[0], ref_hist[0], rtol=1e-5)  # the same objective before any update
+        np.testing.assert_allclose(hist, ref_hist, rtol=1e-3)
+        diff = np.abs(codes - ref_codes)
+        assert float(np.median(diff)) <= 1e-5 and float(diff.max()) <= 0.05 * moved, (form, diff.max(), moved)
     # the first step's masks are the softest (progress 0): a loss that differs from the final masks'
-    assert abs(hist["loop"][0] - hist["fixed"][0]) > 0.01 * hist["fixed"][0], (hist["loop"][0], hist["fixed"][0])
+    fixed = out["fixed"][1]
+    assert abs(ref_hist[0] - fixed[0]) > 0.01 * fixed[0], (ref_hist[0], fixed[0])
+    with pytest.raises(ConfigError, match="loop"):
+        Inverter(tiny_generator, settings, Sharpening(logits), loop="while")
 
 
 def test_a_grey_target_is_compared_in_luminance(tiny_generator, golden_p1, two_halves):

@@ -103,9 +103,10 @@ def drawn_with_random_noise(g, seeds):
 def test_optimize_noise_lowers_the_final_lpips():
     """Samples drawn with noise other than the constant buffers: optimising the noise fits them better, on
     average over the seeds, with the regulariser's weight scaled to this 32 px generator: 1e5 * (32/1024)^2
-    (docs/inversion.md). Measured: mean LPIPS 0.188 without, 0.174 with (lower for every seed)."""
+    (docs/inversion.md). Measured: mean LPIPS 0.209 without, 0.184 with (lower for both seeds; seed 0, left
+    out for time, also fits better: 0.149 without, 0.147 with)."""
     g = noisy_fixture()
-    targets = drawn_with_random_noise(g, [0, 1, 2])
+    targets = drawn_with_random_noise(g, [1, 2])
     opts = dict(segments=1, steps=40, lpips_net="vgg", lpips_resolution="full", masks="logits", lambda_reg=0.0)
     plain = [r.final_losses["lpips"] for r in invert_batch(targets, g, **opts)]
     noisy = invert_batch(targets, g, **opts, optimize_noise=True, noise_reg_weight=100.0)
