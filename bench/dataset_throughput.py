@@ -71,8 +71,9 @@ def child(args):
                 if args.source == "gcs":
                     paths.upload(tmp / folder / f"{i:05d}.png", f"{base}/{folder}/{i:05d}.png")
         join = (lambda *p: "/".join([base, *p])) if args.source == "gcs" else (lambda *p: base.joinpath(*p))
-        kw = dict(batch_size=args.batch_size, inverter=inverter, progress=False, store=args.store,
-                  read_threads=args.read_threads, **common)
+        kw = dict(inverter=inverter, settings=common,
+                  options=dataset.DatasetOptions(batch_size=args.batch_size, progress=False, store=args.store,
+                                                 read_threads=args.read_threads))
         t0 = time.perf_counter()
         dataset.invert_dataset(join("warm"), join("out_warm"), generator, **kw)
         compile_s = time.perf_counter() - t0

@@ -37,7 +37,8 @@ def main() -> None:
     g = resolve_generator(args.generator)
     rows = []
     for name, opts in (RUNS[:1] + RUNS[-1:]) if args.smoke else RUNS:
-        r = invert(str(ROOT / "examples" / "face.png"), g, steps=args.steps, **opts)
+        r = invert(str(ROOT / "examples" / "face.png"), g, steps=args.steps, masks=opts.get("masks"),
+                   settings={k: v for k, v in opts.items() if k != "masks"})
         rows.append({"run": name, **opts, "lpips": r.final_losses["lpips"], "masks": r.settings["masks"]["kind"]})
         print(f"{name:36s} lpips {rows[-1]['lpips']:.4f}", flush=True)
     record = {"generator": args.generator or "demo", "image": "examples/face.png", "steps": args.steps, "lpips_net": "vgg",

@@ -59,7 +59,7 @@ def main() -> None:
     lp = load_lpips("vgg")
     photos = {name: align(getattr(real_photos, name)(), g.resolution)[0] for name in PHOTOS}
     t0 = time.perf_counter()
-    results = invert_batch(list(photos.values()), g, segments=args.segments, steps=args.steps, progress_every=0)
+    results = invert_batch(list(photos.values()), g, segments=args.segments, steps=args.steps)
     print(f"inverted {len(photos)} photos in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     rows = []
     for name, r in zip(photos, results):

@@ -68,8 +68,8 @@ def main() -> None:
         elif opts.get("masks") == "not annealed":
             opts["masks"] = kmeans_segmenter(g, args.segments).with_hardening(1.0)
         t0 = time.perf_counter()
-        out = invert_batch(list(photos.values()), g, steps=args.steps, lpips_net=args.lpips_net,
-                           progress_every=0, **opts)
+        out = invert_batch(list(photos.values()), g, steps=args.steps, settings=dict(lpips_net=args.lpips_net),
+                           **opts)
         seconds = time.perf_counter() - t0
         for name, r in zip(photos, out):
             c = mask_coherence(r.masks)

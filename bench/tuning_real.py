@@ -108,7 +108,7 @@ def main() -> None:
     found = {name: align(getattr(real_photos, name)(), g.resolution) for name in PHOTOS}
     photos = {name: crop for name, (crop, _) in found.items()}
     t0 = time.perf_counter()
-    inverted = invert_batch(list(photos.values()), g, segments=args.segments, steps=args.steps, progress_every=0)
+    inverted = invert_batch(list(photos.values()), g, segments=args.segments, steps=args.steps)
     print(f"inverted {len(photos)} photos in {time.perf_counter() - t0:.1f} s", flush=True)
 
     t0 = time.perf_counter()

@@ -38,13 +38,13 @@ def main() -> None:
     left = np.zeros((r, r), np.float32)
     left[:, : r // 2] = 1.0
     target = np.clip(left[..., None] * imgs[0] + (1 - left[..., None]) * imgs[1], -1, 1)
-    common = dict(steps=args.steps, lambda_reg=0.0, lpips_net="alex", lpips_resolution="full", progress_every=0)
+    common = dict(steps=args.steps, lambda_reg=0.0, lpips_net="alex", lpips_resolution="full")
     runs = {"global W+ (n = 1)": dict(segments=1),
             "n = 2, masks = the true halves": dict(segments=2, masks=np.stack([left, 1 - left])),
             "n = 2, default masks (G^S, X^S learned)": dict(segments=2)}
     rows = []
     for name, opts in runs.items():
-        res = invert(target, g, **common, **opts)
+        res = invert(target, g, settings=common, **opts)
         rows.append({"run": name, "lpips": res.final_losses["lpips"], "masks": res.settings["masks"]})
     for row in rows:
         row["vs_global"] = row["lpips"] / rows[0]["lpips"]

@@ -1,7 +1,8 @@
 """chunkygan_jax: ChunkyGAN real-image inversion via segments, in JAX.
 
-The public API, re-exported: invert / invert_batch / Inverter (inversion.py), the pure core
-inversion_core / Core / CoreState / InversionSettings (core.py), load_generator /
+The public API, re-exported: invert / invert_batch / Inverter / Monitor (inversion.py), the pure core
+inversion_core / Core / CoreState / InversionSettings (core.py), the other settings objects MaskSettings
+(mask_sources.py), ReadOptions (io.py) and DatasetOptions with invert_dataset (dataset.py), load_generator /
 save_generator (checkpoints.py), resolve_generator (demo.py), InversionResult / load_result
 (results.py), the generators and the error types. The layering of the modules is described in
 WORKSPACE.md. The names are imported on first use, so that a tool answers --help without loading
@@ -22,7 +23,10 @@ _EXPORTS = {
     "results": ["InversionResult", "load_result"],
     "groups": ["FaceGroup", "load_group"],
     "core": ["Core", "CoreState", "InversionSettings", "inversion_core"],
-    "inversion": ["Inverter", "invert", "invert_batch"],
+    "inversion": ["Inverter", "Monitor", "invert", "invert_batch"],
+    "mask_sources": ["MaskSettings"],
+    "io": ["ReadOptions"],
+    "dataset": ["DatasetOptions", "invert_dataset"],
     "tuning": ["TuningSettings", "tune_results"],
     "deltas": ["tuned_generator"],
     "compilation_cache": ["enable_compilation_cache"],

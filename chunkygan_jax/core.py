@@ -68,11 +68,16 @@ def _ramp(count, steps, rampup=0.05, rampdown=0.25):
 # ---------------------------------------------------------------------------------------- settings
 @dataclasses.dataclass(frozen=True)
 class InversionSettings:
+    """Everything that changes an inversion's result, each default written here once. The one object that
+    flows through the drivers (invert, invert_batch, the dataset runner, local edits, the editor);
+    `validate(generator)` resolves the generator-dependent defaults (None) and checks every field."""
     segments: int = 8
-    space: str = "w+"
+    space: str | None = None  # None: the generator's default_space (StyleGAN2: "w+"; the demo DCGAN: "z")
     steps: int = 500
     lr: float = 0.1
-    lambda_reg: float = 1.0
+    # The paper's dispersion weight (units: the module docstring). None: the generator's calibrated
+    # default_lambda_reg (StyleGAN2: 1.0, the paper's; the demo DCGAN: 0).
+    lambda_reg: float | None = None
     l2_weight: float = 0.0
     mean_latent_weight: float = 0.0
     lpips_net: str = "vgg"
@@ -96,9 +101,13 @@ class InversionSettings:
     # the three real photos it fitted no better, and it does not make a result independent of the batch
     # and the devices (docs/distributed.md, "Numerics").
     start_jitter: float = 0.0
+    label: int | None = None  # the class of a conditional generator (protocol.bind_label), else None
 
     def validate(self, generator) -> "InversionSettings":
-        space = SPACE_ALIASES.get(self.space, self.space)
+        """These settings for `generator`: its defaults filled in (space, lambda_reg), every field checked."""
+        space = SPACE_ALIASES.get(self.space, self.space) if self.space is not None else generator.default_space
+        lambda_reg = generator.default_lambda_reg if self.lambda_reg is None else self.lambda_reg
+        self = dataclasses.replace(self, lambda_reg=lambda_reg)
         generator.check_space(space)  # the generator's own, more specific message
         if space not in generator.latent_spaces:
             raise ConfigError(f"unknown latent space {self.space!r}; this generator supports "
@@ -130,10 +139,31 @@ class InversionSettings:
             raise ConfigError("mean_latent_weight needs a StyleGAN generator (W space)")
         if self.mean_latent_weight > 0 and space == "s":
             raise ConfigError("mean_latent_weight applies to the w and w+ spaces only")
+        if self.label is not None and (isinstance(self.label, bool) or not isinstance(self.label, (int, np.integer))):
+            raise ConfigError(f"label must be a class number or None, got {self.label!r}")
         return dataclasses.replace(self, space=space)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "InversionSettings":
+        """A copy with `changes`; None values leave a field as it is (the keyword shorthands of the drivers)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown inversion setting(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def as_settings(settings=None, **shorthands) -> InversionSettings:
+    """`settings` (an InversionSettings, a dict of its fields, or None: the defaults) with the drivers'
+    keyword shorthands (segments=, steps=) applied where given."""
+    if settings is None:
+        settings = InversionSettings()
+    elif isinstance(settings, dict):
+        settings = InversionSettings().replace(**settings)
+    elif not isinstance(settings, InversionSettings):
+        raise ConfigError(f"settings must be an InversionSettings or a dict of its fields, got {type(settings).__name__}")
+    return settings.replace(**shorthands)
 
 
 # ---------------------------------------------------------------------------------------- objective
@@ -364,16 +394,13 @@ def inversion_core(generator, settings: InversionSettings | None = None, mask_so
     this generator: its default space and lambda_reg). mask_source: a mask source
     (mask_sources.make_mask_source; None: the default for this generator, seeded by settings.seed);
     lpips: an LPIPS object (None: the pretrained `settings.lpips_net`)."""
-    if settings is None:  # invert()'s defaults for this generator
-        settings = InversionSettings(space=generator.default_space,
-                                     lambda_reg=generator.default_lambda_reg)
-    s = settings.validate(generator)
+    s = (settings or InversionSettings()).validate(generator)
     if mask_source is None:
         mask_source = make_mask_source(None, s.segments, generator.resolution, seed=s.seed, generator=generator)
     if lpips is None:
         lpips = load_lpips(s.lpips_net, compute_dtype=s.dtype)
     w_std = w_std_of(generator) if s.mean_latent_weight > 0 else 1.0
-    # The seed is a value of the core (it seeds the start), not of the static settings: every seed
-    # shares one compiled step.
+    # The seed is a value of the core (it seeds the start) and the label is bound into the generator, so
+    # neither is part of the static settings: every seed and class share one compiled step.
     return Core(generator=_prepare(generator, s.dtype), lpips=lpips, mask_source=mask_source, w_std=w_std,
-                seed=int(s.seed), settings=dataclasses.replace(s, seed=0))
+                seed=int(s.seed), settings=dataclasses.replace(s, seed=0, label=None))

@@ -44,6 +44,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -54,9 +55,10 @@ from .align import as_mode, photo_mode
 from .demo import resolve_generator
 from .errors import ChunkyGANError, ConfigError
 from .files import MARKER, atomic_path, check_folder, published
+from .generators.protocol import bind_label
 from .generators.protocol import fingerprint as generator_fingerprint
-from .inversion import InversionSettings, Inverter, check_memory
-from .mask_sources import make_mask_source, mask_source_record
+from .inversion import Inverter, as_settings, check_memory
+from .mask_sources import as_mask_settings, make_mask_source, mask_source_record
 from .progress import Progress
 from .report import masks_sheet
 from .results import InversionResult, check_store, save_result
@@ -337,7 +339,7 @@ class _Timings(dict):
             self[name] += seconds
 
 
-def _load_one(rel: str, root, resolution: int, crop: str, alpha: str, upscale: bool, timings: _Timings):
+def _load_one(rel: str, root, resolution: int, reading: io.ReadOptions, timings: _Timings):
     """(rel, image, None), or (rel, None, reason) for a file that cannot be read: a failure record
     instead of a stopped job."""
     source = paths.join(root, rel)
@@ -349,7 +351,8 @@ def _load_one(rel: str, root, resolution: int, crop: str, alpha: str, upscale: b
             t1 = time.perf_counter()
             timings.add("read", t1 - t0)
         try:
-            return rel, io.load_image(source, resolution, crop=crop, alpha=alpha, upscale=upscale, data=data), None
+            return rel, io.load_image(source, resolution, crop=reading.crop, alpha=reading.alpha,
+                                           upscale=reading.upscale, data=data), None
         finally:
             timings.add("decode", time.perf_counter() - t1)
     except ChunkyGANError as e:
@@ -402,37 +405,54 @@ def _write_batch(output_dir, manifest: Manifest, expect: dict, store: str, resul
     return records
 
 
-def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None, steps=500, batch_size=None,
-                   lr=0.1, lambda_reg=None, l2_weight=0.0, mean_latent_weight=0.0, lpips_net="vgg",
-                   lpips_resolution=256, masks=None, segmenter=None, seed=0, noise_mode="const", dtype="float32",
-                   crop="none", alpha="refuse", upscale=False, mesh: Mesh | None = None, inverter=None,
-                   max_batches: int | None = None, progress: bool = True, log=None,
-                   store: str = "float32", tune=None, read_threads: int = 8) -> DatasetSummary:
+@dataclasses.dataclass(frozen=True)
+class DatasetOptions:
+    """How a dataset run proceeds; none of it changes a result's numbers.
+
+    batch_size: images per step on each process (None: one per local device), a multiple of this
+        process's device count.
+    store: how each result keeps its segment images, "float32", "float16" (half the size) or "none"
+        (composite, masks and latents only; results.save_result); metrics.json and the manifest record
+        it. A rerun with another store leaves the images already done as they are.
+    read_threads: threads that read and decode the images ahead of the compute (grain; 0: each batch is
+        read when it is due, in the loop).
+    max_batches: stop after that many batches (a time box; a rerun continues).
+    progress: print a progress line (process 0) on `log` (None: stderr)."""
+    batch_size: int | None = None
+    store: str = "float32"
+    read_threads: int = 8
+    max_batches: int | None = None
+    progress: bool = True
+    log: Any = None
+
+
+def invert_dataset(images, output_dir, generator=None, *, segments=None, steps=None, settings=None, masks=None,
+                   tune=None, reading: io.ReadOptions | None = None, options: DatasetOptions | None = None,
+                   mesh: Mesh | None = None, inverter=None) -> DatasetSummary:
     """Invert every image of a folder (or glob) into `output_dir`, each process on its own devices.
 
     Call `initialize()` first in a multi-process job; every process calls this with the same
-    arguments. generator: as in invert() (None: the demo generator); lambda_reg None takes the
-    generator's default, as invert() does. batch_size: images per step on each process (default one per
-    local device), a multiple of this process's device count. mesh: a data mesh over this process's
-    devices (default `data_mesh(jax.local_devices())`). masks, segmenter: as in invert() (None: the
-    generator's default, G^S with X^S learned per image) except per-image mask arrays, which are not
-    supported here. upscale: as in invert() (images under a quarter of the resolution are recorded as
-    failed without it). max_batches stops after that many batches (a time box; a
-    rerun continues). `inverter` (built with the same settings and mesh) saves a compilation when
-    calling this repeatedly. store: how each result keeps its segment images, "float32", "float16" (half
-    the size) or "none" (composite, masks and latents only; results.save_result); metrics.json and the
-    manifest record it. A rerun with another store leaves the images already done as they are.
+    arguments. generator, segments, steps, settings, reading: as in invert() (None: the demo generator,
+    InversionSettings' defaults). masks: as in invert() (None: the generator's default, G^S with X^S
+    learned per image) except per-image mask arrays and static masks, which are not supported here.
+    reading.upscale: images under a quarter of the resolution are recorded as failed without it.
+    options: a `DatasetOptions` (batch size, store, read threads, max_batches, progress).
+    mesh: a data mesh over this process's devices (default `data_mesh(jax.local_devices())`).
+    `inverter` (built with the same settings and mesh) saves a compilation when calling this repeatedly.
     tune: pivotal tuning of each batch after its inversion (as invert(tune=): steps or TuningSettings),
     all images of the batch in one program on the same devices; each result keeps its own weight delta. The
     tuning settings are part of what a rerun checks: results made without them (or with others) are
-    done again.
-    read_threads: threads that read and decode the images ahead of the compute (grain; 0: each batch is
-    read when it is due, in the loop)."""
+    done again."""
     t_start = time.perf_counter()
     output_dir = check_folder(output_dir)  # before any compilation
-    store = check_store(store)
+    options = options or DatasetOptions()
+    reading = reading or io.ReadOptions()
+    store = check_store(options.store)
     tune = as_tuning(tune)
-    generator = resolve_generator(generator)
+    settings = as_settings(settings, segments=segments, steps=steps)
+    generator = bind_label(resolve_generator(generator), settings.label)
+    settings = settings.replace(label=None if generator.label is None else int(generator.label)).validate(generator)
+    mask_settings = as_mask_settings(masks)
     if inverter is not None:  # its mesh decides (None: one device)
         if mesh is not None and inverter.mesh is not mesh:
             raise ConfigError("the given inverter was built for another mesh")
@@ -443,35 +463,32 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
         raise ConfigError("invert_dataset runs each process on its own devices: pass a mesh of this "
                           "process's devices (data_mesh(jax.local_devices()))")
     n_local = mesh.devices.size if mesh is not None else 1
-    batch_size = n_local if batch_size in (None, 0) else int(batch_size)
+    batch_size = n_local if options.batch_size in (None, 0) else int(options.batch_size)
     if batch_size < 1 or batch_size % n_local:
         raise ConfigError(f"batch_size {batch_size} must be a positive multiple of this process's "
                           f"{n_local} devices")
-    if read_threads < 0:
-        raise ConfigError(f"read_threads must be >= 0, got {read_threads}")
+    if options.read_threads < 0:
+        raise ConfigError(f"read_threads must be >= 0, got {options.read_threads}")
+    max_batches = options.max_batches
     if max_batches is not None and max_batches < 0:
         raise ConfigError(f"max_batches must be >= 0, got {max_batches}")
-    if lambda_reg is None:  # the generator's calibrated value, as invert() takes it
-        lambda_reg = generator.default_lambda_reg
-    settings = InversionSettings(segments=segments, space=space or generator.default_space, steps=steps, lr=lr,
-                                 lambda_reg=lambda_reg, l2_weight=l2_weight,
-                                 mean_latent_weight=mean_latent_weight, lpips_net=lpips_net,
-                                 lpips_resolution=lpips_resolution, seed=seed, noise_mode=noise_mode,
-                                 dtype=dtype).validate(generator)
     check_memory(generator, settings, batch_size // n_local)  # before any compilation
+    masks = mask_settings.source
     if masks is not None and not isinstance(masks, str) and not (hasattr(masks, "init") and hasattr(masks, "masks")):
         raise ConfigError("invert_dataset takes masks=None, 'segmenter', 'logits', 'layout' or a mask source "
                           "(per-image mask arrays are not supported)")
+    if mask_settings.static is not None:
+        raise ConfigError("invert_dataset takes no static mask (it is one image's)")
     given = inverter
     if inverter is None:
-        source = make_mask_source(masks, settings.segments, generator.resolution, seed=seed, generator=generator,
-                                  segmenter=segmenter)
+        source = make_mask_source(masks, settings.segments, generator.resolution, seed=settings.seed,
+                                  learn=mask_settings.learn, generator=generator, segmenter=mask_settings.segmenter)
         inverter = Inverter(generator, settings, source, mesh=mesh)
     elif inverter.settings != settings:
         raise ConfigError("the given inverter was built for other settings")
     masks_record = mask_source_record(inverter.mask_source if given is not None and masks is None else masks,
                                       inverter.mask_source,
-                                      generator, settings.segments, segmenter=segmenter)
+                                      generator, settings.segments, segmenter=mask_settings.segmenter)
 
     output_dir = paths.as_path(output_dir)
     root, files = list_images(images, exclude=[output_dir])
@@ -483,9 +500,12 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
                               "needs the same files (a shared file system)")
     if not files:
         raise ConfigError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found in {images}")
-    full_settings = {**settings.to_dict(), "masks": masks_record}  # what every result records
+    recorded = settings.to_dict()
+    if recorded["label"] is None:  # recorded only for a conditional generator, as invert() does
+        del recorded["label"]
+    full_settings = {**recorded, "masks": masks_record}  # what every result records
     expect = {"settings": _json_safe(full_settings), "generator": generator_fingerprint(generator),
-              "masks": masks_record, "crop": crop, "alpha": alpha}
+              "masks": masks_record, "crop": reading.crop, "alpha": reading.alpha}
     # tuning changes a result: a rerun redoes results made with other tuning settings, or none
     expect["tuning"] = None if tune is None else _json_safe(tune.to_dict())
     mine = process_share(files)
@@ -504,8 +524,8 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
     batches = math.ceil(len(pending) / batch_size)
     batches_now = batches if max_batches is None else min(batches, max_batches)
     manifest = Manifest(output_dir, jax.process_index())
-    bar = Progress(len(pending), unit="images", bar=False, enabled=progress and jax.process_index() == 0,
-                   stream=log)
+    bar = Progress(len(pending), unit="images", bar=False, enabled=options.progress and jax.process_index() == 0,
+                   stream=options.log)
     if bar.enabled:
         print(f"{len(files)} images ({skipped} already done), {total_pending} to invert on "
               f"{jax.process_count()} process(es); this one: {len(pending)} in {batches} batches of "
@@ -527,9 +547,9 @@ def invert_dataset(images, output_dir, generator=None, *, segments=8, space=None
                    prefix=f"[batch {k + 1}/{batches_now}] ")
 
     # Leaving the block waits for the batch in flight, also when the loop stops on an error.
-    load = functools.partial(_load_one, root=root, resolution=generator.resolution, crop=crop, alpha=alpha,
-                             upscale=upscale, timings=timings)
-    batch_rows = _batches(pending[:batches_now * batch_size], batch_size, load, read_threads)
+    load = functools.partial(_load_one, root=root, resolution=generator.resolution, reading=reading,
+                             timings=timings)
+    batch_rows = _batches(pending[:batches_now * batch_size], batch_size, load, options.read_threads)
     with _sigterm_flag() as preempted, ThreadPoolExecutor(1, thread_name_prefix="chunkygan-dataset-writer") as writer:
         for k, rows in enumerate(batch_rows):
             if preempted.is_set():

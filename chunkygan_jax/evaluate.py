@@ -48,9 +48,9 @@ from .files import atomic_path, sha256_file
 from .generators.protocol import fingerprint
 from .identity import NAME as IDENTITY_NAME
 from .identity import IdentityModel
-from .inversion import invert
+from .inversion import InversionSettings, Monitor, invert
 from .lpips import load_lpips, resize_for_lpips
-from .mask_sources import MASK_KINDS, make_mask_source, mask_kind, mask_source_record
+from .mask_sources import MASK_KINDS, MaskSettings, make_mask_source, mask_kind, mask_source_record
 from .progress import Progress
 
 __all__ = ["Method", "methods_for", "evaluate", "LPIPS_MEASURE"]
@@ -216,10 +216,11 @@ def evaluate(photos, generator=None, output_dir="out/evaluate", *, steps=500, se
                 continue
         for m in todo:
             label = f"{rel}, {m.label}"
-            result = invert(target, generator, segments=m.segments, space=m.space, steps=int(steps),
-                            lambda_reg=m.lambda_reg, seed=int(seed), tune=m.tune_steps or None,
-                            **({"masks": masks, "segmenter": segmenter} if m.segments > 1 else {}),
-                            callback=lambda step, total, _: bar.update(done, f"{label}, step {step}/{total}"))
+            settings = InversionSettings(segments=m.segments, space=m.space, steps=int(steps), lambda_reg=m.lambda_reg,
+                                         seed=int(seed))
+            result = invert(target, generator, settings=settings, tune=m.tune_steps or None,
+                            masks=MaskSettings(masks, segmenter=segmenter) if m.segments > 1 else None,
+                            monitor=Monitor(callback=lambda step, total, _: bar.update(done, f"{label}, step {step}/{total}")))
             record = {"version": RECORD_VERSION, "photo": rel, "photo_sha256": sha, "method": m.key,
                       **_measure(lp, ident, target, result.composite), "objective": result.final_losses,
                       "seconds": result.seconds}

@@ -30,15 +30,14 @@ from . import io, sharding
 from .align import Alignment, align_image, find_alignments, load_photo, photo_mode
 from .align import align as align_photo
 from .core import (MASK_ADAM_EPS, NOISE_MODES, SPACE_ALIASES, Core, CoreState, InversionSettings,  # noqa: F401
-                   dispersion, image_seeds, inversion_core, make_loss_fn, nvidia_lr_schedule, w_std_of)
+                   as_settings, dispersion, image_seeds, inversion_core, make_loss_fn, nvidia_lr_schedule, w_std_of)
 from .demo import resolve_generator
 from .errors import ConfigError, ImageError, ResourceError
 from .generators.protocol import bind_label
 from .groups import FaceGroup
 from .lpips import load_lpips
-from .mask_sources import make_mask_source, mask_source_record
+from .mask_sources import MaskSettings, as_mask_settings, make_mask_source, mask_source_record  # noqa: F401
 from .masks import composite
-from .noise import DEFAULT_NOISE_REG_WEIGHT
 from .progress import Progress
 from .results import InversionResult, Snapshot
 from .tuning import as_tuning, tune_results
@@ -292,8 +291,25 @@ def _unbatch(tree, i):
     return jax.tree_util.tree_map(lambda x: np.asarray(x[i]), tree)
 
 
-def _prepare(generator, image, static_mask, crop, alpha, upscale=False):
-    target = io.as_target_image(image, generator.resolution, crop=crop, alpha=alpha, upscale=upscale)
+@dataclasses.dataclass(frozen=True)
+class Monitor:
+    """What the drivers report while they run (nothing of it changes a result).
+
+    callback(step, steps, losses): called every `every` steps (and after step 1 and the last), losses the
+        total loss of each image [B] at the step before.
+    every: steps between reports (0: only after step 1 and the last; with progress, 0 picks a twentieth).
+    progress: print a progress line (progress.Progress: steps done, rate, ETA, loss) on stderr.
+    snapshot_steps: steps at which the composite and masks are kept (for a progression sheet).
+    tune_callback(step, steps, lpips): after every pivotal-tuning step."""
+    callback: Callable | None = None
+    every: int = 25
+    progress: bool = False
+    snapshot_steps: tuple = ()
+    tune_callback: Callable | None = None
+
+
+def _prepare(generator, image, static_mask, reading: io.ReadOptions):
+    target = reading.target(image, generator.resolution)
     sx = None
     if static_mask is not None:
         if isinstance(static_mask, (str, Path)):
@@ -301,52 +317,47 @@ def _prepare(generator, image, static_mask, crop, alpha, upscale=False):
         else:
             sx = np.asarray(static_mask, np.float32)
             if sx.shape != (generator.resolution,) * 2:
-                raise ImageError(f"static_mask must be [{generator.resolution}, {generator.resolution}], "
+                raise ImageError(f"the static mask must be [{generator.resolution}, {generator.resolution}], "
                                  f"got {sx.shape}")
             if not np.all(np.isfinite(sx)) or sx.min() < 0 or sx.max() > 1:
-                raise ImageError("static_mask values must lie in [0, 1]")
+                raise ImageError("the static mask's values must lie in [0, 1]")
     return target, sx
 
 
-def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1, lambda_reg=None,
-                 l2_weight=0.0, mean_latent_weight=0.0, lpips_net="vgg", lpips_resolution=256,
-                 masks=None, segmenter=None, learn_masks=None, static_masks=None, seed=0, noise_mode="const",
-                 dtype="float32", callback: Callable | None = None, progress_every=25, progress=False,
-                 snapshot_steps=(), crop="none", alpha="refuse", upscale=False, inverter: Inverter | None = None,
-                 initial_codes=None, mesh=None, tune=None, tune_callback=None, label=None, optimize_noise=False,
-                 noise_reg_weight=DEFAULT_NOISE_REG_WEIGHT) -> list[InversionResult]:
-    """Invert B images at once (one jitted step for all B x n segments). See `invert` for options;
-    `static_masks` is a list (one per image, or None). `mesh` (sharding.data_mesh()) shards the
-    images over its devices; the batch is padded to a multiple of this process's devices with copies
-    of the last image, whose results are dropped."""
+def invert_batch(images, generator=None, *, segments=None, steps=None, settings=None, masks=None,
+                 initial_codes=None, tune=None, reading: io.ReadOptions | None = None,
+                 monitor: Monitor | None = None, inverter: Inverter | None = None, mesh=None) -> list[InversionResult]:
+    """Invert B images at once (one jitted step for all B x n segments). See `invert` for the options;
+    here `masks.static` is a list (one static mask or None per image) and `initial_codes` has a leading
+    batch axis. `mesh` (sharding.data_mesh()) shards the images over its devices; the batch is padded to
+    a multiple of this process's devices with copies of the last image, whose results are dropped.
+    `inverter`: a ready Inverter for these settings (its compiled programs are reused)."""
     t0 = time.perf_counter()
-    generator = bind_label(resolve_generator(generator), label)  # a conditional generator's class
-    space = space or generator.default_space
-    if lambda_reg is None:  # the generator's calibrated value (1.0, the paper's, for StyleGAN2's W)
-        lambda_reg = generator.default_lambda_reg
-    settings = InversionSettings(segments=segments, space=space, steps=steps, lr=lr, lambda_reg=lambda_reg,
-                                 l2_weight=l2_weight, mean_latent_weight=mean_latent_weight,
-                                 lpips_net=lpips_net, lpips_resolution=lpips_resolution, seed=seed,
-                                 noise_mode=noise_mode, dtype=dtype, optimize_noise=optimize_noise,
-                                 noise_reg_weight=noise_reg_weight).validate(generator)
+    settings = as_settings(settings, segments=segments, steps=steps)
+    generator = bind_label(resolve_generator(generator), settings.label)  # a conditional generator's class
+    label = None if generator.label is None else int(generator.label)  # a generator given bound keeps its class
+    settings = settings.replace(label=label).validate(generator)
+    mask_settings = as_mask_settings(masks)
+    reading = reading or io.ReadOptions()
+    monitor = monitor or Monitor()
     if not images:
         raise ConfigError("no images to invert")
     tune = as_tuning(tune)  # checked before any work
-    static_masks = list(static_masks) if static_masks is not None else [None] * len(images)
+    static_masks = list(mask_settings.static) if mask_settings.static is not None else [None] * len(images)
     if len(static_masks) != len(images):
         raise ConfigError(f"{len(static_masks)} static masks for {len(images)} images")
-    on = mesh if mesh is not None else getattr(inverter, "mesh", None)
+    on = mesh if mesh is not None else (inverter.mesh if inverter is not None else None)
     devices = len(on.local_devices) if on is not None else 1
     check_memory(generator, settings, -(-len(images) // devices))  # before any compilation
-    prepared = [_prepare(generator, im, sm, crop, alpha, upscale) for im, sm in zip(images, static_masks)]
+    prepared = [_prepare(generator, im, sm, reading) for im, sm in zip(images, static_masks)]
     targets = np.stack([p[0] for p in prepared])
     has_static = any(p[1] is not None for p in prepared)
     sxs = np.stack([p[1] if p[1] is not None else np.zeros(targets.shape[1:3], np.float32)
                     for p in prepared]) if has_static else None
     inverter_given = inverter
     if inverter is None:
-        source = make_mask_source(masks, settings.segments, generator.resolution, seed=seed,
-                                  learn=learn_masks, generator=generator, segmenter=segmenter)
+        source = make_mask_source(mask_settings.source, settings.segments, generator.resolution, seed=settings.seed,
+                                  learn=mask_settings.learn, generator=generator, segmenter=mask_settings.segmenter)
         inverter = Inverter(generator, settings, source, static_mask=has_static, mesh=mesh)
     elif inverter.settings != settings:
         raise ConfigError("the given inverter was built for other settings")
@@ -361,20 +372,20 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
         initial_codes = None if initial_codes is None else jax.tree_util.tree_map(
             lambda x: padded(np.asarray(x)), initial_codes)
 
-    record = mask_source_record(inverter.mask_source if inverter_given is not None and masks is None else masks,
-                                inverter.mask_source, generator, settings.segments, segmenter=segmenter)
-    bar = Progress(steps, unit="steps") if progress else None
-    if progress and not progress_every:
-        progress_every = max(1, min(25, steps // 20))
+    given_source = inverter.mask_source if inverter_given is not None and mask_settings.source is None \
+        else mask_settings.source
+    record = mask_source_record(given_source, inverter.mask_source, generator, settings.segments,
+                                segmenter=mask_settings.segmenter)
+    steps = settings.steps
+    bar = Progress(steps, unit="steps") if monitor.progress else None
+    every = monitor.every or (max(1, min(25, steps // 20)) if monitor.progress else 0)
     batch = inverter.make_batch(targets, sxs)
     state = inverter.start(inverter.initial_latents(len(targets), initial_codes, targets), len(targets))
     # The first call runs one step alone: its time is the compilation plus one step, and the steps after it
     # give the steady time per step.
-    stops = sorted({int(s) for s in snapshot_steps if 0 <= int(s) <= steps}
-                   | set(range(progress_every, steps, progress_every)) | {1, steps}) if progress_every else \
-        sorted({int(s) for s in snapshot_steps if 0 <= int(s) <= steps} | {1, steps})
+    snap_set = {int(s) for s in monitor.snapshot_steps if 0 <= int(s) <= steps}
+    stops = sorted(snap_set | (set(range(every, steps, every)) if every else set()) | {1, steps})
     snapshots = [[] for _ in images]
-    snap_set = {int(s) for s in snapshot_steps}
     first_call = steady = 0.0
     for stop in stops:
         t = time.perf_counter()
@@ -387,8 +398,8 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
             out, seg_masks = inverter.snapshot(state.latents, batch, stop)
             for i in range(count):
                 snapshots[i].append(Snapshot(stop, out[i], seg_masks[i]))
-        if callback is not None:
-            callback(state.step, steps, state.history[:count, max(state.step - 1, 0)])
+        if monitor.callback is not None:
+            monitor.callback(state.step, steps, state.history[:count, max(state.step - 1, 0)])
         if bar is not None:
             bar.update(state.step, f"loss {float(np.mean(state.history[:count, max(state.step - 1, 0)])):.4f}")
     imgs, seg_masks, out, parts = inverter.evaluate(state.latents, batch)
@@ -397,36 +408,48 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
     compile_seconds = max(first_call - (step_ms or 0.0) / 1000.0, 0.0)
     if not np.all(np.isfinite(parts["total"][:count])):
         raise ConfigError("the inversion diverged (non-finite loss); lower lr or the loss weights")
+    recorded = settings.to_dict()
+    if recorded["label"] is None:  # recorded only for a conditional generator
+        del recorded["label"]
     results = []
     for i in range(count):
         results.append(InversionResult(
             target=targets[i], composite=out[i], segment_images=imgs[i], masks=seg_masks[i],
             latents=_unbatch(state.latents, i), loss_history=state.history[i].copy(),
-            final_losses={k: float(v[i]) for k, v in parts.items()}, settings={**settings.to_dict(), "masks": record},
+            final_losses={k: float(v[i]) for k, v in parts.items()}, settings={**recorded, "masks": record},
             static_mask=None if sxs is None else sxs[i], snapshots=snapshots[i], seconds=seconds,
             compile_seconds=compile_seconds, step_ms=step_ms))
-        if generator.label is not None:
-            results[-1].settings["label"] = int(generator.label)
         if _is_grey(targets[i]):  # compared in luminance (settings.grey_loss), shown in grey
             results[-1].settings["photo_mode"] = "grey"
     if tune is not None:  # one batched program for all images, sharded like the inversion
-        results = tune_results(results, generator, tune, lpips=inverter.lpips, progress=progress,
-                               callback=tune_callback, mesh=inverter.mesh)
+        results = tune_results(results, generator, tune, lpips=inverter.lpips, progress=monitor.progress,
+                               callback=monitor.tune_callback, mesh=inverter.mesh)
     return results
 
 
-def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, lambda_reg=None,
-           l2_weight=0.0, mean_latent_weight=0.0, lpips_net="vgg", lpips_resolution=256, masks=None,
-           segmenter=None, learn_masks=None, static_mask=None, seed=0, noise_mode="const", dtype="float32",
-           callback=None, progress_every=25, progress=False, snapshot_steps=(), crop="none", alpha="refuse",
-           upscale=False, initial_codes=None, align=False, face=None, tune=None,
-           tune_callback=None, label=None, optimize_noise=False,
-           noise_reg_weight=DEFAULT_NOISE_REG_WEIGHT) -> InversionResult | FaceGroup:
+def invert(image, generator=None, *, segments=None, steps=None, settings=None, masks=None, initial_codes=None,
+           align=False, face=None, tune=None, reading: io.ReadOptions | None = None,
+           monitor: Monitor | None = None) -> InversionResult | FaceGroup:
     """Reconstruct one photo as `segments` latent codes blended by soft masks (ChunkyGAN).
 
     image: a path or an array ([H, W, 3] uint8, or float in [-1, 1]) at the generator's resolution;
         with `align`, a photo of any size. A file of another size is resized (logged); one under a
-        quarter of the resolution is refused unless upscale=True.
+        quarter of the resolution is refused unless reading.upscale.
+    generator: a generator object, a checkpoint path (ours, NVIDIA .pkl, rosinality .pt), or None for
+        the demo face generator.
+    segments, steps: shorthands for the same fields of `settings`.
+    settings: an `InversionSettings` (or a dict of its fields): everything that changes the result (space,
+        lr, lambda_reg, the LPIPS network, seed, dtype, optimize_noise, label, ...; each default and its
+        meaning is documented there). space and lambda_reg default to the generator's own.
+    masks: a `MaskSettings` or, for short, its `source`: None / 'segmenter' (the paper's method and the
+        default for generators that offer their features, StyleGAN2 and the demo DCGAN: S = G^S(X^S), the
+        segment code X^S learned with the image codes; the k-means head cached per generator, or
+        MaskSettings.segmenter), 'logits' (learned low-resolution logits from a soft Voronoi layout),
+        'layout' (that layout, fixed), an array [n, H, W] or label map [H, W] (user masks, fixed unless
+        MaskSettings.learn), or a mask source. MaskSettings.static: the static mask of eq. 3 ([H, W] in
+        [0, 1] or a mask file; where 1, the composite is the input image). The result records the
+        choice in settings["masks"].
+    initial_codes: the codes to start from ([n, ...] in the space), instead of the generator's own start.
     align: True finds the face (the largest, or number `face` from the left) and inverts its FFHQ-aligned
         crop (`chunkygan_jax.align`); an `Alignment` found earlier on this photo is used as it is. The
         result then records `alignment` (its JSON form) and `photo` (the path, when `image` is one), so
@@ -434,57 +457,31 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
     face: with align=True, the face to invert (None: the largest), or "all": every face found is
         aligned and all are inverted as one batch (one jitted program; with `tune`, tuned together), and
         a `groups.FaceGroup` is returned. Faces whose quad is under a quarter of the generator's
-        resolution are skipped (listed in its `skipped` with the reason) unless upscale=True.
-    A greyscale photo (equal channels) is compared with the composite's luminance (settings.grey_loss)
-    and records settings["photo_mode"] = "grey": what is shown of the result (projection.png, pasted
-    photos, edits) is then its luminance (`align.as_mode`).
-    generator: a generator object, a checkpoint path (ours, NVIDIA .pkl, rosinality .pt), or None for
-        the demo face generator.
-    space: 'w', 'w+' (default for StyleGAN2) or 's'; codes start at w_avg (with learned masks, each
-        segment offset a little, seeded by the image's pixels and `seed`: InversionSettings.start_jitter).
-    masks: None / 'segmenter' (the paper's method and the default for generators that offer their
-        features, StyleGAN2 and the demo DCGAN: S = G^S(X^S), the segment code X^S learned with the
-        image codes; the k-means head cached per generator, or `segmenter`), 'logits' (learned
-        low-resolution logits from a soft Voronoi layout), 'layout' (that layout, fixed), an array
-        [n, H, W] or label map [H, W] (user masks, fixed unless learn_masks), or a mask source.
-        See mask_sources.make_mask_source; the result records the choice in settings["masks"].
-    segmenter: a trained segmenter's directory (bin/train_segmenter) or a `Segmenter`, for
-        masks='segmenter' (default: the unsupervised k-means head).
-    static_mask: [H, W] in [0, 1] (or a mask file): where 1, the composite is the input image (eq. 3).
-    lambda_reg: weight of the paper's dispersion term (see the module docstring for its units); None
-        takes the generator's `default_lambda_reg` (StyleGAN2: 1.0 as in the paper; demo DCGAN: 0).
-    callback(step, steps, losses): called every `progress_every` steps.
-    progress: print a progress line (progress.Progress: steps done, rate, ETA, loss) on stderr.
-    snapshot_steps: steps at which the composite and masks are kept (for a progression sheet).
-    noise_mode: 'const' (the generator's fixed noise) or 'none'.
-    optimize_noise: optimise the generator's noise buffers too, as NVIDIA's projector does (StyleGAN2
-        only): one noise per image, shared by its segments, starting from the generator's buffers, with
-        NVIDIA's multi-scale regulariser (weight `noise_reg_weight`, NVIDIA's 1e5 by default) and
-        renormalised after every step. The result keeps it in latents["noise"], and every edit renders
-        with it (noise.drawer).
-    label: the class of a conditional generator (c_dim > 0), required there and refused elsewhere; the
-        result records it in settings["label"].
+        resolution are skipped (listed in its `skipped` with the reason) unless reading.upscale.
     tune: pivotal tuning after the inversion (tuning.py): a number of steps or a `TuningSettings`; None or
         0: off. The result then renders with its own small change of the generator's drawing weights
         (`result.tuning`; `deltas.tuned_generator(generator, result.tuning)` gives the tuned generator,
-        and every edit applies it). tune_callback(step, steps, lpips) after every tuning step.
+        and every edit applies it).
+    reading: an `io.ReadOptions` (crop, alpha, upscale) for image files.
+    monitor: a `Monitor` (callback, progress line, snapshots, tuning callback).
+    A greyscale photo (equal channels) is compared with the composite's luminance (settings.grey_loss)
+    and records settings["photo_mode"] = "grey": what is shown of the result (projection.png, pasted
+    photos, edits) is then its luminance (`align.as_mode`). A conditional generator's class
+    (settings.label) is recorded in settings["label"].
     The result's `compile_seconds` (the step program's compilation: the first step call beyond a steady
     step) and `step_ms` (the steady time per step) are measured apart; `seconds` is the whole call,
     one-off work such as loading LPIPS and the snapshots included.
     """
-    batch_options = dict(segments=segments, space=space, steps=steps, lr=lr, lambda_reg=lambda_reg,
-                         l2_weight=l2_weight, mean_latent_weight=mean_latent_weight, lpips_net=lpips_net,
-                         lpips_resolution=lpips_resolution, masks=masks, segmenter=segmenter,
-                         learn_masks=learn_masks, seed=seed, noise_mode=noise_mode, dtype=dtype, callback=callback,
-                         progress_every=progress_every, progress=progress, snapshot_steps=snapshot_steps,
-                         crop=crop, alpha=alpha, upscale=upscale, tune=tune, tune_callback=tune_callback,
-                         label=label, optimize_noise=optimize_noise, noise_reg_weight=noise_reg_weight)
+    mask_settings = as_mask_settings(masks)
+    options = dict(segments=segments, steps=steps, settings=settings, tune=tune, reading=reading, monitor=monitor)
     if isinstance(face, str):
         if face != "all":
             raise ConfigError(f"face must be a face number, None (the largest) or 'all', got {face!r}")
         if align is not True:
             raise ConfigError("face='all' finds every face; pass align=True")
-        return _invert_faces(image, resolve_generator(generator), static_mask, initial_codes, batch_options)
+        if mask_settings.static is not None:
+            raise ConfigError("a static mask is one image's; it does not apply to face='all'")
+        return _invert_faces(image, resolve_generator(generator), mask_settings, initial_codes, options)
     alignment = None
     if align is not False and align is not None:
         generator = resolve_generator(generator)
@@ -492,7 +489,8 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
     elif face is not None:
         raise ConfigError("face= chooses the face to align; pass align=True too")
     init = None if initial_codes is None else jax.tree_util.tree_map(lambda x: np.asarray(x)[None], initial_codes)
-    result = invert_batch([image], generator, static_masks=[static_mask], initial_codes=init, **batch_options)[0]
+    one = dataclasses.replace(mask_settings, static=[mask_settings.static])
+    result = invert_batch([image], generator, masks=one, initial_codes=init, **options)[0]
     if alignment is not None:
         result.alignment, result.photo = alignment
     return result
@@ -503,13 +501,11 @@ def _is_grey(target) -> bool:
     return bool(np.array_equal(t[..., 0], t[..., 1]) and np.array_equal(t[..., 0], t[..., 2]))
 
 
-def _invert_faces(photo, generator, static_mask, initial_codes, options) -> FaceGroup:
+def _invert_faces(photo, generator, mask_settings, initial_codes, options) -> FaceGroup:
     """invert(face="all"): every face aligned, too small ones skipped, the rest inverted as one batch."""
-    if static_mask is not None:
-        raise ConfigError("static_mask is one image's; it does not apply to face='all'")
     rgb = load_photo(photo)
     found, skipped = find_alignments(rgb)
-    res, upscale = generator.resolution, options["upscale"]
+    res, upscale = generator.resolution, (options["reading"] or io.ReadOptions()).upscale
     images, kept = [], []
     for al in found:
         if al.side < res / 4 and not upscale:
@@ -526,7 +522,7 @@ def _invert_faces(photo, generator, static_mask, initial_codes, options) -> Face
         raise ImageError(f"{name}: no face to invert among the {len(skipped)} found ({why})")
     init = None if initial_codes is None else jax.tree_util.tree_map(
         lambda x: np.repeat(np.asarray(x)[None], len(images), axis=0), initial_codes)
-    results = invert_batch(images, generator, initial_codes=init, **options)
+    results = invert_batch(images, generator, masks=mask_settings, initial_codes=init, **options)
     path = str(Path(photo).resolve()) if isinstance(photo, (str, os.PathLike)) else None
     mode = photo_mode(rgb)
     for r, al in zip(results, kept):

@@ -16,6 +16,7 @@ converted to sRGB.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from io import BytesIO
@@ -178,6 +179,19 @@ def load_image(path, resolution: int | None = None, *, crop="none", alpha="refus
         arr = _resize(img, resolution)
     rgb = image_to_rgb(arr, alpha=alpha, source=path)
     return (rgb * 2.0 - 1.0).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadOptions:
+    """How a photo file becomes a target (the drivers' `reading=`): crop ("none": a non-square image is
+    refused; "center": its centre square), alpha (a transparent image: "refuse", "drop" the channel, or
+    composite on "white"), upscale (accept images under a quarter of the resolution)."""
+    crop: str = "none"
+    alpha: str = "refuse"
+    upscale: bool = False
+
+    def target(self, image, resolution: int) -> np.ndarray:
+        return as_target_image(image, resolution, crop=self.crop, alpha=self.alpha, upscale=self.upscale)
 
 
 def as_target_image(image, resolution: int, *, crop="none", alpha="refuse", upscale=False) -> np.ndarray:

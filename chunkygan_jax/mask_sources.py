@@ -8,7 +8,9 @@ generator. 'kmeans' is an alias of 'segmenter'."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +26,25 @@ from .segmenter import MASK_SMOOTHING, Segmenter, kmeans_segmenter, load_segment
 MASK_KINDS = ("segmenter", "logits", "layout")
 MASK_ALIASES = {"kmeans": "segmenter"}
 KMEANS_SEED = 0  # the k-means head is fitted once per generator and n (the inversion seed moves the layout)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MaskSettings:
+    """An inversion's masks as one object (the `masks=` argument of the drivers; a bare value is its `source`).
+
+    source: what `make_mask_source` takes (None: the generator's default, G^S where it offers features).
+    segmenter: a trained head for source "segmenter" (a bin/train_segmenter directory or a `Segmenter`).
+    learn: whether the masks are optimised; None: the source's own default (make_mask_source).
+    static: the static mask S^X of the paper's eq. 3, [H, W] in [0, 1] or a mask file (1: the composite keeps
+        the target there); for a batch, a list with one entry (or None) per image."""
+    source: Any = None
+    segmenter: Any = None
+    learn: bool | None = None
+    static: Any = None
+
+
+def as_mask_settings(masks) -> MaskSettings:
+    return masks if isinstance(masks, MaskSettings) else MaskSettings(source=masks)
 
 
 def mask_kind(masks, generator=None) -> str | None:

@@ -141,7 +141,7 @@ def run_case(name, checkpoint, out):
         from chunkygan_jax.inversion import invert
 
         result = invert(np.zeros((32, 32, 3), np.float32), load_generator(checkpoint), segments=2, steps=1,
-                        lpips_net="alex", lpips_resolution="full")
+                        settings=dict(lpips_net="alex", lpips_resolution="full"))
         result.settings["generator"] = str(checkpoint)
         result.save(out / "result")
     args = [a.format(ckpt=checkpoint, out=out, golden=GOLDEN, official=official_checkout()[0], root=ROOT)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from chunkygan_jax.core import CoreState, InversionSettings, image_seeds, inversion_core, make_loss_fn
-from chunkygan_jax.inversion import invert
+from chunkygan_jax.inversion import Monitor, invert
 from chunkygan_jax.mask_sources import make_mask_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def scan_run(core, tiny_generator):
 def test_user_scan_of_step_matches_invert(core, tiny_generator, scan_run):
     target, state, final, totals = scan_run
     assert isinstance(state, CoreState) and int(state.step) == 0 and int(final.step) == OPTIONS["steps"]
-    ours = invert(target[0], tiny_generator, masks="layout", progress_every=0, **OPTIONS)
+    ours = invert(target[0], tiny_generator, masks="layout", settings=OPTIONS, monitor=Monitor(every=0))
     codes = np.asarray(final.latents["codes"][0])
     moved = float(np.abs(codes - np.asarray(state.latents["codes"][0])).max())
     diff = np.abs(codes - ours.latents["codes"])

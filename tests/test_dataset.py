@@ -22,7 +22,8 @@ import pytest
 from PIL import Image
 
 from chunkygan_jax import dataset, sharding
-from chunkygan_jax.inversion import InversionSettings, Inverter, invert_batch
+from chunkygan_jax.dataset import DatasetOptions
+from chunkygan_jax.inversion import InversionSettings, Inverter, Monitor, invert_batch
 from chunkygan_jax.generators import fingerprint
 from chunkygan_jax.mask_sources import make_mask_source
 from chunkygan_jax.results import load_result
@@ -76,8 +77,9 @@ def inverter(tiny_generator):
 
 
 def _run(images_dir, out, tiny_generator, inverter, **kw):
-    return dataset.invert_dataset(images_dir, out, tiny_generator, masks=MASKS, batch_size=1,
-                                      inverter=inverter, progress=False, **SETTINGS, **kw)
+    return dataset.invert_dataset(images_dir, out, tiny_generator, masks=MASKS, inverter=inverter,
+                                  settings=SETTINGS, tune=kw.pop("tune", None),
+                                  options=DatasetOptions(batch_size=1, progress=False, **kw))
 
 
 @pytest.fixture(scope="module")
@@ -157,8 +159,8 @@ def test_sharded_batch_matches_one_by_one(generator_dir, tiny_generator, inverte
     sharded = np.load(tmp_path / "out.npz")
     worst, diffs, moved = 0.0, [], 0.0
     for i, image in enumerate(images):
-        alone = invert_batch([image], tiny_generator, inverter=inverter, masks=MASKS, progress_every=0,
-                             **SETTINGS)[0]
+        alone = invert_batch([image], tiny_generator, inverter=inverter, masks=MASKS, settings=SETTINGS,
+                             monitor=Monitor(every=0))[0]
         diff = np.abs(sharded[f"{i}/codes"] - alone.latents["codes"])
         worst = max(worst, float(diff.max()))
         diffs.append(diff.ravel())

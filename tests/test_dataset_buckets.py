@@ -21,6 +21,7 @@ from PIL import Image
 
 from chunkygan_jax import dataset, files, paths
 from chunkygan_jax.checkpoints import load_generator
+from chunkygan_jax.dataset import DatasetOptions
 from chunkygan_jax.errors import ChunkyGANError, ConfigError
 from chunkygan_jax.generators import fingerprint
 from chunkygan_jax.inversion import InversionSettings, Inverter
@@ -62,8 +63,9 @@ def inverter(tiny_generator):
 
 
 def _run(images, out, generator, inverter, **kw):
-    return dataset.invert_dataset(images, out, generator, masks=MASKS, batch_size=1, inverter=inverter,
-                                  progress=False, **SETTINGS, **kw)
+    return dataset.invert_dataset(images, out, generator, masks=MASKS, inverter=inverter,
+                                  settings=SETTINGS, tune=kw.pop("tune", None),
+                                  options=DatasetOptions(batch_size=1, progress=False, **kw))
 
 
 @pytest.mark.parametrize("scheme", ["gs", "s3"])

@@ -169,9 +169,9 @@ def test_space_errors_are_clear(generator):
             generator.initial_codes(space, 2)
     face = np.zeros((64, 64, 3), np.float32)
     with pytest.raises(ConfigError, match="w\\+"):
-        invert(face, generator, space="w+", steps=1)
+        invert(face, generator, steps=1, settings=dict(space="w+"))
     with pytest.raises(ConfigError, match="mean_latent_weight"):
-        invert(face, generator, mean_latent_weight=0.1, steps=1)
+        invert(face, generator, steps=1, settings=dict(mean_latent_weight=0.1))
 
 
 def test_initial_codes_have_live_gradients(generator):
@@ -187,9 +187,9 @@ def test_eight_segments_beat_one(generator):
     Observed (50 steps): 1 segment 0.085, 8 segments 0.043-0.047; on 7 other faces of the generator the
     ratio 8/1 was 0.31-0.59 (0.36-0.54 at 40 steps, 0.23-0.43 at 60)."""
     target = np.asarray(_synth(generator, _z(TARGET_SEED)))[0]
-    kw = dict(steps=50, lambda_reg=0.0, lpips_net="alex", lpips_resolution="full", progress_every=0)
-    one = invert(target, generator, segments=1, **kw)
-    eight = invert(target, generator, segments=8, **kw)
+    kw = dict(steps=50, lambda_reg=0.0, lpips_net="alex", lpips_resolution="full")
+    one = invert(target, generator, segments=1, settings=kw)
+    eight = invert(target, generator, segments=8, settings=kw)
     lp1, lp8 = one.final_losses["lpips"], eight.final_losses["lpips"]
     print(f"LPIPS(alex, 64 px) after 50 steps: 1 segment {lp1:.4f}, 8 segments {lp8:.4f}")
     assert eight.segment_images.shape == (8, 64, 64, 3) and eight.settings["space"] == "z"

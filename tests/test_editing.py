@@ -18,6 +18,7 @@ from chunkygan_jax import editing, io
 from chunkygan_jax.blending import poisson_domain
 from chunkygan_jax.editing import DirectionEdit, StyleEdit
 from chunkygan_jax.errors import ChunkyGANError, ConfigError, ImageError
+from chunkygan_jax.inversion import Monitor
 from chunkygan_jax.inversion import invert
 from chunkygan_jax.results import load_result
 
@@ -45,8 +46,8 @@ def projection(g, golden_p1):
     left = np.zeros((r, r), np.float32)
     left[:, : r // 2] = 1.0
     target = np.clip(left[..., None] * imgs[0] + (1 - left[..., None]) * imgs[1], -1, 1)
-    return invert(target, g, segments=2, space="w", steps=3, lambda_reg=0.0, masks=np.stack([left, 1 - left]),
-                  progress_every=0, **FAST)
+    return invert(target, g, segments=2, steps=3, masks=np.stack([left, 1 - left]),
+                  settings=dict(space="w", lambda_reg=0.0, **FAST), monitor=Monitor(every=0))
 
 
 def random_wplus(g, n, seed=0):
@@ -192,10 +193,10 @@ def rect(r, y0, y1, x0, x1, soft=True):
 def two_local_edits(g, projection, direction):
     """Fig. 9: edit a region, the composite becomes the input, edit another region."""
     r = g.resolution
-    first = editing.local_edit(projection.target, g, rect(r, 4, 14, 6, 26),
-                               DirectionEdit(direction, 3.0, "0:4"), steps=REGION_STEPS, **FAST)
+    first = editing.local_edit(projection.target, g, rect(r, 4, 14, 6, 26), DirectionEdit(direction, 3.0, "0:4"),
+                               steps=REGION_STEPS, settings=FAST)
     second = editing.local_edit(first.image, g, rect(r, 16, 28, 4, 20), [StyleEdit("b8.conv1", 2, 4.0)],
-                                steps=REGION_STEPS, blend="poisson", **FAST)
+                                steps=REGION_STEPS, blend="poisson", settings=FAST)
     return first, second
 
 
@@ -229,16 +230,17 @@ def test_local_edit_checks_its_input_before_projecting(g, projection, direction)
     with pytest.raises(ConfigError, match="blend"):
         editing.local_edit(projection.target, g, rect(r, 4, 14, 6, 26), None, blend="seamless")
     with pytest.raises(ImageError, match="empty"):
-        editing.local_edit(projection.target, g, np.zeros((r, r)), None, steps=REGION_STEPS, **FAST)
+        editing.local_edit(projection.target, g, np.zeros((r, r)), None, steps=REGION_STEPS, settings=FAST)
     with pytest.raises(ImageError, match="region"):
-        editing.local_edit(projection.target, g, np.ones((r, r + 1)), None, steps=REGION_STEPS, **FAST)
+        editing.local_edit(projection.target, g, np.ones((r, r + 1)), None, steps=REGION_STEPS,
+                           settings=FAST)
 
 
 def test_fill_holes_starts_from_the_edited_code(g, two_local_edits):
     first, _ = two_local_edits
     r = g.resolution
     correction = rect(r, 14, 20, 6, 26, soft=False)
-    filled = editing.fill_holes(first, g, first.image, correction, steps=REGION_STEPS, **FAST)
+    filled = editing.fill_holes(first, g, first.image, correction, steps=REGION_STEPS, settings=FAST)
     np.testing.assert_array_equal(filled.image[correction == 0], first.image[correction == 0])
     np.testing.assert_array_equal(filled.image[correction == 1], np.clip(filled.generated, -1, 1)[correction == 1])
     # X_2 starts at the edited code X_1' (not at w_avg): two Adam steps of lr 0.1 move it by <= ~0.2

@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from chunkygan_jax import demo, editing, io
-from chunkygan_jax.editing import DirectionEdit, StyleEdit, principal
+from chunkygan_jax.editing import DirectionEdit, SavedEdit, StyleEdit, principal
 from chunkygan_jax.errors import ConfigError
-from chunkygan_jax.inversion import invert
+from chunkygan_jax.inversion import Monitor, invert
 from chunkygan_jax.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def case(request, cache, tmp_path_factory):
         gen, segments = request.getfixturevalue("tiny_generator"), 4
         arg = str(request.getfixturevalue("tiny_checkpoint"))
     face = io.load_image(ROOT / "examples" / "face.png", gen.resolution)
-    result = invert(face, gen, segments=segments, steps=3, progress_every=0, **FAST)
+    result = invert(face, gen, segments=segments, steps=3, settings=FAST, monitor=Monitor(every=0))
     result.settings["generator"] = arg  # as bin/invert records it
     out = tmp_path_factory.mktemp(request.param) / "face"
     write_report(result, out)
@@ -134,15 +134,15 @@ def test_pca_edits_of_a_quickstart_result(case, tmp_path):
     gen, _, out = case
     projection = png(out / "projection.png")
     kw = dict(direction="pca:0", pca_samples=SAMPLES)
-    editing.edit_saved_result(out / "result", tmp_path / "zero.png", strength=0, **kw)
+    editing.edit_saved_result(out / "result", tmp_path / "zero.png", SavedEdit(strength=0, **kw))
     assert np.abs(png(tmp_path / "zero.png") - projection).max() <= 1  # the projection, up to rounding
-    editing.edit_saved_result(out / "result", tmp_path / "three.png", strength=3, **kw)
+    editing.edit_saved_result(out / "result", tmp_path / "three.png", SavedEdit(strength=3, **kw))
     change = np.abs(png(tmp_path / "three.png") - projection).mean()
     print(f"{type(gen).__name__}: mean |change| at strength 3: {change:.1f} levels")
     assert change > 8.0  # a visible edit (observed: demo ~25, tiny StyleGAN2 ~20)
     assert not (tmp_path / "three_compare.png").exists()  # only restricted edits get a side-by-side
     # an edit of some segments writes the side-by-side: projection | edit | changed pixels
-    editing.edit_saved_result(out / "result", tmp_path / "seg.png", strength=3, segments="0,1", **kw)
+    editing.edit_saved_result(out / "result", tmp_path / "seg.png", SavedEdit(strength=3, segments="0,1", **kw))
     compare = png(tmp_path / "seg_compare.png")
     tile = gen.resolution * -(-128 // gen.resolution)
     assert compare.shape[1] == 3 * tile + 4 and compare.shape[0] > tile
@@ -153,8 +153,9 @@ def test_region_edit_keeps_every_pixel_outside(case, tmp_path):
     r = gen.resolution
     region = box(r, r // 4, r // 2)
     Image.fromarray((region * 255).astype(np.uint8)).save(tmp_path / "region.png")
-    editing.edit_saved_result(out / "result", tmp_path / "local.png", direction="pca:1", strength=3,
-                              pca_samples=SAMPLES, region=tmp_path / "region.png", steps=STEPS)
+    edit = SavedEdit(direction="pca:1", strength=3, pca_samples=SAMPLES, region=tmp_path / "region.png",
+                     projection={"steps": STEPS})
+    editing.edit_saved_result(out / "result", tmp_path / "local.png", edit)
     photo, edited = io.to_uint8(io.load_image(ROOT / "examples" / "face.png", r)), png(tmp_path / "local.png")
     np.testing.assert_array_equal(edited[region == 0], photo[region == 0])  # every pixel outside
     assert np.abs(edited - photo)[region == 1].mean() > 5
@@ -218,12 +219,13 @@ def dcgan(cache):
 def test_layered_local_edits_poisson_and_hole_filling_in_z(dcgan):
     face = io.load_image(ROOT / "examples" / "face.png", 64)
     d = editing.resolve_direction("pca:0", dcgan, samples=SAMPLES)
-    first = editing.local_edit(face, dcgan, box(64, 8, 32), DirectionEdit(d, 3.0), steps=STEPS, **FAST)
+    first = editing.local_edit(face, dcgan, box(64, 8, 32), DirectionEdit(d, 3.0), steps=STEPS,
+                               settings=FAST)
     np.testing.assert_array_equal(first.image[box(64, 8, 32) == 0], face[box(64, 8, 32) == 0])
     assert first.result.settings["space"] == "z" and first.result.latents["codes"].shape == (1, 100)
     d1 = editing.resolve_direction("pca:1", dcgan, samples=SAMPLES)
-    second = editing.local_edit(first.image, dcgan, box(64, 28, 56), DirectionEdit(d1, -3.0),
-                                steps=STEPS, blend="poisson", **FAST)
+    second = editing.local_edit(first.image, dcgan, box(64, 28, 56), DirectionEdit(d1, -3.0), steps=STEPS,
+                                blend="poisson", settings=FAST)
     from chunkygan_jax.blending import poisson_domain
     domain = np.asarray(poisson_domain(box(64, 28, 56)))
     np.testing.assert_array_equal(second.image[~domain], first.image[~domain])
@@ -232,7 +234,7 @@ def test_layered_local_edits_poisson_and_hole_filling_in_z(dcgan):
     np.testing.assert_array_equal(again.projection.latents["codes"], first.projection.latents["codes"])
     np.testing.assert_allclose(again.result.latents["codes"] + 3.0 * d, first.result.latents["codes"], atol=1e-5)
     hole = box(64, 30, 36)
-    filled = editing.fill_holes(first, dcgan, first.image, hole, steps=STEPS, **FAST)
+    filled = editing.fill_holes(first, dcgan, first.image, hole, steps=STEPS, settings=FAST)
     np.testing.assert_array_equal(filled.image[hole == 0], first.image[hole == 0])
     assert np.abs(filled.result.latents["codes"] - first.result.latents["codes"]).max() < 0.5  # starts there
 

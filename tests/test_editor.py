@@ -295,7 +295,8 @@ def test_export_writes_png_and_a_result_to_continue_from(page, editor, g, direct
     again = editing.edit_result(saved, g, [])
     np.testing.assert_allclose(again.composite, saved.composite, atol=1e-5)
     out = tmp_path / "continued.png"
-    editing.edit_saved_result(workdir / "edit-2_result", out, direction=directions / "dir0.npy", strength=2.0)
+    editing.edit_saved_result(workdir / "edit-2_result", out,
+                              editing.SavedEdit(direction=directions / "dir0.npy", strength=2.0))
     assert Image.open(out).size == (g.resolution,) * 2
     # exporting again under the same name replaces only the editor's own files
     status, _, body = request(editor, "/api/export", method="POST", body=json.dumps({"name": "edit"}).encode())

@@ -14,7 +14,7 @@ from PIL import Image
 
 from chunkygan_jax import align as A
 from chunkygan_jax import io as cio
-from chunkygan_jax.editing import edit_saved_result
+from chunkygan_jax.editing import SavedEdit, edit_saved_result
 from chunkygan_jax.errors import ConfigError
 from chunkygan_jax.generators.dcgan import DCGAN, DCGANConfig, random_params
 from chunkygan_jax.groups import load_group
@@ -130,19 +130,20 @@ def test_edit_of_a_group_pastes_the_chosen_faces(group, dcgan, tmp_path):
     photo, _, out = group
     np.save(tmp_path / "d.npy", np.full(dcgan[0].config.z_dim, 3.0, np.float32))
     quads = [np.array(f["quad"]) for f in json.loads((out / "metrics.json").read_text())["faces"]]
-    summary = edit_saved_result(out, tmp_path / "some.png", direction=tmp_path / "d.npy", strength=2, faces="0,2")
+    summary = edit_saved_result(out, tmp_path / "some.png", SavedEdit(direction=tmp_path / "d.npy", strength=2),
+                                faces="0,2")
     assert "faces 0, 2 pasted (residual)" in summary  # faces larger than 32 px: residual by default
     some = np.asarray(Image.open(tmp_path / "some.png"))
     np.testing.assert_array_equal(some[outside_all([quads[0], quads[2]], *photo.shape[:2])],
                                   photo[outside_all([quads[0], quads[2]], *photo.shape[:2])])
     assert (some != photo).any(-1)[~outside_all([quads[0]], *photo.shape[:2])].sum() > 50
     # a zero-strength edit of every face, pasted as a residual, gives the photo back bit for bit
-    edit_saved_result(out, tmp_path / "zero.png", direction=tmp_path / "d.npy", strength=0)
+    edit_saved_result(out, tmp_path / "zero.png", SavedEdit(direction=tmp_path / "d.npy", strength=0))
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "zero.png")), photo)
     with pytest.raises(ConfigError, match="face 5 not in this group"):
-        edit_saved_result(out, tmp_path / "x.png", direction=tmp_path / "d.npy", faces="0,5")
+        edit_saved_result(out, tmp_path / "x.png", SavedEdit(direction=tmp_path / "d.npy"), faces="0,5")
     with pytest.raises(ConfigError, match="--region, --sweep and --output_latents"):
-        edit_saved_result(out, tmp_path / "x.png", direction=tmp_path / "d.npy", sweep="-1:1:3")
+        edit_saved_result(out, tmp_path / "x.png", SavedEdit(direction=tmp_path / "d.npy", sweep="-1:1:3"))
 
 
 def laplacian_energy(image, inside):
@@ -198,7 +199,7 @@ def test_greyscale_single_face_report(dcgan, tmp_path):
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["mode"] == "grey"
     # an edit of it is grey too, written and pasted
     np.save(tmp_path / "d.npy", np.full(g.config.z_dim, 3.0, np.float32))
-    edit_saved_result(tmp_path / "out" / "result", tmp_path / "edit.png", direction=tmp_path / "d.npy")
+    edit_saved_result(tmp_path / "out" / "result", tmp_path / "edit.png", SavedEdit(direction=tmp_path / "d.npy"))
     for name in ("edit.png", "edit_pasted.png"):
         img = np.asarray(Image.open(tmp_path / name).convert("RGB"))
         assert (img == img[..., :1]).all(), name

@@ -13,10 +13,10 @@ import pytest
 from chunkygan_jax import masks as masks_lib
 from chunkygan_jax.errors import ConfigError, ImageError, ResourceError
 from chunkygan_jax.mask_sources import make_mask_source
-from chunkygan_jax.inversion import (InversionSettings, Inverter, default_loop_form, dispersion, invert,
-                                     nvidia_lr_schedule, step_memory_bytes)
+from chunkygan_jax.inversion import (InversionSettings, Inverter, MaskSettings, Monitor, default_loop_form, dispersion,
+                                     invert, nvidia_lr_schedule, step_memory_bytes)
 
-FAST = dict(lpips_net="alex", lpips_resolution="full", progress_every=0)
+FAST = dict(lpips_net="alex", lpips_resolution="full")
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +36,10 @@ def claim_results(small_generator, two_halves):
     target, left = two_halves
     common = dict(steps=100, lambda_reg=0.0, **FAST)
     return {
-        "global": invert(target, small_generator, segments=1, **common),
-        "halves": invert(target, small_generator, segments=2, masks=np.stack([left, 1 - left]), **common),
-        "learned": invert(target, small_generator, segments=2, **common),
+        "global": invert(target, small_generator, segments=1, settings=common),
+        "halves": invert(target, small_generator, segments=2, masks=np.stack([left, 1 - left]),
+                         settings=common),
+        "learned": invert(target, small_generator, segments=2, settings=common),
     }
 
 
@@ -83,17 +84,18 @@ def test_static_mask_keeps_the_input_exactly(tiny_generator):
     target = rng.uniform(-1, 1, (r, r, 3)).astype(np.float32)
     static = np.zeros((r, r), np.float32)
     static[:10, :] = 1.0
-    res = invert(target, tiny_generator, segments=2, steps=6, static_mask=static, **FAST)
+    res = invert(target, tiny_generator, segments=2, steps=6, masks=MaskSettings(static=static),
+                 settings=FAST)
     np.testing.assert_array_equal(res.composite[:10], target[:10])
     assert np.abs(res.composite[12:] - target[12:]).max() > 1e-3
 
 
 def test_same_seed_same_latents_and_seed_changes_layout(tiny_generator, two_halves):
     target = np.asarray(jax.image.resize(two_halves[0], (32, 32, 3), "linear"))
-    common = dict(segments=2, steps=6, masks="logits", **FAST)
-    a = invert(target, tiny_generator, seed=7, **common)
-    b = invert(target, tiny_generator, seed=7, **common)
-    c = invert(target, tiny_generator, seed=8, **common)
+    common = dict(segments=2, steps=6, **FAST)
+    a = invert(target, tiny_generator, masks="logits", settings=dict(seed=7, **common))
+    b = invert(target, tiny_generator, masks="logits", settings=dict(seed=7, **common))
+    c = invert(target, tiny_generator, masks="logits", settings=dict(seed=8, **common))
     for k in a.latents:
         np.testing.assert_array_equal(a.latents[k], b.latents[k])
     assert np.abs(a.latents["mask_logits"] - c.latents["mask_logits"]).max() > 1e-3
@@ -102,8 +104,8 @@ def test_same_seed_same_latents_and_seed_changes_layout(tiny_generator, two_halv
 def test_lambda_reg_reduces_dispersion(tiny_generator, two_halves):
     target = np.asarray(jax.image.resize(two_halves[0], (32, 32, 3), "linear"))
     common = dict(segments=2, steps=6, **FAST)
-    free = invert(target, tiny_generator, lambda_reg=0.0, **common)
-    tied = invert(target, tiny_generator, lambda_reg=1.0, **common)
+    free = invert(target, tiny_generator, settings=dict(lambda_reg=0.0, **common))
+    tied = invert(target, tiny_generator, settings=dict(lambda_reg=1.0, **common))
     d_free, d_tied = float(dispersion(free.codes)), float(dispersion(tied.codes))
     assert d_free > 0 and d_tied < 0.5 * d_free, (d_free, d_tied)
 
@@ -111,7 +113,7 @@ def test_lambda_reg_reduces_dispersion(tiny_generator, two_halves):
 @pytest.mark.parametrize("space", ["w", "s"])
 def test_other_spaces_run_and_improve(tiny_generator, two_halves, space):
     target = np.asarray(jax.image.resize(two_halves[0], (32, 32, 3), "linear"))
-    res = invert(target, tiny_generator, segments=2, steps=6, space=space, lambda_reg=0.0, **FAST)
+    res = invert(target, tiny_generator, segments=2, steps=6, settings=dict(space=space, lambda_reg=0.0, **FAST))
     if space == "w":
         assert res.codes.shape == (2, 1, tiny_generator.w_dim)
     else:
@@ -125,7 +127,7 @@ def test_result_round_trip(tmp_path, tiny_generator):
 
     r = tiny_generator.resolution
     target = np.zeros((r, r, 3), np.float32)
-    res = invert(target, tiny_generator, segments=2, steps=6, **FAST)
+    res = invert(target, tiny_generator, segments=2, steps=6, settings=FAST)
     loaded = load_result(res.save(tmp_path / "res"))
     for k in res.latents:
         np.testing.assert_array_equal(loaded.latents[k], res.latents[k])
@@ -155,7 +157,8 @@ def test_default_is_the_segment_generator_with_progress_and_a_clipped_image(tiny
 
     r = tiny_generator.resolution
     target = np.random.RandomState(4).uniform(-1, 1, (r, r, 3)).astype(np.float32)
-    res = invert(target, tiny_generator, segments=2, steps=6, progress=True, **FAST)
+    res = invert(target, tiny_generator, segments=2, steps=6, settings=FAST,
+                 monitor=Monitor(progress=True))
     assert "6/6 steps" in capsys.readouterr().err
     record = res.settings["masks"]
     assert record["kind"] == "segmenter" and record["head"] == "kmeans" and record["learned"]
@@ -183,7 +186,7 @@ def test_no_recompilation_between_images_or_inverters(tiny_generator):
     assert len(runs) == 1 and sizes[0] == sizes[1] == sizes[2]
     # invert() on a new image with the same settings reuses that program too.
     before = inv._run._cache_size()
-    invert(np.zeros((r, r, 3), np.float32), tiny_generator, segments=2, steps=6, seed=11, **FAST)
+    invert(np.zeros((r, r, 3), np.float32), tiny_generator, segments=2, steps=6, settings=dict(seed=11, **FAST))
     assert inv._run._cache_size() == before
 
 
@@ -291,23 +294,23 @@ def test_bad_options_are_clear_errors(tiny_generator):
     r = tiny_generator.resolution
     img = np.zeros((r, r, 3), np.float32)
     with pytest.raises(ConfigError, match="segments"):
-        invert(img, tiny_generator, segments=0, steps=1, **FAST)
+        invert(img, tiny_generator, segments=0, steps=1, settings=FAST)
     with pytest.raises(ConfigError, match="steps"):
-        invert(img, tiny_generator, steps=0, **FAST)
+        invert(img, tiny_generator, steps=0, settings=FAST)
     with pytest.raises(ConfigError, match="latent space"):
-        invert(img, tiny_generator, space="q", steps=1, **FAST)
+        invert(img, tiny_generator, steps=1, settings=dict(space="q", **FAST))
     with pytest.raises(ImageError, match="32x32"):
-        invert(np.zeros((16, 16, 3), np.float32), tiny_generator, steps=1, **FAST)
+        invert(np.zeros((16, 16, 3), np.float32), tiny_generator, steps=1, settings=FAST)
     with pytest.raises(ImageError, match=r"\[-1, 1\]"):
-        invert(img + 3, tiny_generator, steps=1, **FAST)
+        invert(img + 3, tiny_generator, steps=1, settings=FAST)
     with pytest.raises(ImageError, match="NaN"):
-        invert(img * np.nan, tiny_generator, steps=1, **FAST)
+        invert(img * np.nan, tiny_generator, steps=1, settings=FAST)
     with pytest.raises(ConfigError, match="3 masks given for 2 segments"):
-        invert(img, tiny_generator, segments=2, masks=np.ones((3, r, r)), steps=1, **FAST)
+        invert(img, tiny_generator, segments=2, masks=np.ones((3, r, r)), steps=1, settings=FAST)
     with pytest.raises(ImageError, match="masks must be"):
-        invert(img, tiny_generator, segments=2, masks=np.ones((2, 8, 8)), steps=1, **FAST)
+        invert(img, tiny_generator, segments=2, masks=np.ones((2, 8, 8)), steps=1, settings=FAST)
     with pytest.raises(ConfigError, match="noise_mode must be one of const, none"):
-        invert(img, tiny_generator, noise_mode="random", steps=1, **FAST)
+        invert(img, tiny_generator, steps=1, settings=dict(noise_mode="random", **FAST))
 
 
 def test_impossible_requests_are_refused_with_the_estimate(tiny_generator):
@@ -318,7 +321,7 @@ def test_impossible_requests_are_refused_with_the_estimate(tiny_generator):
     assert per_image >= 2 * 32 * 32 * 3 * 4
     huge = 10 ** 7
     with pytest.raises(ResourceError, match=rf"1 image\(s\) x {huge} segments at 32 px need at least"):
-        invert(np.zeros((32, 32, 3), np.float32), tiny_generator, segments=huge, steps=1, **FAST)
+        invert(np.zeros((32, 32, 3), np.float32), tiny_generator, segments=huge, steps=1, settings=FAST)
 
 
 def test_user_masks_normalised_and_label_maps():
@@ -370,9 +373,9 @@ def test_tf32_is_fp32_storage_at_tf32_precision_and_equals_float32_on_cpu(tiny_g
         assert convs == {("conv_general_dilated", f"(Precision.{want}, Precision.{want})", "float32")}, convs
 
     target = np.asarray(jax.image.resize(two_halves[0], (32, 32, 3), "linear"))
-    common = dict(segments=2, steps=6, lambda_reg=0.0, masks="logits", **FAST)
-    ref = invert(target, tiny_generator, dtype="float32", **common)
-    res = invert(target, tiny_generator, dtype="tf32", **common)
+    common = dict(segments=2, steps=6, lambda_reg=0.0, **FAST)
+    ref = invert(target, tiny_generator, masks="logits", settings=dict(dtype="float32", **common))
+    res = invert(target, tiny_generator, masks="logits", settings=dict(dtype="tf32", **common))
     assert res.settings["dtype"] == "tf32" and res.composite.dtype == np.float32
     # Same arithmetic, separately compiled programs: agreement to float32 rounding (images about |1|).
     np.testing.assert_allclose(res.loss_history, ref.loss_history, rtol=1e-4)
@@ -383,7 +386,7 @@ def test_tf32_is_fp32_storage_at_tf32_precision_and_equals_float32_on_cpu(tiny_g
 
     for bad in ("float16", "tf16", "int8"):
         with pytest.raises(ConfigError, match="dtype must be one of 'float32', 'tf32', 'bfloat16'"):
-            invert(target, tiny_generator, dtype=bad, steps=1, **FAST)
+            invert(target, tiny_generator, steps=1, settings=dict(dtype=bad, **FAST))
     with pytest.raises(ConfigError, match="compute_dtype must be one of"):
         load_lpips("alex", compute_dtype="tf16")
 
@@ -402,8 +405,9 @@ def test_snapshots_copy_composite_and_masks_only_and_match_a_separate_run(tiny_g
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Inverter, "evaluate", counted)
-    res = invert(target, tiny_generator, segments=2, steps=6, lambda_reg=0.0, snapshot_steps=(2, 4),
-                 lpips_net="alex", lpips_resolution="full", progress_every=0)
+    res = invert(target, tiny_generator, segments=2, steps=6,
+                 settings=dict(lambda_reg=0.0, lpips_net="alex", lpips_resolution="full"),
+                 monitor=Monitor(snapshot_steps=(2, 4), every=0))
     assert calls["evaluate"] == 1  # the final result only; snapshots never copy segment images
     assert [s.step for s in res.snapshots] == [2, 4]
 

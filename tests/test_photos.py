@@ -199,7 +199,7 @@ def test_no_face_and_wrong_face_exit_2(tmp_path, dcgan):
 
 
 def test_edit_of_an_aligned_result_is_pasted_back(dcgan, tmp_path):
-    from chunkygan_jax.editing import edit_saved_result
+    from chunkygan_jax.editing import SavedEdit, edit_saved_result
     from chunkygan_jax.results import InversionResult, load_result
 
     g, checkpoint = dcgan
@@ -214,8 +214,9 @@ def test_edit_of_an_aligned_result_is_pasted_back(dcgan, tmp_path):
                              alignment=al.to_json(), photo=str(astronaut()))
     result.save(tmp_path / "result")
     np.save(tmp_path / "d.npy", np.full(g.config.z_dim, 3.0, np.float32))
-    summary = edit_saved_result(tmp_path / "result", tmp_path / "edit.png", direction=tmp_path / "d.npy",
-                                output_latents=tmp_path / "edited", paste="projection")
+    summary = edit_saved_result(tmp_path / "result", tmp_path / "edit.png",
+                                SavedEdit(direction=tmp_path / "d.npy"), output_latents=tmp_path / "edited",
+                                paste="projection")
     assert f"pasted into the photo (projection) -> {tmp_path / 'edit_pasted.png'}" in summary
     edit = np.asarray(Image.open(tmp_path / "edit.png").convert("RGB"))
     pasted = np.asarray(Image.open(tmp_path / "edit_pasted.png").convert("RGB"))
@@ -228,7 +229,7 @@ def test_edit_of_an_aligned_result_is_pasted_back(dcgan, tmp_path):
     assert load_result(tmp_path / "edited").alignment == al.to_json()  # a further edit pastes back too
     # by default (the face, 174 px, is larger than the generator's 32 px) the edit's change is pasted as a
     # residual onto the photo: photo + warped (edit - unedited projection)
-    summary = edit_saved_result(tmp_path / "result", tmp_path / "res.png", direction=tmp_path / "d.npy")
+    summary = edit_saved_result(tmp_path / "result", tmp_path / "res.png", SavedEdit(direction=tmp_path / "d.npy"))
     assert "pasted into the photo (residual)" in summary
     from chunkygan_jax.editing import edit_result
     unedited = io.to_uint8(edit_result(load_result(tmp_path / "result"), g, []).composite)

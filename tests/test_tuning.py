@@ -31,7 +31,7 @@ def targets(tiny_generator):
 
 @pytest.fixture(scope="module")
 def inverted(tiny_generator, targets):
-    return invert_batch(targets, tiny_generator, **FAST)
+    return invert_batch(targets, tiny_generator, settings=FAST)
 
 
 @pytest.fixture(scope="module")

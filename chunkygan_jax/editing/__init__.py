@@ -48,9 +48,9 @@ from .labelled import (LabelledDirection, direction_from_labels, fit_direction, 
                        write_labelled_direction)
 from .localized import localized_channels, write_localized_channels
 from .principal import Directions, load_directions, principal_directions, write_directions
-from .region import RegionEdit, fill_holes, local_edit, reedit
+from .region import RegionEdit, fill_holes, local_edit, recorded_projection, reedit
 from .render import BLENDS, current_image, edit_result, render, render_segments
-from .saved import edit_saved_result, parse_sweep
+from .saved import SavedEdit, edit_saved_result, parse_sweep
 from .spaces import (direction_shape, direction_space, latent_space, layer_range, parse_segments,
                      resolve_style_layer, segment_indices, to_styles, to_wplus)
 
@@ -58,7 +58,7 @@ __all__ = ["BLENDS", "DirectionEdit", "Directions", "LabelledDirection", "direct
            "read_labels", "save_direction", "write_labelled_direction", "localized_channels",
            "write_localized_channels", "StyleEdit", "RegionEdit", "apply_direction", "apply_edits",
            "apply_style_edits", "current_image", "direction_shape", "direction_space", "edit_result",
-           "edit_saved_result", "fill_holes", "latent_space", "layer_range", "load_direction", "load_directions",
-           "local_edit", "parse_s_edit", "parse_segments", "parse_sweep", "principal_directions", "reedit",
+           "SavedEdit", "edit_saved_result", "fill_holes", "latent_space", "layer_range", "load_direction", "load_directions",
+           "local_edit", "parse_s_edit", "parse_segments", "parse_sweep", "principal_directions", "recorded_projection", "reedit",
            "render", "render_segments", "resolve_direction", "resolve_style_layer", "segment_indices",
            "to_styles", "to_wplus", "write_directions"]

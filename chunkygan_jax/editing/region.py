@@ -13,8 +13,9 @@ import numpy as np
 from .. import io
 from ..demo import resolve_generator
 from ..errors import ConfigError, ImageError
-from ..inversion import SPACE_ALIASES, InversionSettings, Inverter, invert_batch
-from ..mask_sources import make_mask_source
+from ..lpips import parse_resolution
+from ..inversion import InversionSettings, Inverter, Monitor, as_settings, invert_batch
+from ..mask_sources import MaskSettings, make_mask_source
 from ..results import InversionResult
 from .edits import DirectionEdit, StyleEdit, apply_edits, describe, edit_list
 from .render import BLENDS, blend_region, render_segments
@@ -41,6 +42,8 @@ class RegionEdit:
 # (recompiling per edit would make interactive editing slow). The newest few are kept; each holds its
 # generator, so an id() key cannot be reused while the entry lives.
 _PROJECTORS: dict = {}
+REGION_STEPS = 100  # a local edit's projection
+FILL_STEPS = 50  # hole filling's refinement
 _MAX_PROJECTORS = 4
 
 
@@ -67,12 +70,23 @@ def _region(region, resolution) -> np.ndarray:
     return r
 
 
-def _project_region(image, generator, region, *, steps, space, lr, lpips_net, lpips_resolution, seed,
-                    noise_mode, dtype, initial_codes, callback):
-    generator = resolve_generator(generator)
-    settings = InversionSettings(segments=1, space=space, steps=steps, lr=lr, lambda_reg=0.0,
-                                 lpips_net=lpips_net, lpips_resolution=lpips_resolution, seed=seed,
-                                 noise_mode=noise_mode, dtype=dtype).validate(generator)
+def region_settings(generator, settings=None, steps=None) -> InversionSettings:
+    """The settings of a region projection: `settings` (InversionSettings or a dict; None: the defaults)
+    with `steps`, for one segment (lambda_reg does not apply to one segment), validated for `generator`."""
+    return as_settings(settings, steps=steps).replace(segments=1, lambda_reg=0.0).validate(generator)
+
+
+def recorded_projection(recorded: dict) -> dict:
+    """The InversionSettings fields a region projection takes from a result's record (settings.json): its
+    space, lr, LPIPS, seed, noise mode and dtype, so that a local edit of a result projects as it was made."""
+    fields = {k: recorded[k] for k in ("space", "lr", "lpips_net", "lpips_resolution", "seed", "noise_mode",
+                                       "dtype") if recorded.get(k) is not None}
+    if "lpips_resolution" in fields:  # JSON keeps a pair as a list
+        fields["lpips_resolution"] = parse_resolution(fields["lpips_resolution"])
+    return fields
+
+
+def _project_region(image, generator, region, settings, initial_codes, callback):
     target = io.as_target_image(image, generator.resolution)
     region = _region(region, generator.resolution)
     if not np.any(region > 0):
@@ -80,10 +94,8 @@ def _project_region(image, generator, region, *, steps, space, lr, lpips_net, lp
     init = None
     if initial_codes is not None:
         init = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32)[None, None], initial_codes)
-    proj = invert_batch([target], generator, segments=1, space=settings.space, steps=steps, lr=lr,
-                        lambda_reg=0.0, lpips_net=lpips_net, lpips_resolution=lpips_resolution,
-                        static_masks=[1.0 - region], seed=seed, noise_mode=noise_mode, dtype=dtype,
-                        progress_every=0 if callback is None else 25, callback=callback,
+    proj = invert_batch([target], generator, settings=settings, masks=MaskSettings(static=[1.0 - region]),
+                        monitor=Monitor(callback=callback, every=0 if callback is None else 25),
                         inverter=_projector(generator, settings), initial_codes=init)[0]
     return generator, target, region, proj
 
@@ -106,8 +118,7 @@ def _finish(generator, target, region, proj, latents, blend, record):
     return RegionEdit(image=image, generated=generated[0], region=region, projection=proj, result=result)
 
 
-def local_edit(image, generator, region, edit=None, *, steps=100, space=None, lr=0.1, blend="mask",
-               lpips_net="vgg", lpips_resolution=256, seed=0, noise_mode="const", dtype="float32",
+def local_edit(image, generator, region, edit=None, *, steps=REGION_STEPS, settings=None, blend="mask",
                initial_codes=None, callback=None) -> RegionEdit:
     """A local edit (paper section 5, eq. 3): project one segment into `region` with the outside as
     static mask (static_mask = 1 - region), edit its code, and composite
@@ -118,19 +129,17 @@ def local_edit(image, generator, region, edit=None, *, steps=100, space=None, lr
     image: path or [H, W, 3] array in [-1, 1] (for sequential layered edits, the previous `.image`).
     generator: a generator object (StyleGAN2, the demo DCGAN, ...) or a checkpoint path. region: [H, W]
     in [0, 1] or a mask file. edit: None, a DirectionEdit / StyleEdit or a list of them, or a function
-    latents -> latents. steps, space (default: the generator's), lr, lpips_*: the region projection's
-    settings (lambda_reg does not apply to one segment). initial_codes: start the projection from this
+    latents -> latents. settings: the region projection's InversionSettings (or a dict of its fields:
+    space (default: the generator's), lr, lpips_*, seed, dtype, ...; one segment, and lambda_reg does not
+    apply to one); `steps` (default 100) replaces settings.steps. initial_codes: start the projection from this
     code (one segment, no segment axis) instead of the generator's start. `reedit` edits the same
     projection again without projecting (other strengths, a sweep)."""
     if blend not in BLENDS:
         raise ConfigError(f"blend must be one of {BLENDS}, got {blend!r}")
     generator = resolve_generator(generator)
-    space = SPACE_ALIASES.get(space, space) if space else generator.default_space
-    specs = _check_edits(generator, edit, space)
-    generator, target, region, proj = _project_region(
-        image, generator, region, steps=steps, space=space, lr=lr, lpips_net=lpips_net,
-        lpips_resolution=lpips_resolution, seed=seed, noise_mode=noise_mode, dtype=dtype,
-        initial_codes=initial_codes, callback=callback)
+    settings = region_settings(generator, settings, steps)
+    specs = _check_edits(generator, edit, settings.space)
+    generator, target, region, proj = _project_region(image, generator, region, settings, initial_codes, callback)
     return _edit_projection(generator, target, region, proj, edit_list(edit), specs, blend)
 
 
@@ -178,9 +187,8 @@ def _single_code(edited, segment: int):
     return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32)[i], codes)
 
 
-def fill_holes(edited, generator, target_image, correction_mask, *, steps=50, segment=0, lr=0.1,
-               blend="mask", lpips_net="vgg", lpips_resolution=256, seed=0, noise_mode="const",
-               dtype="float32", callback=None) -> RegionEdit:
+def fill_holes(edited, generator, target_image, correction_mask, *, steps=FILL_STEPS, segment=0, settings=None,
+               blend="mask", callback=None) -> RegionEdit:
     """Hole filling (paper Fig. 10): refine an edited code X_1 into X_2 on a correction mask S_2.
 
     A single-segment projection that starts from the edited code (initial_codes), with `target_image`
@@ -188,14 +196,14 @@ def fill_holes(edited, generator, target_image, correction_mask, *, steps=50, se
     region (static mask = 1 - correction_mask); the generated content of X_2 then fills the region:
         image = correction * G(X_2) + (1 - correction) * target_image          (blend='mask')
     edited: a RegionEdit, an InversionResult, latents or codes (with a segment axis; `segment` picks one).
+    settings, steps: as in `local_edit` (steps default 50; the space is the edited code's).
     With steps=1 the code is returned unchanged (NVIDIA's schedule has lr = 0 at step 0)."""
     if blend not in BLENDS:
         raise ConfigError(f"blend must be one of {BLENDS}, got {blend!r}")
     generator = resolve_generator(generator)
     code = _single_code(edited, segment)
     space = latent_space(generator, jax.tree_util.tree_map(lambda x: x[None], code))
-    generator, target, region, proj = _project_region(
-        target_image, generator, correction_mask, steps=steps, space=space, lr=lr, lpips_net=lpips_net,
-        lpips_resolution=lpips_resolution, seed=seed, noise_mode=noise_mode, dtype=dtype,
-        initial_codes=code, callback=callback)
+    settings = region_settings(generator, as_settings(settings).replace(space=space), steps)
+    generator, target, region, proj = _project_region(target_image, generator, correction_mask, settings, code,
+                                                      callback)
     return _finish(generator, target, region, proj, proj.latents, blend, {"kind": "fill_holes", "blend": blend})

@@ -12,7 +12,9 @@ A result of a greyscale photo is edited in colour and shown (written and pasted)
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,13 +27,12 @@ from ..errors import ConfigError
 from ..files import check_writable
 from ..groups import is_group, load_group
 from ..generators.protocol import bind_label
-from ..lpips import parse_resolution
 from ..mask_sources import segmenter_for_result
 from ..results import RESULT_KIND, load_result
 from ..segmenter import load_segmenter
 from .directions import is_pca_spec, resolve_direction
 from .edits import DirectionEdit, parse_s_edit
-from .region import local_edit, reedit
+from .region import REGION_STEPS, local_edit, recorded_projection, reedit
 from .render import current_image, edit_result
 from .sheets import changed_pixels, tile_sheet
 from .spaces import as_number, count_segments, latent_space, parse_segments, segment_indices
@@ -88,32 +89,56 @@ def check_outputs(output, output_latents, latents_dir, inputs, *, compare=None, 
         check_writable(compare, overwrite)
 
 
-def edit_saved_result(latents_dir, output, *, generator=None, direction=None, strength=1.0, layers=None,
-                      segments="all", s_edits=(), region=None, blend="mask", steps=100, space=None,
-                      lpips_net=None, lpips_resolution=None, segment_code=False, segmenter=None,
-                      output_latents=None, sweep=None, pca_samples=None, overwrite=False, faces="all",
-                      paste=None) -> str:
-    """Edit the result saved in `latents_dir` and write the image to `output` (and the edited result to
-    `output_latents`). Without `region` the result's own codes are edited and recomposited with its
-    masks; with `region` one segment is projected into the region of the result's current image,
-    edited and composited back. `direction`: 'pca:K', a .npy file or an array (see `resolve_direction`;
-    `pca_samples` sets the samples of a first PCA). `sweep` ('lo:hi:count' or a list of strengths):
-    `output` becomes a strip of the edit at those strengths instead. An edit limited to some segments
-    or to a region also writes the side-by-side NAME_compare.png (before | edit | changed pixels)
-    next to `output`. Existing outputs are replaced only with `overwrite` (files.py's rules). Returns a
-    one-line summary.
+@dataclasses.dataclass(frozen=True)
+class SavedEdit:
+    """The edit `edit_saved_result` and `edit_group` make (bin/edit's edit flags).
 
+    direction: 'pca:K', a .npy file or an array (see `resolve_direction`; `pca_samples` sets the samples
+        of a first PCA), moved by `strength` (or by each strength of `sweep`: 'lo:hi:count' or a list, and
+        the output becomes a strip of the edit at those strengths), on `layers` and `segments`.
+    s_edits: StyleSpace edits as text ('LAYER:CHANNEL:DELTA', `parse_s_edit`).
     segment_code: also move the segment code X^S with a global direction, so that the masks are recomputed
-    for the moved code (paper sec. 4). Off by default, as in `apply_direction`, `DirectionEdit` and the
-    editor: on real photos the moved masks fit the edited segments worse than the kept ones
-    (docs/editing.md, "Global edits and the segment code"). The masks are then recomputed by the segmenter that made them: `segmenter` (a directory)
-    if given, else the one the result records (its directory, or the k-means cache); one that is not the
-    recorded segmenter, or belongs to another generator, is refused.
+        for the moved code (paper sec. 4). Off by default, as in `apply_direction`, `DirectionEdit` and the
+        editor: on real photos the moved masks fit the edited segments worse than the kept ones
+        (docs/editing.md, "Global edits and the segment code"). None (a group's faces): on for results
+        that have a segment code when a direction is given.
+    region: a mask file or array: one segment is projected into the region of the result's current image,
+        edited and composited back (a local edit), with `projection` (a dict of InversionSettings fields,
+        over the result's own: steps (default 100), space, lpips_net, lpips_resolution, ...).
+    blend: how the edit is composited ("mask", "poisson", "none")."""
+    direction: Any = None
+    strength: float = 1.0
+    layers: Any = None
+    segments: Any = "all"
+    s_edits: tuple = ()
+    segment_code: bool | None = False
+    sweep: Any = None
+    pca_samples: int | None = None
+    region: Any = None
+    projection: Any = None
+    blend: str = "mask"
+
+
+def edit_saved_result(latents_dir, output, edit: SavedEdit | None = None, *, generator=None, segmenter=None,
+                      output_latents=None, faces="all", paste=None, overwrite=False) -> str:
+    """Edit the result saved in `latents_dir` as `edit` says (a `SavedEdit`) and write the image to
+    `output` (and the edited result to `output_latents`). Without a region the result's own codes are
+    edited and recomposited with its masks. An edit limited to some segments or to a region also writes
+    the side-by-side NAME_compare.png (before | edit | changed pixels) next to `output`. Existing outputs
+    are replaced only with `overwrite` (files.py's rules). Returns a one-line summary.
+
+    With `edit.segment_code`, the masks are recomputed by the segmenter that made them: `segmenter` (a
+    directory) if given, else the one the result records (its directory, or the k-means cache); one that
+    is not the recorded segmenter, or belongs to another generator, is refused.
 
     paste: how the edit goes into the photo of an aligned result: "residual" or "projection" (PASTES);
     None: residual where the face in the photo is larger than the generator's images.
     A group's report folder (`groups.is_group`): the edit is applied to `faces` ("all" or face numbers
     like "0,2") and `output` is the photo with every edited face pasted in (see `edit_group`)."""
+    edit = edit or SavedEdit()
+    direction, strength, layers, segments = edit.direction, edit.strength, edit.layers, edit.segments
+    s_edits, segment_code, sweep, pca_samples = edit.s_edits, edit.segment_code, edit.sweep, edit.pca_samples
+    region, blend = edit.region, edit.blend
     if paste is not None and paste not in PASTES:
         raise ConfigError(f"paste must be one of {', '.join(PASTES)}, got {paste!r}")
     if is_group(latents_dir):
@@ -121,9 +146,7 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
             raise ConfigError("a group photo takes global edits (--direction, --s_edit) written as one pasted "
                               "photo; --region, --sweep and --output_latents apply to one face's result "
                               "(its face_K/result folder)")
-        return edit_group(latents_dir, output, faces=faces, generator=generator, direction=direction,
-                          strength=strength, layers=layers, segments=segments, s_edits=s_edits, blend=blend,
-                          segment_code=segment_code, segmenter=segmenter, pca_samples=pca_samples,
+        return edit_group(latents_dir, output, edit, faces=faces, generator=generator, segmenter=segmenter,
                           overwrite=overwrite, paste=paste)
     if faces not in ("all", None):
         raise ConfigError("--faces chooses faces of a group photo (bin/invert --face=all); this is one result")
@@ -175,6 +198,9 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
         return first + styles
 
     settings = result.settings
+    # a region's projection: the result's own settings, then the edit's
+    projection = recorded_projection({**settings, **(edit.projection or {})})
+    steps = (edit.projection or {}).get("steps", REGION_STEPS)
     # what a region is projected with: the tuned weights and the result's noise (edit_result applies both too)
     drawer = noise_drawer(tuned_generator(gen, result.tuning), result.latents)
     images, edited, step = [], None, None
@@ -187,13 +213,8 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
             mask_source = segmenter_for_result(record, gen, count_segments(codes), segmenter=segmenter)
     for value in strengths or [strength]:
         if region and step is None:  # project the region once; every strength edits that projection
-            step = local_edit(
-                current_image(result), drawer, region, edits_at(value), steps=steps,
-                space=space or settings.get("space") or gen.default_space, lr=settings.get("lr", 0.1),
-                blend=blend, lpips_net=lpips_net or settings.get("lpips_net", "vgg"),
-                lpips_resolution=parse_resolution(lpips_resolution or settings.get("lpips_resolution", 256)),
-                seed=settings.get("seed", 0), noise_mode=settings.get("noise_mode", "const"),
-                dtype=settings.get("dtype", "float32"))
+            step = local_edit(current_image(result), drawer, region, edits_at(value), steps=steps,
+                              settings=projection, blend=blend)
         elif region:
             step = reedit(step, drawer, edits_at(value), blend=blend)
         if region:
@@ -256,13 +277,15 @@ def _mask_source_for(result, gen, segment_code, segmenter, codes):
     return segmenter_for_result(record, gen, count_segments(codes), segmenter=segmenter)
 
 
-def edit_group(group_dir, output, *, faces="all", generator=None, direction=None, strength=1.0, layers=None,
-               segments="all", s_edits=(), blend="mask", segment_code=None, segmenter=None, pca_samples=None,
-               overwrite=False, paste=None) -> str:
-    """One global edit applied to the faces `faces` ("all", "0,2" or a list of face numbers) of a group
-    photo's report folder, each face's result edited as `edit_saved_result` does, and every edited face
-    pasted into the photo, written to `output`. Faces not chosen keep the photo's own pixels. Returns a
-    one-line summary."""
+def edit_group(group_dir, output, edit: SavedEdit | None = None, *, faces="all", generator=None, segmenter=None,
+               paste=None, overwrite=False) -> str:
+    """One global edit (a `SavedEdit` without region or sweep; None: no edit, segment_code None) applied to the faces `faces`
+    ("all", "0,2" or a list of face numbers) of a group photo's report folder, each face's result edited
+    as `edit_saved_result` does, and every edited face pasted into the photo, written to `output`. Faces
+    not chosen keep the photo's own pixels. Returns a one-line summary."""
+    edit = edit or SavedEdit(segment_code=None)
+    direction, strength, layers, segments = edit.direction, edit.strength, edit.layers, edit.segments
+    s_edits, blend, pca_samples, segment_code = edit.s_edits, edit.blend, edit.pca_samples, edit.segment_code
     group = load_group(group_dir)
     if faces in ("all", None):
         chosen = list(group.faces)

@@ -14,7 +14,7 @@ from ..demo import resolve_generator
 from ..generators.protocol import bind_label
 from ..errors import ConfigError
 from ..files import cache_root
-from ..inversion import invert
+from ..inversion import Monitor, as_settings, invert
 from ..progress import Progress
 from ..results import load_result
 from .session import EditorSession
@@ -67,11 +67,14 @@ def _generator_record(spec) -> str:
     return str(Path(spec).resolve()) if isinstance(spec, (str, os.PathLike)) else str(spec)
 
 
-def open_session(*, latents=None, image=None, generator=None, segments=8, steps=200, workdir=None,
-                 directions=None, pca=8, region_steps=100, align=False, face=None, paste=None,
-                 log=None) -> EditorSession:
+EDITOR_STEPS = 200  # a photo's inversion when the editor opens it: quicker than invert()'s 500
+
+
+def open_session(*, latents=None, image=None, generator=None, settings=None, workdir=None, directions=None,
+                 pca=8, region_steps=100, align=False, face=None, paste=None, log=None) -> EditorSession:
     """An `EditorSession` over the result saved in `latents`, or over `image` inverted first with
-    `segments` and `steps` (the inversion is saved as inversion/ in the working folder, or inversion-2/
+    `settings` (an InversionSettings or a dict of its fields, e.g. segments and steps; steps default to
+    200 here) (the inversion is saved as inversion/ in the working folder, or inversion-2/
     ... when that name is taken: the editor never replaces what it finds there). With `align`, `image`
     is a photo of any size: its face (the largest, or number `face` from the left) is aligned the FFHQ
     way and inverted, and the session's exports paste the edit back into the photo (`paste`: "residual" or
@@ -97,8 +100,9 @@ def open_session(*, latents=None, image=None, generator=None, segments=8, steps=
     else:
         if not Path(image).is_file():
             raise ConfigError(f"--image {image}: no such file")
-        if segments < 1 or steps < 1:
-            raise ConfigError("--segments and --steps must be >= 1")
+        if settings is None or isinstance(settings, dict):
+            settings = {"steps": EDITOR_STEPS, **(settings or {})}
+        settings = as_settings(settings)
         spec = generator
         if spec is None:
             log("no --generator given: using the demo DCGAN face generator (64 px)")
@@ -112,10 +116,11 @@ def open_session(*, latents=None, image=None, generator=None, segments=8, steps=
         folder = make_workdir(workdir)
         saved = next(folder / n for n in ("inversion", *(f"inversion-{k}" for k in range(2, 10_000)))
                      if not os.path.lexists(folder / n))  # chosen before the inversion runs
-        bar = Progress(steps, unit="steps")
-        result = invert(str(image), gen, segments=segments, steps=steps, align=alignment,
-                        callback=lambda step, total, losses: bar.update(step, f"loss {float(losses[0]):.4f}"),
-                        progress_every=max(1, min(25, steps // 20)))
+        settings = settings.validate(gen)  # before the alignment and the inversion
+        bar = Progress(settings.steps, unit="steps")
+        monitor = Monitor(callback=lambda step, total, losses: bar.update(step, f"loss {float(losses[0]):.4f}"),
+                          every=max(1, min(25, settings.steps // 20)))
+        result = invert(str(image), gen, settings=settings, align=alignment, monitor=monitor)
         result.settings["image"] = str(Path(image).resolve())
         result.settings["generator"] = _generator_record(spec)
         result.save(saved)

@@ -61,7 +61,6 @@ from ..editing.render import blend_region
 from ..editing.saved import default_paste
 from ..errors import ChunkyGANError, ConfigError, ImageError
 from ..inversion import composite
-from ..lpips import parse_resolution
 from ..masks import color_code
 from ..progress import Progress
 from .schema import MAX_STEPS, MAX_STRENGTH, check_edit, check_steps, check_target
@@ -789,11 +788,8 @@ class EditorSession:
         task.cancel.set()
         return task.to_json()
 
-    def _projection_options(self):
-        s = self.settings
-        return dict(lr=s.get("lr", 0.1), lpips_net=s.get("lpips_net", "vgg"),
-                    lpips_resolution=parse_resolution(s.get("lpips_resolution", 256)), seed=s.get("seed", 0),
-                    noise_mode=self.noise_mode, dtype=self.dtype)
+    def _projection_settings(self) -> dict:
+        return {**editing.recorded_projection(self.settings), "noise_mode": self.noise_mode, "dtype": self.dtype}
 
     def _run_task(self, task: Task, region: np.ndarray, target) -> None:
         bar = Progress(task.steps, unit="steps")
@@ -810,12 +806,11 @@ class EditorSession:
             image = np.clip(self.render(doc), -1.0, 1.0)
             if task.kind == "project":
                 out = editing.local_edit(image, self.drawer, region, None, steps=task.steps,
-                                         space=self.settings.get("space") or self.generator.default_space,
-                                         callback=callback, **self._projection_options())
+                                         settings=self._projection_settings(), callback=callback)
             else:
                 out = editing.fill_holes(self._edited_latents(doc, source), self.drawer, image, region,
-                                         steps=task.steps, segment=0, callback=callback,
-                                         **self._projection_options())
+                                         steps=task.steps, segment=0, settings=self._projection_settings(),
+                                         callback=callback)
             out.result.tuning = self.result.tuning  # projected with the tuned weights: renders with them
             if "noise" in self.result.latents:  # and with the result's noise
                 out.result.latents = dict(out.result.latents, noise=self.result.latents["noise"])

@@ -184,12 +184,13 @@ def load_annotations(directory, generator, *, latent="auto", need_labels=True):
 
 
 def train_segmenter(generator, output, segments: int, *, annotations=None, from_kmeans=False, samples=16,
-                    latent="auto", layers=None, settings: MLPSettings | None = None, seed=0, cache_dir=None,
+                    latent="auto", layers=None, settings: MLPSettings | None = None, cache_dir=None,
                     overwrite=False, callback=None) -> tuple[Segmenter, dict]:
     """Train an MLP head and save it to `output`. Labels come from the label maps in `annotations`, or
     with from_kmeans=True from the k-means head's argmax (for the annotation latents, or for `samples`
     random ones when no annotations are given). Returns (segmenter, record with training accuracy)."""
-    settings = settings or MLPSettings(seed=seed)
+    settings = settings or MLPSettings()
+    seed = settings.seed  # the samples, the k-means head and the MLP's initialisation
     if not isinstance(segments, (int, np.integer)) or segments < 1:
         raise ConfigError(f"segments must be an integer >= 1, got {segments!r}")
     layers = resolve_layers(generator, layers)
