@@ -8,6 +8,12 @@ the final LPIPS and the codes end.
   python3 bench/start_symmetry.py --generator=CKPT --steps=100,500 --jitters=0,0.01,0.001 \
       --output=bench/results/start_symmetry_cpu.json
   python3 bench/start_symmetry.py --generator=CKPT --smoke     # the smallest run, to check that it works
+  python3 bench/start_symmetry.py --first_step --output=bench/results/start_symmetry_first_step_cpu.json
+
+--first_step compares only the gradient of the first step (step 0, every segment equal) of one image:
+alone on one device, inside the batch of 4 under jit's partitioning over 4 devices, and under shard_map,
+where each device runs the one-image program on its own row. It separates what the programs compute
+from what Adam later makes of it.
 
 The targets are uniform noise in [-0.8, 0.8] (seeded); image 1 of the 4 is the one compared.
 """
@@ -27,10 +33,17 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+try:  # jax >= 0.7
+    from jax import shard_map  # noqa: E402
+except ImportError:  # pragma: no cover
+    from jax.experimental.shard_map import shard_map  # noqa: E402
 
 from chunkygan_jax import sharding  # noqa: E402
-from chunkygan_jax.core import InversionSettings  # noqa: E402
+from chunkygan_jax.core import InversionSettings, inversion_core, make_loss_fn  # noqa: E402
 from chunkygan_jax.demo import resolve_generator  # noqa: E402
 from chunkygan_jax.inversion import Inverter  # noqa: E402
 from chunkygan_jax.mask_sources import make_mask_source  # noqa: E402
@@ -44,6 +57,41 @@ def run(inverter, targets):
     return sharding.local_rows(state.latents)["codes"], lpips
 
 
+def first_step(g, source, targets, lpips_net) -> dict:
+    """Step 0's gradient of image 1: alone (one device), in the batch of 4 under jit over 4 devices, and
+    under shard_map (each device its own row); the largest differences from the alone run, per part."""
+    settings = InversionSettings(segments=source.segments, lpips_net=lpips_net, lpips_resolution="full")
+    core = inversion_core(g, settings, source)
+    loss_fn = make_loss_fn(core.settings)[0]
+    grads = lambda c, latents, batch: jax.grad(lambda l: loss_fn(c.nets, l, batch, 0.0)[0])(latents)
+    rows = lambda tree: jax.tree_util.tree_map(lambda x: P("data") if jnp.ndim(x) else P(), tree)
+    mesh = sharding.data_mesh()
+    alone_batch, alone_state = core.batch(targets[1:2]), core.init(targets[1:2])
+    alone = jax.jit(grads)(core, alone_state.latents, alone_batch)
+    state = core.init(targets)
+    batch_of = jax.jit(shard_map(lambda c, t: c.batch(t), mesh=mesh, in_specs=(P(), P("data")),
+                                 out_specs=rows(core.batch(targets[:1]))))
+    batch = batch_of(core, targets)  # each row's LPIPS features by the one-image program
+    mapped = jax.jit(shard_map(grads, mesh=mesh, in_specs=(P(), rows(state.latents), rows(batch)),
+                               out_specs=rows(state.latents)))(core, state.latents, batch)
+    place = lambda tree: jax.tree_util.tree_map(
+        lambda x, spec: jax.device_put(x, jax.sharding.NamedSharding(mesh, spec)), tree, rows(tree))
+    partitioned = jax.jit(grads)(core, place(state.latents), place(core.batch(targets)))
+    out = {}
+    for name, got in (("jit over 4 devices", partitioned), ("shard_map, one image per device", mapped)):
+        out[name] = {k: float(max(np.abs(np.asarray(a)[0] - np.asarray(b)[1]).max()
+                                  for a, b in zip(jax.tree_util.tree_leaves(alone[k]),
+                                                  jax.tree_util.tree_leaves(got[k]))))
+                     for k in alone}
+    features = [np.abs(np.asarray(a)[0] - np.asarray(b)[1]).max() for a, b in
+                zip(jax.tree_util.tree_leaves(alone_batch["target_features"]),
+                    jax.tree_util.tree_leaves(batch["target_features"]))]
+    out["largest gradient alone"] = {k: float(max(np.abs(np.asarray(x)).max() for x in jax.tree_util.tree_leaves(v)))
+                                     for k, v in alone.items()}
+    out["target features apart (shard_map)"] = float(max(features))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--generator", default=None, help="checkpoint (default: the demo face generator)")
@@ -53,6 +101,7 @@ def main() -> None:
     ap.add_argument("--lpips_net", default="alex")
     ap.add_argument("--output", default=None, help="a JSON file for the records")
     ap.add_argument("--smoke", action="store_true", help="2 segments, 2 steps, one jitter")
+    ap.add_argument("--first_step", action="store_true", help="compare step 0's gradients only (see above)")
     args = ap.parse_args()
     if args.smoke:
         args.segments, args.steps, args.jitters = 2, "2", "0.001"
@@ -63,6 +112,15 @@ def main() -> None:
     targets = rng.uniform(-0.8, 0.8, (DEVICES, g.resolution, g.resolution, 3)).astype(np.float32)
     mesh = sharding.data_mesh()
     source = make_mask_source(None, args.segments, g.resolution, generator=g)
+    if args.first_step:
+        record = first_step(g, source, targets, args.lpips_net)
+        print(json.dumps(record, indent=1))
+        if args.output:
+            out = {"command": "python3 bench/start_symmetry.py " + " ".join(sys.argv[1:]), "devices": DEVICES,
+                   "segments": args.segments, "resolution": g.resolution, "lpips_net": args.lpips_net,
+                   "masks": "G^S (default)", "first_step": record}
+            Path(args.output).write_text(json.dumps(out, indent=1) + "\n")
+        return
     records = []
     for steps in map(int, args.steps.split(",")):
         for jitter in map(float, args.jitters.split(",")):
