@@ -42,8 +42,9 @@ from .compute import COMPUTE_DTYPES
 from .errors import ConfigError
 from .generators.stylegan2 import sample_ws
 from .lpips import load_lpips, resize_for_lpips
-from .mask_sources import make_mask_source
-from .masks import composite, luminance_where_grey, source_masks
+from .masks.composite import composite, luminance_where_grey
+from .masks.options import make_mask_source
+from .masks.sources import source_masks
 from .noise import DEFAULT_NOISE_REG_WEIGHT, initial_noise, mask_params, normalize, regularizer, require_noise
 
 SPACE_ALIASES = {"wplus": "w+", "w_plus": "w+", "W": "w", "W+": "w+", "S": "s"}

@@ -56,7 +56,7 @@ from .errors import ChunkyGANError, ConfigError
 from .files import MARKER, atomic_path, check_folder, published
 from .generators.protocol import fingerprint as generator_fingerprint
 from .inversion import InversionSettings, Inverter, check_memory
-from .mask_sources import make_mask_source, mask_source_record
+from .masks.options import make_mask_source, mask_source_record
 from .progress import Progress
 from .report import masks_sheet
 from .results import InversionResult, check_store, save_result

@@ -36,8 +36,8 @@ from .errors import ConfigError, ImageError, ResourceError
 from .generators.protocol import bind_label
 from .groups import FaceGroup
 from .lpips import load_lpips
-from .mask_sources import make_mask_source, mask_source_record
-from .masks import composite
+from .masks.composite import composite
+from .masks.options import make_mask_source, mask_source_record
 from .noise import DEFAULT_NOISE_REG_WEIGHT
 from .progress import Progress
 from .results import InversionResult, Snapshot

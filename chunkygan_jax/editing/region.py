@@ -14,7 +14,7 @@ from .. import io
 from ..demo import resolve_generator
 from ..errors import ConfigError, ImageError
 from ..inversion import SPACE_ALIASES, InversionSettings, Inverter, invert_batch
-from ..mask_sources import make_mask_source
+from ..masks.options import make_mask_source
 from ..results import InversionResult
 from .edits import DirectionEdit, StyleEdit, apply_edits, describe, edit_list
 from .render import BLENDS, blend_region, render_segments

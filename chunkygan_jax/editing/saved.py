@@ -26,9 +26,9 @@ from ..files import check_writable
 from ..groups import is_group, load_group
 from ..generators.protocol import bind_label
 from ..lpips import parse_resolution
-from ..mask_sources import segmenter_for_result
+from ..masks.options import segmenter_for_result
+from ..masks.segmenter import load_segmenter
 from ..results import RESULT_KIND, load_result
-from ..segmenter import load_segmenter
 from .directions import is_pca_spec, resolve_direction
 from .edits import DirectionEdit, parse_s_edit
 from .region import local_edit, reedit
