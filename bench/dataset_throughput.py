@@ -40,7 +40,7 @@ def child(args):
     from chunkygan_jax import dataset, sharding
     from chunkygan_jax.generators import StyleGAN2, ffhq_config, random_params
     from chunkygan_jax.inversion import InversionSettings, Inverter
-    from chunkygan_jax.mask_sources import make_mask_source
+    from chunkygan_jax.masks.options import make_mask_source
 
     if args.generator:
         from chunkygan_jax.checkpoints import load_generator

@@ -44,7 +44,7 @@ def build_generator(spec):
 def random_result(g, n, seed=0):
     """n random codes (W for StyleGAN2, z otherwise), the soft default layout, their composite."""
     from chunkygan_jax.inversion import InversionSettings
-    from chunkygan_jax.masks import default_layout
+    from chunkygan_jax.masks.sources import default_layout
     from chunkygan_jax.results import InversionResult
     if hasattr(g, "mapping"):
         from chunkygan_jax.generators.stylegan2 import sample_ws

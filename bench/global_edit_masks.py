@@ -32,7 +32,7 @@ from chunkygan_jax.demo import resolve_generator  # noqa: E402
 from chunkygan_jax.editing import DirectionEdit  # noqa: E402
 from chunkygan_jax.inversion import invert_batch  # noqa: E402
 from chunkygan_jax.lpips import load_lpips  # noqa: E402
-from chunkygan_jax.mask_sources import segmenter_for_result  # noqa: E402
+from chunkygan_jax.masks.options import segmenter_for_result  # noqa: E402
 import real_photos  # noqa: E402
 
 PHOTOS = ("astronaut", "grace_hopper", "camera")

@@ -26,7 +26,7 @@ from conftest import load_golden, scaled_rgb_state  # noqa: E402  (the tests' fi
 
 from chunkygan_jax.generators import stylegan2_from_nvidia  # noqa: E402
 from chunkygan_jax.inversion import Inverter, InversionSettings  # noqa: E402
-from chunkygan_jax.mask_sources import make_mask_source  # noqa: E402
+from chunkygan_jax.masks.options import make_mask_source  # noqa: E402
 
 
 def fixture(name, noise_scale):

@@ -30,7 +30,7 @@ def main():
     from chunkygan_jax import io
     from chunkygan_jax.align import load_photo
     from chunkygan_jax.errors import ChunkyGANError
-    from chunkygan_jax.masks import color_code
+    from chunkygan_jax.masks.colors import color_code
     from chunkygan_jax.results import load_result
 
     report = Path(args.report)

@@ -24,8 +24,8 @@ import numpy as np
 
 from chunkygan_jax.generators import StyleGAN2, StyleGAN2Config, random_params
 from chunkygan_jax.inversion import InversionSettings, Inverter
-from chunkygan_jax.masks import FixedMasks, default_layout
-from chunkygan_jax.segmenter import kmeans_segmenter
+from chunkygan_jax.masks.segmenter import kmeans_segmenter
+from chunkygan_jax.masks.sources import FixedMasks, default_layout
 
 
 def small_generator(resolution: int) -> StyleGAN2:

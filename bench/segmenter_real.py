@@ -32,9 +32,10 @@ from chunkygan_jax import io  # noqa: E402
 from chunkygan_jax.align import align  # noqa: E402
 from chunkygan_jax.demo import resolve_generator  # noqa: E402
 from chunkygan_jax.inversion import invert_batch  # noqa: E402
-from chunkygan_jax.masks import color_code, mask_coherence  # noqa: E402
+from chunkygan_jax.masks.colors import color_code  # noqa: E402
+from chunkygan_jax.masks.metrics import mask_coherence  # noqa: E402
 from chunkygan_jax.report import enlarge, sheet_scale  # noqa: E402
-from chunkygan_jax.segmenter import kmeans_segmenter  # noqa: E402
+from chunkygan_jax.masks.segmenter import kmeans_segmenter  # noqa: E402
 import real_photos  # noqa: E402
 
 PHOTOS = ("astronaut", "grace_hopper", "camera")

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from chunkygan_jax import io
-from chunkygan_jax.masks import color_code
-from chunkygan_jax.segmenter import kmeans_segmenter, neighbour_agreement, sample_ws
+from chunkygan_jax.masks.colors import color_code
+from chunkygan_jax.masks.metrics import neighbour_agreement
+from chunkygan_jax.masks.segmenter import kmeans_segmenter, sample_ws
 from segmenter_cost import small_generator
 
 

@@ -46,7 +46,7 @@ from chunkygan_jax import sharding  # noqa: E402
 from chunkygan_jax.core import InversionSettings, inversion_core, make_loss_fn  # noqa: E402
 from chunkygan_jax.demo import resolve_generator  # noqa: E402
 from chunkygan_jax.inversion import Inverter  # noqa: E402
-from chunkygan_jax.mask_sources import make_mask_source  # noqa: E402
+from chunkygan_jax.masks.options import make_mask_source  # noqa: E402
 
 
 def run(inverter, targets):

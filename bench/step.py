@@ -57,7 +57,7 @@ def build(cfg, lpips_mode, extra_steps):
     from chunkygan_jax.generators import StyleGAN2, ffhq_config, random_params
     from chunkygan_jax.inversion import InversionSettings, Inverter
     from chunkygan_jax.lpips import load_lpips, random_lpips
-    from chunkygan_jax.mask_sources import make_mask_source
+    from chunkygan_jax.masks.options import make_mask_source
 
     gcfg = ffhq_config(cfg["resolution"], **(TINY if cfg["tiny"] else {}))
     generator = StyleGAN2(gcfg, random_params(0, gcfg))

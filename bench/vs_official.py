@@ -235,7 +235,7 @@ class JaxWorker:
         from chunkygan_jax.generators import stylegan2_from_nvidia
         from chunkygan_jax.inversion import InversionSettings, Inverter
         from chunkygan_jax.lpips import random_lpips
-        from chunkygan_jax.mask_sources import make_mask_source
+        from chunkygan_jax.masks.options import make_mask_source
 
         if self.args.cache:
             enable_compilation_cache()

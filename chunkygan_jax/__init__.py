@@ -2,7 +2,7 @@
 
 The public API, re-exported: invert / invert_batch / Inverter / Monitor (inversion.py), the pure core
 inversion_core / Core / CoreState / InversionSettings (core.py), the other settings objects MaskSettings
-(mask_sources.py), ReadOptions (io.py) and DatasetOptions with invert_dataset (dataset.py), load_generator /
+(masks/options.py), ReadOptions (io.py) and DatasetOptions with invert_dataset (dataset.py), load_generator /
 save_generator (checkpoints.py), resolve_generator (demo.py), InversionResult / load_result
 (results.py), the generators and the error types. The layering of the modules is described in
 WORKSPACE.md. The names are imported on first use, so that a tool answers --help without loading
@@ -24,7 +24,7 @@ _EXPORTS = {
     "groups": ["FaceGroup", "load_group"],
     "core": ["Core", "CoreState", "InversionSettings", "inversion_core"],
     "inversion": ["Inverter", "Monitor", "invert", "invert_batch"],
-    "mask_sources": ["MaskSettings"],
+    "masks.options": ["MaskSettings"],
     "io": ["ReadOptions"],
     "dataset": ["DatasetOptions", "invert_dataset"],
     "tuning": ["TuningSettings", "tune_results"],

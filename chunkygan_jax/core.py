@@ -42,8 +42,9 @@ from .compute import COMPUTE_DTYPES
 from .errors import ConfigError
 from .generators.stylegan2 import sample_ws
 from .lpips import load_lpips, resize_for_lpips
-from .mask_sources import make_mask_source
-from .masks import composite, luminance_where_grey, source_masks
+from .masks.composite import composite, luminance_where_grey
+from .masks.options import make_mask_source
+from .masks.sources import source_masks
 from .noise import DEFAULT_NOISE_REG_WEIGHT, initial_noise, mask_params, normalize, regularizer, require_noise
 
 SPACE_ALIASES = {"wplus": "w+", "w_plus": "w+", "W": "w", "W+": "w+", "S": "s"}
@@ -392,7 +393,7 @@ class Core:
 def inversion_core(generator, settings: InversionSettings | None = None, mask_source=None, *, lpips=None) -> Core:
     """The pure inversion for `generator` and `settings` (validated here; None: invert()'s defaults for
     this generator: its default space and lambda_reg). mask_source: a mask source
-    (mask_sources.make_mask_source; None: the default for this generator, seeded by settings.seed);
+    (masks.options.make_mask_source; None: the default for this generator, seeded by settings.seed);
     lpips: an LPIPS object (None: the pretrained `settings.lpips_net`)."""
     s = (settings or InversionSettings()).validate(generator)
     if mask_source is None:

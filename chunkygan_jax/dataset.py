@@ -58,7 +58,7 @@ from .files import MARKER, atomic_path, check_folder, published
 from .generators.protocol import bind_label
 from .generators.protocol import fingerprint as generator_fingerprint
 from .inversion import Inverter, as_settings, check_memory
-from .mask_sources import as_mask_settings, make_mask_source, mask_source_record
+from .masks.options import as_mask_settings, make_mask_source, mask_source_record
 from .progress import Progress
 from .report import masks_sheet
 from .results import InversionResult, check_store, save_result

@@ -50,7 +50,7 @@ from .identity import NAME as IDENTITY_NAME
 from .identity import IdentityModel
 from .inversion import InversionSettings, Monitor, invert
 from .lpips import load_lpips, resize_for_lpips
-from .mask_sources import MASK_KINDS, MaskSettings, make_mask_source, mask_kind, mask_source_record
+from .masks.options import MASK_KINDS, MaskSettings, make_mask_source, mask_kind, mask_source_record
 from .progress import Progress
 
 __all__ = ["Method", "methods_for", "evaluate", "LPIPS_MEASURE"]
@@ -171,7 +171,7 @@ def evaluate(photos, generator=None, output_dir="out/evaluate", *, steps=500, se
     align: FFHQ-align each photo first (its largest face); without it, photos must be square and
         are resized to the generator's resolution.
     identity: measure the identity distance (needs the 'evaluate' extra).
-    masks, segmenter: ours' mask source, a name of `mask_sources.MASK_KINDS` (None: the generator's
+    masks, segmenter: ours' mask source, a name of `masks.options.MASK_KINDS` (None: the generator's
         default, G^S where it offers its features) and a trained head's directory for G^S.
     tune_steps: also run ours in the default space followed by that many steps of pivotal tuning (the
         "+ tuning" row; tuning.TuningSettings' other defaults)."""

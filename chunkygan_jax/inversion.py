@@ -36,8 +36,8 @@ from .errors import ConfigError, ImageError, ResourceError
 from .generators.protocol import bind_label
 from .groups import FaceGroup
 from .lpips import load_lpips
-from .mask_sources import MaskSettings, as_mask_settings, make_mask_source, mask_source_record  # noqa: F401
-from .masks import composite
+from .masks.composite import composite
+from .masks.options import MaskSettings, as_mask_settings, make_mask_source, mask_source_record  # noqa: F401
 from .progress import Progress
 from .results import InversionResult, Snapshot
 from .tuning import as_tuning, tune_results

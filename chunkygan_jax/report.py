@@ -18,7 +18,8 @@ from .align import Alignment, as_mode, paste_all, paste_back
 from .errors import ChunkyGANError
 from .files import atomic_path
 from .groups import face_folder, write_group_record
-from .masks import color_code, mask_coherence, palette
+from .masks.colors import color_code, palette
+from .masks.metrics import mask_coherence
 from .results import save_result
 
 PROGRESSION_STEPS = (1, 5, 9, 15, 23, 37)  # the iterations of the paper's Fig. 3

@@ -60,7 +60,7 @@ class InversionResult:
     NOT clipped: the masks are convex weights, so it stays within the range of the segment images, which
     is [-1, 1] for the DCGAN (tanh) but may overshoot slightly for StyleGAN2 (its output is not bounded).
     For saving or showing use `clipped` (float, [-1, 1]) or `image_uint8()` ([H, W, 3] uint8).
-    settings["masks"] records where the masks came from (see mask_sources.mask_source_record)."""
+    settings["masks"] records where the masks came from (see masks.options.mask_source_record)."""
 
     target: np.ndarray  # [H, W, 3] in [-1, 1]
     composite: np.ndarray  # [H, W, 3], about [-1, 1], not clipped (see above)

@@ -43,7 +43,7 @@ from .deltas import STORE_DTYPES, apply_delta, cast_delta, delta_bytes, init_del
 from .errors import ConfigError
 from .generators.protocol import fingerprint
 from .lpips import load_lpips, resize_for_lpips
-from .masks import composite, luminance_where_grey
+from .masks.composite import composite, luminance_where_grey
 from .noise import drawer
 from .progress import Progress
 

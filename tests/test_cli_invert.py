@@ -111,7 +111,7 @@ def test_edit_keeps_the_segment_code_unless_asked_and_refuses_another_segmenter(
     """bin/edit on a G^S result: a global direction keeps X^S and the masks by default (the rule of the API
     and the editor too); with --segment_code it moves X^S and the masks are the recorded segmenter's
     masks for the moved code; a segmenter that did not make the result is refused (exit 2, one line)."""
-    from chunkygan_jax import segmenter as seg_lib
+    from chunkygan_jax.masks import segmenter as seg_lib
     from chunkygan_jax.results import load_result
 
     out = inverted[0]
@@ -229,7 +229,7 @@ def test_report_pictures_are_readable():
     """The progression's steps (the paper's and doublings after 37), and masks.png: the colour-coded
     masks enlarged with nearest-neighbour over a legend with a swatch of every segment's colour."""
     from chunkygan_jax import report
-    from chunkygan_jax.masks import color_code, palette
+    from chunkygan_jax.masks.colors import color_code, palette
 
     assert report.progression_steps(500) == [1, 5, 9, 15, 23, 37, 74, 148, 296, 500]
     assert report.progression_steps(40) == [1, 5, 9, 15, 23, 37, 40]

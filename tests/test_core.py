@@ -17,7 +17,7 @@ import pytest
 
 from chunkygan_jax.core import CoreState, InversionSettings, image_seeds, inversion_core, make_loss_fn
 from chunkygan_jax.inversion import Monitor, invert
-from chunkygan_jax.mask_sources import make_mask_source
+from chunkygan_jax.masks.options import make_mask_source
 
 ROOT = Path(__file__).resolve().parents[1]
 # Fixed masks: with every segment code equal at the start, learned masks get no gradient until the codes
@@ -148,7 +148,7 @@ SHARDED = textwrap.dedent("""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from chunkygan_jax.checkpoints import load_generator
     from chunkygan_jax.core import InversionSettings, inversion_core
-    from chunkygan_jax.mask_sources import make_mask_source
+    from chunkygan_jax.masks.options import make_mask_source
     assert jax.device_count() == 2, jax.devices()
     g = load_generator(sys.argv[1])
     core = inversion_core(g, InversionSettings(space="w+", **{options}), make_mask_source("layout", 2, g.resolution))

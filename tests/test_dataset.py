@@ -25,7 +25,7 @@ from chunkygan_jax import dataset, sharding
 from chunkygan_jax.dataset import DatasetOptions
 from chunkygan_jax.inversion import InversionSettings, Inverter, Monitor, invert_batch
 from chunkygan_jax.generators import fingerprint
-from chunkygan_jax.mask_sources import make_mask_source
+from chunkygan_jax.masks.options import make_mask_source
 from chunkygan_jax.results import load_result
 
 ROOT = Path(__file__).resolve().parents[1]

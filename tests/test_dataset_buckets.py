@@ -25,7 +25,7 @@ from chunkygan_jax.dataset import DatasetOptions
 from chunkygan_jax.errors import ChunkyGANError, ConfigError
 from chunkygan_jax.generators import fingerprint
 from chunkygan_jax.inversion import InversionSettings, Inverter
-from chunkygan_jax.mask_sources import make_mask_source
+from chunkygan_jax.masks.options import make_mask_source
 from chunkygan_jax.results import load_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,8 +242,8 @@ def test_sigkill_then_sigterm_then_two_processes_resume_on_a_bucket_losing_and_d
 
 
 def test_a_segmenter_loads_from_a_bucket(new_bucket, tiny_generator, tmp_path):
-    from chunkygan_jax import segmenter as seg_lib
-    from chunkygan_jax.mask_sources import make_mask_source, mask_source_record
+    from chunkygan_jax.masks import segmenter as seg_lib
+    from chunkygan_jax.masks.options import make_mask_source, mask_source_record
 
     seg = seg_lib.kmeans_segmenter(tiny_generator, 2, cache_dir=tmp_path / "cache")
     seg_lib.save_segmenter(seg, tmp_path / "head")

@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from chunkygan_jax import masks as masks_lib
 from chunkygan_jax.errors import ConfigError, ImageError, ResourceError
-from chunkygan_jax.mask_sources import make_mask_source
 from chunkygan_jax.inversion import (InversionSettings, Inverter, MaskSettings, Monitor, default_loop_form, dispersion,
                                      invert, nvidia_lr_schedule, step_memory_bytes)
+from chunkygan_jax.masks import sources as masks_lib
+from chunkygan_jax.masks.options import make_mask_source
 
 FAST = dict(lpips_net="alex", lpips_resolution="full")
 
@@ -256,7 +256,7 @@ def test_a_grey_target_is_compared_in_luminance(tiny_generator, golden_p1, two_h
     mixed by a luminance-keeping matrix (its ToRGB outputs mixed, so every image is M x per pixel) gets
     the same loss; on a colour target, or with grey_loss=False, the mix changes the loss."""
     from chunkygan_jax.generators import stylegan2_from_nvidia
-    from chunkygan_jax.masks import LUMA
+    from chunkygan_jax.masks.composite import LUMA
 
     from conftest import scaled_rgb_state
 

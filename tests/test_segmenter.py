@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chunkygan_jax.mask_sources import make_mask_source
-from chunkygan_jax import segmenter as seg_lib
 from chunkygan_jax.errors import CheckpointError, ConfigError, ImageError
 from chunkygan_jax.inversion import InversionSettings, Inverter
+from chunkygan_jax.masks import segmenter as seg_lib
+from chunkygan_jax.masks.metrics import neighbour_agreement
+from chunkygan_jax.masks.options import make_mask_source
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,7 +159,7 @@ def test_kmeans_masks_are_spatially_coherent(kmeans3, samples):
     labels = np.argmax(np.asarray(masks), axis=1)
     rng = np.random.RandomState(0)
     shuffled = np.stack([rng.permutation(l.reshape(-1)).reshape(l.shape) for l in labels])
-    agree, base = seg_lib.neighbour_agreement(labels), seg_lib.neighbour_agreement(shuffled)
+    agree, base = neighbour_agreement(labels), neighbour_agreement(shuffled)
     ratio = (1 - agree) / (1 - base)
     share = np.bincount(labels.reshape(-1), minlength=3) / labels.size
     print(f"k-means n=3 neighbour agreement {agree:.3f} vs shuffled {base:.3f}: boundary {ratio:.2f}x "
@@ -315,7 +316,7 @@ def test_segment_generator_on_a_z_space_generator(dcgan, cache):
 def test_smoothing_removes_the_period_two_pattern_of_transposed_convolutions():
     """A transposed convolution of stride 2 leaves a pattern of period 2 in its activations; phi filters
     each block with [1, 2, 1] / 4, which is zero at that frequency and keeps linear ramps."""
-    from chunkygan_jax.segmenter.features import smooth_2x
+    from chunkygan_jax.masks.segmenter.features import smooth_2x
 
     y, x = np.mgrid[0:12, 0:12].astype(np.float32)
     ramp = 0.3 * x - 0.2 * y
@@ -328,7 +329,7 @@ def test_smoothing_removes_the_period_two_pattern_of_transposed_convolutions():
 def test_connected_pieces_counts_4_connected_pieces_per_label():
     from scipy import ndimage
 
-    from chunkygan_jax.masks import connected_pieces, mask_coherence
+    from chunkygan_jax.masks.metrics import connected_pieces, mask_coherence
 
     checker = (np.indices((4, 4)).sum(axis=0) % 2)  # diagonal neighbours do not connect
     np.testing.assert_array_equal(connected_pieces(checker), [8, 8])
@@ -351,8 +352,8 @@ def test_connected_pieces_counts_4_connected_pieces_per_label():
 # ------------------------------------------------------------------------------------ the masks= option
 def test_default_mask_source_is_the_segment_generator_and_is_recorded(tiny_generator, small_generator, tmp_path):
     from chunkygan_jax.generators.protocol import fingerprint
-    from chunkygan_jax.masks import LogitMasks
-    from chunkygan_jax.mask_sources import mask_source_record, segmenter_for_result
+    from chunkygan_jax.masks.sources import LogitMasks
+    from chunkygan_jax.masks.options import mask_source_record, segmenter_for_result
 
     default = make_mask_source(None, 3, 32, generator=tiny_generator)
     assert isinstance(default, seg_lib.Segmenter) and not default.frozen and default.head.kind == "kmeans"

@@ -257,7 +257,7 @@ def test_a_grey_target_is_compared_in_luminance(inverted, tuned):
     composite's luminance: a colour composite is at distance 0 from its own luminance, whatever its
     colours, while against a colour target the colours count."""
     from chunkygan_jax.lpips import load_lpips
-    from chunkygan_jax.masks import LUMA
+    from chunkygan_jax.masks.composite import LUMA
     from chunkygan_jax.tuning import _programs
 
     s = inverted[0].settings

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..deltas import tuned_generator
 from ..errors import ConfigError
-from ..masks import composite
+from ..masks.composite import composite
 from .spaces import count_segments, segment_indices, to_styles
 
 CHUNK = 32

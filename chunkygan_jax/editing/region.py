@@ -13,9 +13,9 @@ import numpy as np
 from .. import io
 from ..demo import resolve_generator
 from ..errors import ConfigError, ImageError
-from ..lpips import parse_resolution
 from ..inversion import InversionSettings, Inverter, Monitor, as_settings, invert_batch
-from ..mask_sources import MaskSettings, make_mask_source
+from ..lpips import parse_resolution
+from ..masks.options import MaskSettings, make_mask_source
 from ..results import InversionResult
 from .edits import DirectionEdit, StyleEdit, apply_edits, describe, edit_list
 from .render import BLENDS, blend_region, render_segments

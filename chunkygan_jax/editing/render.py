@@ -9,7 +9,7 @@ import numpy as np
 from ..blending import poisson_blend
 from ..deltas import tuned_generator
 from ..errors import ConfigError
-from ..masks import composite
+from ..masks.composite import composite
 from ..noise import drawer, mask_params
 from ..results import InversionResult
 from .edits import DirectionEdit, StyleEdit, apply_edits, describe, edit_list

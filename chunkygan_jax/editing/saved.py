@@ -27,9 +27,9 @@ from ..errors import ConfigError
 from ..files import check_writable
 from ..groups import is_group, load_group
 from ..generators.protocol import bind_label
-from ..mask_sources import segmenter_for_result
+from ..masks.options import segmenter_for_result
+from ..masks.segmenter import load_segmenter
 from ..results import RESULT_KIND, load_result
-from ..segmenter import load_segmenter
 from .directions import is_pca_spec, resolve_direction
 from .edits import DirectionEdit, parse_s_edit
 from .region import REGION_STEPS, local_edit, recorded_projection, reedit

@@ -61,7 +61,7 @@ from ..editing.render import blend_region
 from ..editing.saved import default_paste
 from ..errors import ChunkyGANError, ConfigError, ImageError
 from ..inversion import composite
-from ..masks import color_code
+from ..masks.colors import color_code
 from ..progress import Progress
 from .schema import MAX_STEPS, MAX_STRENGTH, check_edit, check_steps, check_target
 

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .. import io
-from ..errors import CheckpointError, ConfigError, ImageError
-from ..files import check_writable
+from ... import io
+from ...errors import CheckpointError, ConfigError, ImageError
+from ...files import check_writable
 from .features import DEFAULT_NOISE_MODE, code_shape, feature_dim, pixel_features, resolve_layers
 from .heads import MASK_SMOOTHING, MLPHead, Segmenter, finish_masks, init_mlp, make_segmenter
 from .kmeans import kmeans_segmenter

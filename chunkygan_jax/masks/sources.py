@@ -1,7 +1,5 @@
 """The simple mask sources for the segment masks S (paper eq. 1): fixed user masks, free
-low-resolution logits and a default layout for any n; also how masks are shown (`color_code`) and
-judged (`neighbour_agreement`, `connected_pieces`). The learned segment generator G^S is in segmenter/, and the `masks=`
-option of invert() is resolved in mask_sources.py.
+low-resolution logits, a default layout for any n, and label maps turned into masks.
 
 A mask source is a small object with
   init(n)            -> the pytree of its optimisable parameters (may be empty),
@@ -21,29 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .errors import ConfigError, ImageError
+from ..errors import ConfigError, ImageError
 
 GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
-
-
-def composite(segment_images, segment_masks, target=None, static_mask=None):
-    """Paper eq. 1 and 3: sum_i G(X_i) S_i, with the static region S^X taken from the target."""
-    out = jnp.sum(segment_images * segment_masks[..., None], axis=-4)
-    if static_mask is not None:
-        sx = static_mask[..., None]
-        out = sx * target + (1.0 - sx) * out
-    return out
-
-
-LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's mode L and align.as_mode
-
-
-def luminance_where_grey(images, targets):
-    """images [B, H, W, 3] with each image whose target has three equal channels replaced by its
-    luminance in all three (the others unchanged), so that a grey target is compared in grey."""
-    grey = jnp.all((targets[..., :1] == targets[..., 1:]), axis=(1, 2, 3))[:, None, None, None]
-    luma = jnp.sum(images * jnp.asarray(LUMA, images.dtype), axis=-1, keepdims=True)
-    return jnp.where(grey, jnp.broadcast_to(luma, images.shape), images)
 
 
 def layout_centers(n: int, seed: int = 0) -> np.ndarray:
@@ -145,81 +123,3 @@ def logit_masks_from(masks, resolution: int, *, logit_resolution: int = 16, temp
     small = np.asarray(jax.image.resize(m, (n, logit_resolution, logit_resolution), method="linear"))
     logits = np.log(np.clip(small, 1e-4, None)) / temperature
     return LogitMasks(initial=jnp.asarray(logits - logits.mean(axis=0, keepdims=True)), resolution=resolution)
-
-
-def palette(n: int) -> np.ndarray:
-    """The colour of each segment in `color_code`: float [n, 3] in [0, 1] (golden-ratio hue steps)."""
-    hues = (np.arange(n) * GOLDEN) % 1.0
-    return np.stack([_hsv_to_rgb(h, 0.75, 0.95) for h in hues]).reshape(n, 3)
-
-
-def color_code(masks: np.ndarray) -> np.ndarray:
-    """Soft masks [n, H, W] -> uint8 [H, W, 3] visualisation (mask-weighted palette colours)."""
-    rgb = np.einsum("nhw,nc->hwc", np.asarray(masks, np.float64), palette(masks.shape[0]))
-    return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
-
-
-def _hsv_to_rgb(h, s, v):
-    i = int(h * 6.0) % 6
-    f = h * 6.0 - int(h * 6.0)
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i])
-
-
-
-def neighbour_agreement(labels) -> float:
-    """Fraction of 4-neighbour pixel pairs with the same label in a label map [..., H, W]
-    (1 - normalised boundary length)."""
-    labels = np.asarray(labels)
-    same = np.concatenate([(labels[..., 1:, :] == labels[..., :-1, :]).reshape(-1),
-                           (labels[..., :, 1:] == labels[..., :, :-1]).reshape(-1)])
-    return float(same.mean())
-
-
-def connected_pieces(labels) -> np.ndarray:
-    """Number of 4-connected pieces of each label in a label map [H, W] -> int array [max label + 1]
-    (0 for a label that does not occur). A coherent segmentation has about one piece per segment;
-    scattered labels ("confetti") have many. Union-find over the map's 4-neighbour pairs, in numpy."""
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ImageError(f"connected_pieces takes one label map [H, W], got shape {labels.shape}")
-    h, w = labels.shape
-    parent = np.arange(h * w)
-    flat = labels.reshape(-1)
-    idx = parent.reshape(h, w)
-    pairs = [(idx[:, :-1], idx[:, 1:]), (idx[:-1, :], idx[1:, :])]
-    a = np.concatenate([p[0].reshape(-1) for p in pairs])
-    b = np.concatenate([p[1].reshape(-1) for p in pairs])
-    same = flat[a] == flat[b]
-    a, b = a[same], b[same]
-    while True:  # hook roots onto the smaller root, then compress paths, until no pair joins two trees
-        ra, rb = parent[a], parent[b]
-        while True:
-            ra2, rb2 = parent[ra], parent[rb]
-            if np.array_equal(ra2, ra) and np.array_equal(rb2, rb):
-                break
-            ra, rb = ra2, rb2
-        differ = ra != rb
-        if not differ.any():
-            break
-        lo, hi = np.minimum(ra[differ], rb[differ]), np.maximum(ra[differ], rb[differ])
-        np.minimum.at(parent, hi, lo)
-        while True:
-            nxt = parent[parent]
-            if np.array_equal(nxt, parent):
-                break
-            parent = nxt
-    roots = np.unique(parent)
-    return np.bincount(flat[roots], minlength=int(flat.max()) + 1 if flat.size else 0)
-
-
-def mask_coherence(masks) -> dict:
-    """How coherent soft masks [n, H, W] are, judged on their argmax: connected pieces in total and per
-    segment (n: one piece each; confetti: many), and neighbour agreement; and how decided they are:
-    `top_weight`, the mean over pixels of the largest mask's weight (1: hard masks, 1/n: even blends)."""
-    masks = np.asarray(masks)
-    labels = masks.argmax(axis=0)
-    pieces = connected_pieces(labels)
-    return {"pieces": int(pieces.sum()), "pieces_per_segment": float(pieces.sum() / masks.shape[0]),
-            "pieces_by_segment": [int(p) for p in np.pad(pieces, (0, masks.shape[0] - len(pieces)))],
-            "neighbour_agreement": neighbour_agreement(labels), "top_weight": float(masks.max(axis=0).mean())}

@@ -27,23 +27,24 @@ geometrically from 1 at the first step to `hardening` (10/3) at half the steps a
 while X^S finds its place, then each image code owns its segment. A finished result's masks, a frozen
 segmenter's and an edit's are the final ones (a = hardening); `with_hardening(1.0)` turns it off.
 
-`Segmenter` is a mask source (see masks.py): init(n) -> {"segment_code": X^S} ({} when frozen),
-masks(params) -> [n, R, R]; it is a pytree (generator and head are leaves, the layer choice is static), so
-an inversion passes it to its jitted step as an argument (never closed over: its weights are not baked
-into the program as constants) and optimises X^S with the segment codes. Because X^S lives in the
-generator's own space, an edit direction can move it on request (`masks_for_code`; edits keep it by default).
+`Segmenter` is an annealing mask source (`anneals = True`; the protocol is in masks/sources.py):
+init(n) -> {"segment_code": X^S} ({} when frozen), masks(params, progress) -> [n, R, R]. It is a pytree
+(generator and head are leaves, the layer choice is static), so an inversion passes it to its jitted step
+as an argument (never closed over: its weights are not baked into the program as constants) and
+optimises X^S with the segment codes. Because X^S lives in the generator's own space, an edit direction
+can move it on request (`masks_for_code`; edits keep it by default).
 
 Checkpoints (trained heads and the k-means cache) are directories with `head.npz` and `segmenter.json`
 (format version, head kind, n, layers, temperature, fit/training settings and the generator's identity:
 a sha256 of its config and parameters). A head only loads onto the generator it was fitted on.
 
-Modules: features.py (phi), heads.py (heads and the `Segmenter` mask source), store.py (checkpoints),
-kmeans.py (the unsupervised head and its cache), mlp.py (the trained head and annotations).
+Modules (chunkygan_jax/masks/segmenter/): features.py (phi), heads.py (heads and the `Segmenter` mask
+source), store.py (checkpoints), kmeans.py (the unsupervised head and its cache), mlp.py (the trained head
+and annotations).
 """
 
-from ..generators.protocol import fingerprint as generator_fingerprint
-from ..generators.stylegan2 import sample_ws
-from ..masks import neighbour_agreement
+from ...generators.protocol import fingerprint as generator_fingerprint
+from ...generators.stylegan2 import sample_ws
 from .features import (DEFAULT_NOISE_MODE, code_shape, default_layers, feature_dim, initial_code, pixel_features,
                        resolve_layers)
 from .heads import (HARDEN_UNTIL, HARDENING, MASK_SMOOTHING, KMeansHead, MLPHead, Segmenter, finish_masks,

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import paths
-from ..errors import CheckpointError, ConfigError
-from ..files import atomic_path, read_json_record
-from ..generators.protocol import fingerprint as generator_fingerprint
-from ..trees import flatten_tree, unflatten_tree
+from ... import paths
+from ...errors import CheckpointError, ConfigError
+from ...files import atomic_path, read_json_record
+from ...generators.protocol import fingerprint as generator_fingerprint
+from ...trees import flatten_tree, unflatten_tree
 from .heads import KMeansHead, MLPHead, Segmenter, make_segmenter
 
 FORMAT_VERSION = 1

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 from .features import DEFAULT_NOISE_MODE, feature_dim, initial_code, pixel_features, resolve_layers
 
 # The masks' Gaussian blur at the head's resolution, as a fraction of the image side (see finish_masks).

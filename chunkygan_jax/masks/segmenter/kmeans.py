@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import CheckpointError, ConfigError
-from ..files import cache_root
-from ..generators.protocol import fingerprint as generator_fingerprint
+from ...errors import CheckpointError, ConfigError
+from ...files import cache_root
+from ...generators.protocol import fingerprint as generator_fingerprint
 from .features import _EPS, DEFAULT_NOISE_MODE, FEATURES_VERSION, pixel_features, resolve_layers
 from .heads import MASK_SMOOTHING, KMeansHead, Segmenter, make_segmenter
 from .store import RECORD_NAME, load_segmenter, save_segmenter

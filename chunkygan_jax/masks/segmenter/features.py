@@ -11,8 +11,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ..errors import ConfigError
-from ..generators.protocol import offers_features
+from ...errors import ConfigError
+from ...generators.protocol import offers_features
 
 # Features are taken without the synthesis noise inputs: the segment layout should follow the image's
 # structure, not per-pixel stochastic detail (with random weights, "const" noise scatters single pixels

@@ -4,7 +4,8 @@ masks with), resolved into a mask source, and the record of that source kept in 
 One vocabulary: masks = 'segmenter' (G^S, the paper's method; the default for a generator that offers its
 features) | 'logits' | 'layout' | mask files | an array or label map | a ready mask source; segmenter =
 a trained head's directory (bin/train_segmenter) or a `Segmenter`, else the k-means head cached per
-generator. 'kmeans' is an alias of 'segmenter'."""
+generator. 'kmeans' is an alias of 'segmenter'. Whether the masks are learned: `learn` (learn_masks),
+one rule for every source (`learns`)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import io, paths
-from .errors import ConfigError, ImageError
-from .generators.protocol import fingerprint as generator_fingerprint
-from .generators.protocol import offers_features
-from .masks import FixedMasks, default_layout, logit_masks_from, masks_from_labels, normalize_masks
+from .. import io, paths
+from ..errors import ConfigError, ImageError
+from ..generators.protocol import fingerprint as generator_fingerprint
+from ..generators.protocol import offers_features
 from .segmenter import MASK_SMOOTHING, Segmenter, kmeans_segmenter, load_segmenter, segmenter_identity
+from .sources import FixedMasks, default_layout, logit_masks_from, masks_from_labels, normalize_masks
 
 MASK_KINDS = ("segmenter", "logits", "layout")
 MASK_ALIASES = {"kmeans": "segmenter"}
@@ -61,36 +62,66 @@ def mask_kind(masks, generator=None) -> str | None:
     return None
 
 
+# Whether a source's masks are learned when `learn` is None: its own default.
+LEARNED_BY_DEFAULT = {"segmenter": True, "logits": True, "layout": False, "user": False}
+
+
+def learns(kind: str, learn: bool | None, n: int) -> bool:
+    """The one rule of `learn` (invert()'s learn_masks, bin/invert's --learn_masks) for a source `kind`
+    ('segmenter', 'logits', 'layout' or 'user'): True learns the masks, False keeps them fixed, None takes
+    the source's own default (LEARNED_BY_DEFAULT: G^S's code X^S and 'logits' learned, 'layout' and user
+    masks fixed). One segment is the single all-ones mask, fixed. Refused (ConfigError): learning one
+    segment, fixed 'logits' (that is 'layout') and learned 'layout' (that is 'logits')."""
+    if learn is not None and not isinstance(learn, (bool, np.bool_)):
+        raise ConfigError(f"learn_masks must be True, False or None (each source's default), got {learn!r}")
+    if n == 1:
+        if learn:
+            raise ConfigError("one segment has the single all-ones mask, there is nothing to learn: leave "
+                              "learn_masks unset or use more segments")
+        return False
+    if learn is None:
+        return LEARNED_BY_DEFAULT[kind]
+    if kind == "logits" and not learn:
+        raise ConfigError("masks='logits' are learned by definition: for the same layout kept fixed, pass "
+                          "masks='layout'")
+    if kind == "layout" and learn:
+        raise ConfigError("masks='layout' is the fixed layout: for the layout learned, pass masks='logits'")
+    return bool(learn)
+
+
 def make_mask_source(masks, n: int, resolution: int, *, seed: int = 0, learn: bool | None = None,
                      generator=None, segmenter=None):
     """Resolve the `masks=` option of invert():
     - None: 'segmenter' for a generator that offers its features (StyleGAN2, the demo DCGAN), else 'logits';
     - "segmenter" (alias "kmeans"): the segment generator G^S, S = G^S(X^S), with its code X^S learned
       together with the image codes (frozen with learn=False). Its head is `segmenter` (a directory from
-      bin/train_segmenter, or a `Segmenter`), else the unsupervised k-means head of `generator`, fitted
-      once per generator and n, then cached (see segmenter/kmeans.py);
+      bin/train_segmenter, or a `Segmenter`; `learn` decides whether its X^S is learned), else the
+      unsupervised k-means head of `generator`, fitted once per generator and n, then cached (see
+      segmenter/kmeans.py);
     - "logits": learnable 16x16 logits starting at the default layout;
     - "layout": the default layout (soft Voronoi), fixed;
-    - an array [n, H, W] (soft or hard) or a label map [H, W]: fixed user masks (normalised), learnable
-      if learn=True;
-    - any object with init()/masks(): used as is.
-    With n == 1 every named choice is the single all-ones mask."""
+    - an array [n, H, W] (soft or hard) or a label map [H, W]: user masks (normalised), fixed, or learned
+      (as logits starting at them) with learn=True;
+    - any object with init()/masks(): used as is (what it learns is its own: `learn` must stay None).
+    With n == 1 every named choice is the single all-ones mask. `learns` is the rule for `learn`."""
     if hasattr(masks, "init") and hasattr(masks, "masks"):
+        if learn is not None:
+            raise ConfigError(f"a ready mask source ({type(masks).__name__}) decides what it learns: leave "
+                              "learn_masks unset")
         return masks
     kind = mask_kind(masks, generator)
     if segmenter is not None and kind != "segmenter":
         raise ConfigError(f"a segmenter applies to masks='segmenter', not to masks={masks!r}")
+    learned = learns(kind or "user", learn, n)
     if n == 1 and kind is not None:
         return FixedMasks(jnp.ones((1, resolution, resolution), jnp.float32))
     if kind == "segmenter":
         if generator is None:
             raise ConfigError("masks='segmenter' needs the generator (pass generator= to make_mask_source)")
-        return _segmenter(generator, n, segmenter, frozen=learn is False)
+        return _segmenter(generator, n, segmenter, frozen=not learned)
     if kind is not None:
         layout = default_layout(n, resolution, seed=seed)
-        if kind == "layout" and not learn:
-            return FixedMasks(jnp.asarray(layout))
-        return logit_masks_from(layout, resolution)
+        return logit_masks_from(layout, resolution) if learned else FixedMasks(jnp.asarray(layout))
     arr = np.asarray(masks)
     if arr.ndim == 2:
         arr = masks_from_labels(arr, n)
@@ -100,7 +131,7 @@ def make_mask_source(masks, n: int, resolution: int, *, seed: int = 0, learn: bo
     if arr.shape[0] != n:
         raise ConfigError(f"{arr.shape[0]} masks given for {n} segments")
     arr = normalize_masks(arr)
-    return logit_masks_from(arr, resolution) if learn else FixedMasks(jnp.asarray(arr))
+    return logit_masks_from(arr, resolution) if learned else FixedMasks(jnp.asarray(arr))
 
 
 def _segmenter(generator, n, segmenter, *, frozen):
