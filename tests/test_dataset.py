@@ -126,15 +126,14 @@ SHARDED_SCRIPT = textwrap.dedent("""
     assert jax.device_count() == 4, jax.devices()
     images = list(np.load(sys.argv[2])["images"])
     mesh = sharding.data_mesh()
-    res = invert_batch(images, load_generator(sys.argv[1]), mesh=mesh, masks="layout", progress_every=0,
-                       **{settings})
+    res = invert_batch(images, load_generator(sys.argv[1]), mesh=mesh, masks="layout", settings={settings})
     assert mesh.devices.size == 4 and len(images) % mesh.devices.size == 0
     # learned masks (the default): each image alone, padded to the 4 devices, through the same program
     from chunkygan_jax.inversion import InversionSettings, Inverter
     gen = load_generator(sys.argv[1])
     inv = Inverter(gen, InversionSettings(space="w+", **{settings}), mesh=mesh)
-    batch = invert_batch(images, gen, inverter=inv, progress_every=0, **{settings})
-    alone = [invert_batch([im], gen, inverter=inv, progress_every=0, **{settings})[0] for im in images]
+    batch = invert_batch(images, gen, inverter=inv, settings={settings})
+    alone = [invert_batch([im], gen, inverter=inv, settings={settings})[0] for im in images]
     learned = max(float(np.abs(a.latents[k] - b.latents[k]).max()) for a, b in zip(batch, alone) for k in a.latents)
     np.savez(sys.argv[3], **{{f"{{i}}/{{k}}": v for i, r in enumerate(res) for k, v in r.latents.items()}},
              **{{f"{{i}}/history": r.loss_history for i, r in enumerate(res)}}, learned=learned)
