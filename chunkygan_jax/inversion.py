@@ -40,7 +40,7 @@ from .mask_sources import make_mask_source, mask_source_record
 from .masks import composite
 from .noise import DEFAULT_NOISE_REG_WEIGHT
 from .progress import Progress
-from .results import InversionResult, Snapshot
+from .results import InversionResult, Snapshot, generator_record
 from .tuning import as_tuning, tune_results
 
 LOOP_FORMS = ("loop", "steps", "unrolled")
@@ -402,7 +402,8 @@ def invert_batch(images, generator, *, segments=8, space=None, steps=500, lr=0.1
         results.append(InversionResult(
             target=targets[i], composite=out[i], segment_images=imgs[i], masks=seg_masks[i],
             latents=_unbatch(state.latents, i), loss_history=state.history[i].copy(),
-            final_losses={k: float(v[i]) for k, v in parts.items()}, settings={**settings.to_dict(), "masks": record},
+            final_losses={k: float(v[i]) for k, v in parts.items()}, settings={**settings.to_dict(), "masks": record,
+                                                                           "generator": generator_record(generator)},
             static_mask=None if sxs is None else sxs[i], snapshots=snapshots[i], seconds=seconds,
             compile_seconds=compile_seconds, step_ms=step_ms))
         if generator.label is not None:
@@ -453,7 +454,8 @@ def invert(image, generator=None, *, segments=8, space=None, steps=500, lr=0.1, 
     static_mask: [H, W] in [0, 1] (or a mask file): where 1, the composite is the input image (eq. 3).
     lambda_reg: weight of the paper's dispersion term (see the module docstring for its units); None
         takes the generator's `default_lambda_reg` (StyleGAN2: 1.0 as in the paper; demo DCGAN: 0).
-    callback(step, steps, losses): called every `progress_every` steps.
+    callback(step, steps, losses): called after step 1, every `progress_every` steps, at `snapshot_steps`
+        and after the last; losses: each image's total loss at that step, [1] here ([B] from invert_batch).
     progress: print a progress line (progress.Progress: steps done, rate, ETA, loss) on stderr.
     snapshot_steps: steps at which the composite and masks are kept (for a progression sheet).
     noise_mode: 'const' (the generator's fixed noise) or 'none'.

@@ -27,7 +27,7 @@ from ..groups import is_group, load_group
 from ..generators.protocol import bind_label
 from ..lpips import parse_resolution
 from ..mask_sources import segmenter_for_result
-from ..results import RESULT_KIND, load_result
+from ..results import RESULT_KIND, generator_record, load_result
 from ..segmenter import load_segmenter
 from .directions import is_pca_spec, resolve_direction
 from .edits import DirectionEdit, parse_s_edit
@@ -235,7 +235,7 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
                                         col_labels=["input" if region else "projection", "edit", "changed pixels"]),
                     overwrite=overwrite)
     if output_latents:
-        edited.settings["generator"] = "demo" if gen_path == "demo" else str(Path(gen_path).resolve())
+        edited.settings["generator"] = generator_record(gen) or settings.get("generator")  # the one that drew it
         edited.save(output_latents, overwrite=overwrite)
     return (f"{kind} edit ({what}, blend {blend}) -> {output}" + note
             + (f", side-by-side -> {compare}" if compare else "")

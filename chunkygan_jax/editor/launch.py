@@ -61,12 +61,6 @@ def remove_if_empty(folder) -> bool:
         return False
 
 
-def _generator_record(spec) -> str:
-    if spec is None or spec == "demo":
-        return "demo"
-    return str(Path(spec).resolve()) if isinstance(spec, (str, os.PathLike)) else str(spec)
-
-
 def open_session(*, latents=None, image=None, generator=None, segments=8, steps=200, workdir=None,
                  directions=None, pca=8, region_steps=100, align=False, face=None, paste=None,
                  log=None) -> EditorSession:
@@ -117,11 +111,9 @@ def open_session(*, latents=None, image=None, generator=None, segments=8, steps=
                         callback=lambda step, total, losses: bar.update(step, f"loss {float(losses[0]):.4f}"),
                         progress_every=max(1, min(25, steps // 20)))
         result.settings["image"] = str(Path(image).resolve())
-        result.settings["generator"] = _generator_record(spec)
         result.save(saved)
         log(f"inverted {image}: lpips {result.final_losses['lpips']:.4f}; saved as {saved}")
-    session = EditorSession(result, gen, workdir=folder, generator_record=_generator_record(spec),
-                            directions=directions, pca=pca, region_steps=region_steps, paste=paste)
+    session = EditorSession(result, gen, workdir=folder, directions=directions, pca=pca, region_steps=region_steps, paste=paste)
     if image is not None:
         session.mark_written(saved)
     return session

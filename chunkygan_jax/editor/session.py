@@ -64,6 +64,7 @@ from ..inversion import composite
 from ..lpips import parse_resolution
 from ..masks import color_code
 from ..progress import Progress
+from ..results import generator_record
 from .schema import MAX_STEPS, MAX_STRENGTH, check_edit, check_steps, check_target
 
 __all__ = ["Document", "Edit", "EditorBusy", "EditorSession", "RegionLayer", "png_bytes", "sanitize_name"]
@@ -301,14 +302,14 @@ class EditorSession:
     """The editor's state over one inversion result.
 
     result: an `InversionResult`; generator: the generator object it was made with; workdir: the only
-    folder the editor writes to (it must exist); generator_record: what exported results record as their
-    generator (a checkpoint path or "demo"), so that `bin/edit` can continue from them; directions: a
+    folder the editor writes to (it must exist; exported results record the generator as the result does,
+    or as `results.generator_record` finds it, so that `bin/edit` can continue from them); directions: a
     folder of .npy direction files; pca: how many "pca:K" directions to offer when the editing package
     can find directions in the generator itself; paste: how an aligned result's export goes into the
     photo, "residual" or "projection" (`align.PASTES`; None: residual where the face in the photo is larger
     than the generator's images, as `bin/edit` does)."""
 
-    def __init__(self, result, generator, *, workdir, generator_record=None, directions=None, pca: int = 8,
+    def __init__(self, result, generator, *, workdir, directions=None, pca: int = 8,
                  region_steps: int = 100, cache_bytes: int = CACHE_BYTES, paste: str | None = None):
         # generator: the one the result was inverted with (directions are its); drawer: what renders, the
         # generator with the result's own weight delta when it was tuned (deltas.tuned_generator), drawing
@@ -322,7 +323,7 @@ class EditorSession:
         self.workdir = Path(workdir).resolve()
         if not self.workdir.is_dir():
             raise ConfigError(f"working folder {workdir} does not exist")
-        self.generator_record = generator_record or result.settings.get("generator")
+        self.generator_record = generator_record(generator) or result.settings.get("generator")
         self.settings = dict(result.settings)
         self.noise_mode = self.settings.get("noise_mode", "const")
         self.dtype = self.settings.get("dtype", "float32")
