@@ -18,8 +18,6 @@ import numpy as np
 
 from .. import io
 from ..align import PASTES, Alignment, as_mode, paste_all, paste_back
-from ..deltas import tuned_generator
-from ..noise import drawer as noise_drawer
 from ..demo import resolve_generator
 from ..errors import ConfigError
 from ..files import check_writable
@@ -30,9 +28,9 @@ from ..mask_sources import segmenter_for_result
 from ..results import RESULT_KIND, generator_record, load_result
 from ..segmenter import load_segmenter
 from .directions import is_pca_spec, resolve_direction
-from .edits import DirectionEdit, parse_s_edit
+from .edits import DirectionEdit, edit_result, parse_s_edit
 from .region import local_edit, reedit
-from .render import current_image, edit_result
+from .render import current_image, result_drawer
 from .sheets import changed_pixels, tile_sheet
 from .spaces import as_number, count_segments, latent_space, parse_segments, segment_indices
 
@@ -176,7 +174,7 @@ def edit_saved_result(latents_dir, output, *, generator=None, direction=None, st
 
     settings = result.settings
     # what a region is projected with: the tuned weights and the result's noise (edit_result applies both too)
-    drawer = noise_drawer(tuned_generator(gen, result.tuning), result.latents)
+    drawer = result_drawer(gen, result)
     images, edited, step = [], None, None
     mask_source = None
     if segment_code:
