@@ -305,7 +305,7 @@ class EditorSession:
         self.workdir = Path(workdir).resolve()
         if not self.workdir.is_dir():
             raise ConfigError(f"working folder {workdir} does not exist")
-        self.generator_record = generator_record(generator) or result.settings.get("generator")
+        self.recorded_generator = generator_record(generator) or result.settings.get("generator")
         self.settings = dict(result.settings)
         self.noise_mode = self.settings.get("noise_mode", "const")
         self.dtype = self.settings.get("dtype", "float32")
@@ -868,8 +868,8 @@ class EditorSession:
             for record, e in zip(records[len(records) - len(edits):], edits):
                 if e.kind == "direction":
                     record["direction"] = e.source  # the direction's name, not "array"
-        if self.generator_record:
-            out.settings["generator"] = self.generator_record
+        if self.recorded_generator:
+            out.settings["generator"] = self.recorded_generator
         out.settings["editor"] = {"edits": [e.to_json() for e in doc.edits],
                                   "layers": [l.to_json() for l in doc.layers], "blend": doc.blend}
         return out
