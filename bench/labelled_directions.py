@@ -67,7 +67,7 @@ def main():
 
     from chunkygan_jax.demo import resolve_generator
     from chunkygan_jax.editing import labelled
-    from chunkygan_jax.editing.principal import _synthesize
+    from chunkygan_jax.editing.render import render_segments
     from chunkygan_jax.editing.spaces import direction_space
 
     g = resolve_generator(args.generator)
@@ -75,8 +75,8 @@ def main():
     k_prior = args.components
     fits = {"full": 0, "prior": k_prior}
     fresh = labelled.fit_codes(g, g.sample_codes(1000, 99))
-    synth = lambda x: np.concatenate([_synthesize(g, c[:, None].repeat(g.num_ws, 1) if space == "w+" else c, space)
-                                      for c in np.array_split(x, max(1, len(x) // 200))])
+    synth = lambda x: np.concatenate([np.asarray(render_segments(g, c[:, None].repeat(g.num_ws, 1) if space == "w+" else c,
+                                                                 space)) for c in np.array_split(x, max(1, len(x) // 200))])
     props = lambda x: pixel_properties(synth(x))
     fresh_props = props(fresh)
     truth = {}

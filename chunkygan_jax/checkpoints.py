@@ -12,6 +12,9 @@ A generator checkpoint is a directory:
 
 The record's "kind" selects how params become a generator object. The kinds are listed here, explicitly
 ("stylegan2", "dcgan"); `register_generator_kind` adds another one when called.
+
+Every generator `load_generator` returns remembers where it came from (`loaded_from`): the checkpoint's
+absolute path or bucket URL, which a result records as its generator (`results.generator_record`).
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Callable
 
+import jax
 import numpy as np
 
 from . import paths
@@ -175,6 +180,33 @@ def _load_directory(directory: Path):
     return _KINDS[record["kind"]].from_params(record["config"], params)
 
 
+# where each loaded generator came from, keyed by its first parameter array: generators that share it
+# (one bound to a class, one with remat or another compute dtype) come from the same checkpoint
+_SOURCES: dict[int, str] = {}
+
+
+def _anchor(generator):
+    leaves = [x for x in jax.tree_util.tree_leaves(generator.params) if hasattr(x, "shape")]
+    return leaves[0] if leaves else None
+
+
+def note_source(generator, source: str):
+    """Remember that `generator` was loaded from `source` (a path, a URL or "demo"); returns it."""
+    anchor = _anchor(generator)
+    if anchor is not None:
+        key = id(anchor)
+        if key not in _SOURCES:  # an id is reused only after its array dies, which drops the entry
+            weakref.finalize(anchor, _SOURCES.pop, key, None)
+        _SOURCES[key] = str(source)
+    return generator
+
+
+def loaded_from(generator) -> str | None:
+    """Where `generator` (or one sharing its parameters) was loaded from; None for one made in memory."""
+    anchor = _anchor(generator)
+    return None if anchor is None else _SOURCES.get(id(anchor))
+
+
 def load_generator(path):
     """Load a generator from our checkpoint directory, or from an NVIDIA `.pkl` (PyTorch or TensorFlow)
     / rosinality `.pt` (converted on first use and cached by the file's sha256). A conditional
@@ -184,8 +216,12 @@ def load_generator(path):
         if not paths.exists(path):
             raise CheckpointError(f"generator checkpoint not found: {path}")
         with paths.local_copy(path) as local:
-            return load_generator(local)
+            return note_source(load_generator(local), path)
     path = Path(path)
+    return note_source(_load_path(path), path.resolve())
+
+
+def _load_path(path: Path):
     if path.is_dir():
         return _load_directory(path)
     if not path.is_file():

@@ -81,7 +81,7 @@ def load_demo_generator(cache_dir=None, fetch: bool = True) -> DCGAN:
         fetch_demo_generator(cache_dir=cache_dir)
     key = (str(entry.absolute()), record_path.stat().st_mtime_ns)
     if key not in _LOADED:
-        _LOADED[key] = _load_entry(entry)
+        _LOADED[key] = checkpoints.note_source(_load_entry(entry), "demo")  # what its results record
     return _LOADED[key]
 
 

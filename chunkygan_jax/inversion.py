@@ -39,7 +39,7 @@ from .lpips import load_lpips
 from .masks.composite import composite
 from .masks.options import MaskSettings, as_mask_settings, make_mask_source, mask_source_record  # noqa: F401
 from .progress import Progress
-from .results import InversionResult, Snapshot
+from .results import InversionResult, Snapshot, generator_record
 from .tuning import as_tuning, tune_results
 
 LOOP_FORMS = ("loop", "steps", "unrolled")
@@ -295,8 +295,9 @@ def _unbatch(tree, i):
 class Monitor:
     """What the drivers report while they run (nothing of it changes a result).
 
-    callback(step, steps, losses): called every `every` steps (and after step 1 and the last), losses the
-        total loss of each image [B] at the step before.
+    callback(step, steps, losses): called after step 1, every `every` steps, at `snapshot_steps` and after
+        the last; losses: each image's total loss at that step, [1] from invert() ([B] from invert_batch:
+        the real images, not the padding).
     every: steps between reports (0: only after step 1 and the last; with progress, 0 picks a twentieth).
     progress: print a progress line (progress.Progress: steps done, rate, ETA, loss) on stderr.
     snapshot_steps: steps at which the composite and masks are kept (for a progression sheet).
@@ -416,7 +417,8 @@ def invert_batch(images, generator=None, *, segments=None, steps=None, settings=
         results.append(InversionResult(
             target=targets[i], composite=out[i], segment_images=imgs[i], masks=seg_masks[i],
             latents=_unbatch(state.latents, i), loss_history=state.history[i].copy(),
-            final_losses={k: float(v[i]) for k, v in parts.items()}, settings={**recorded, "masks": record},
+            final_losses={k: float(v[i]) for k, v in parts.items()}, settings={**recorded, "masks": record,
+                                                                           "generator": generator_record(generator)},
             static_mask=None if sxs is None else sxs[i], snapshots=snapshots[i], seconds=seconds,
             compile_seconds=compile_seconds, step_ms=step_ms))
         if _is_grey(targets[i]):  # compared in luminance (settings.grey_loss), shown in grey
@@ -468,6 +470,8 @@ def invert(image, generator=None, *, segments=None, steps=None, settings=None, m
     and records settings["photo_mode"] = "grey": what is shown of the result (projection.png, pasted
     photos, edits) is then its luminance (`align.as_mode`). A conditional generator's class
     (settings.label) is recorded in settings["label"].
+    The result records the generator that made it in settings["generator"] (`results.generator_record`:
+    "demo", the checkpoint's path, or None for a generator made in memory).
     The result's `compile_seconds` (the step program's compilation: the first step call beyond a steady
     step) and `step_ms` (the steady time per step) are measured apart; `seconds` is the whole call,
     one-off work such as loading LPIPS and the snapshots included.

@@ -9,10 +9,10 @@ A result directory holds
                   result then has segment_images None, and what needs them fails with one clear error;
                   they are a function of the latents, editing.render_segments renders them again)
   tuning.npz      for a result of pivotal tuning only: the weight delta of its generator (deltas.py)
-  result.json     settings, final losses, timing, format version, how the segment images were stored
-                  ("segment_images": float32, float16 or none); for a photo that was aligned first,
-                  the alignment (its quad in the photo) and the photo's path, so that an edit can be
-                  pasted back
+  result.json     settings (their "generator": `generator_record`), final losses, timing, format
+                  version, how the segment images were stored ("segment_images": float32, float16 or
+                  none); for a photo that was aligned first, the alignment (its quad in the photo) and
+                  the photo's path, so that an edit can be pasted back
 It is written to a temporary sibling and renamed (files.atomic_path), so a crash never leaves a
 half-written result, and an existing folder is replaced only with overwrite=True and only if it is a
 result this project wrote.
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoints import loaded_from
 from .deltas import DELTA_FILE, load_delta, save_delta
 from .errors import ChunkyGANError, ConfigError
 from . import paths
@@ -43,6 +44,14 @@ def check_store(store: str) -> str:
         raise ConfigError(f"store must be one of {', '.join(SEGMENT_STORES)} (how the segment images are "
                           f"kept), got {store!r}")
     return store
+
+
+def generator_record(generator) -> str | None:
+    """What a result records as the generator that made it, settings["generator"], so that bin/edit and
+    the editor can load it again: "demo" for the demo generator, the absolute path (or bucket URL) of the
+    checkpoint it was loaded from, None for a generator made in memory (they then need it given).
+    `invert_batch` puts it on every result; results saved before it did may lack it."""
+    return loaded_from(generator)
 
 
 @dataclasses.dataclass

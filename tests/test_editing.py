@@ -54,6 +54,28 @@ def random_wplus(g, n, seed=0):
     return {"codes": jnp.asarray(np.random.RandomState(seed).randn(n, g.num_ws, g.w_dim).astype(np.float32))}
 
 
+# ------------------------------------------------------------------------------------------ rendering
+def test_one_rendering_program_with_edits_as_offsets(g, projection, direction):
+    """Every image drawn from codes goes through render.py's one jitted program: an edit folded into W
+    and S offsets draws what the edited codes draw, and new codes, offsets or strengths compile nothing."""
+    from chunkygan_jax.editing.render import _draw
+
+    codes = projection.latents["codes"]  # W [2, 1, w_dim]
+    style = StyleEdit("b8.conv0", 3, 2.0)
+    edited = editing.apply_edits({"codes": codes}, g, [DirectionEdit(direction, 1.5), style])
+    want = np.asarray(editing.render_segments(g, edited))
+    zero = {"codes": jnp.zeros_like(codes)}
+    w_offset = editing.apply_edits(zero, g, [DirectionEdit(direction, 1.5)])["codes"][0]
+    s_offset = editing.apply_style_edits({"codes": {k: jnp.zeros((1, d), jnp.float32) for k, d in
+                                                    g.config.style_dims().items()}}, g, [style])["codes"]
+    got = np.asarray(editing.render_segments(g, codes, w_offset=w_offset, s_offset=s_offset))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.abs(got - np.asarray(editing.render_segments(g, codes))).max() > 1e-2  # the edit shows
+    compiled = _draw._cache_size()
+    again = editing.render_segments(g, np.asarray(codes) + 0.5, w_offset=-w_offset, s_offset=s_offset)
+    assert _draw._cache_size() == compiled and np.all(np.isfinite(np.asarray(again)))
+
+
 # ------------------------------------------------------------------------------------------ directions
 def test_strength_zero_reproduces_the_projection(g, projection, direction):
     out = editing.edit_result(projection, g, DirectionEdit(direction, 0.0, "0:4"))

@@ -90,7 +90,7 @@ def directions(g, tmp_path_factory):
 def editor(g, directions, tiny_checkpoint, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("editor_work")
     (workdir / "edit.png").write_bytes(b"the user's own file")  # the editor must never replace it
-    session = EditorSession(make_result(g), g, workdir=workdir, generator_record=str(tiny_checkpoint),
+    session = EditorSession(make_result(g, settings={"generator": str(tiny_checkpoint)}), g, workdir=workdir,
                             directions=directions, region_steps=STEPS, pca=2)
     running = RunningEditor(session)
     yield running

@@ -122,17 +122,33 @@ def test_other_spaces_run_and_improve(tiny_generator, two_halves, space):
     assert res.loss_history[-1] < res.loss_history[0]
 
 
-def test_result_round_trip(tmp_path, tiny_generator):
-    from chunkygan_jax.results import load_result
+def test_result_round_trip(tmp_path, tiny_generator, tiny_checkpoint):
+    import json
+
+    from chunkygan_jax.checkpoints import load_generator
+    from chunkygan_jax.results import generator_record, load_result
 
     r = tiny_generator.resolution
     target = np.zeros((r, r, 3), np.float32)
-    res = invert(target, tiny_generator, segments=2, steps=6, settings=FAST)
+    res = invert(target, str(tiny_checkpoint), segments=2, steps=6, settings=FAST)
+    # the result records the generator that made it: the checkpoint's absolute path
+    assert res.settings["generator"] == str(tiny_checkpoint.resolve())
+    assert generator_record(tiny_generator) is None  # made in memory: nothing to load it from
+    loaded_gen = load_generator(tiny_checkpoint)
+    same_weights = loaded_gen.replace(config=loaded_gen.config)  # as bind_label makes one of a class
+    assert same_weights is not loaded_gen and generator_record(same_weights) == str(tiny_checkpoint.resolve())
     loaded = load_result(res.save(tmp_path / "res"))
     for k in res.latents:
         np.testing.assert_array_equal(loaded.latents[k], res.latents[k])
     np.testing.assert_array_equal(loaded.masks, res.masks)
     assert loaded.settings == res.settings
+    # a result saved before results recorded their generator still loads, without the record
+    old = tmp_path / "old"
+    res.save(old)
+    record = json.loads((old / "result.json").read_text())
+    del record["settings"]["generator"]
+    (old / "result.json").write_text(json.dumps(record))
+    assert "generator" not in load_result(old).settings
     # compilation (the first step call's excess) and the steady steps are measured apart
     assert res.compile_seconds >= 0 and res.step_ms > 0
     assert res.compile_seconds + 5 * res.step_ms / 1000 <= res.seconds

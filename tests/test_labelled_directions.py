@@ -17,7 +17,7 @@ from PIL import Image
 
 from chunkygan_jax import demo, editing
 from chunkygan_jax.editing import StyleEdit, labelled
-from chunkygan_jax.editing.principal import _synthesize
+from chunkygan_jax.editing.render import render_segments
 from chunkygan_jax.errors import ConfigError
 from chunkygan_jax.generators.stylegan2 import sample_ws
 from chunkygan_jax.results import InversionResult, save_result
@@ -62,7 +62,7 @@ def test_projection_attribute_is_recovered_in_z(dcgan):
 def test_brightness_attribute_moves_fresh_samples(dcgan):
     """The issue's criterion on pixels: label by the top third's brightness; +2 brightens fresh samples."""
     codes = dcgan.sample_codes(120, 11)
-    top = lambda z: _synthesize(dcgan, z, "z")[:, : dcgan.resolution // 3].mean(axis=(1, 2, 3))
+    top = lambda z: np.asarray(render_segments(dcgan, z, "z"))[:, : dcgan.resolution // 3].mean(axis=(1, 2, 3))
     value = top(codes)
     y = (value > np.median(value)).astype(int)
     found = labelled.fit_direction(dcgan, codes, y)
@@ -80,7 +80,7 @@ def test_twenty_labels_of_a_pixel_property(dcgan):
     cases (the brightest and darkest quarter of 400 fresh samples, cut at the pool's median along the
     normal), and +2 along it brightens held-out samples."""
     r = dcgan.resolution
-    top = lambda z: _synthesize(dcgan, z, "z")[:, : r // 3].mean(axis=(1, 2, 3))
+    top = lambda z: np.asarray(render_segments(dcgan, z, "z"))[:, : r // 3].mean(axis=(1, 2, 3))
     pool = dcgan.sample_codes(400, 555)
     order = np.argsort(top(pool))
     clear, is_light = np.r_[order[:100], order[-100:]], np.arange(200) >= 100

@@ -17,8 +17,10 @@ jit (strengths may be traced; layer ranges, channels and segment choices are sta
     front end). `fit_direction` / `direction_from_labels`: a direction fitted to labelled samples
     (an ordinary .npy once saved). `principal_directions` / `write_directions`: the generator's own principal directions,
     computed once and cached (strength 1 = one standard deviation).
-Rendering: `render` recomposes an image from (edited) latents and masks (paper eq. 1 and 3);
-`edit_result` edits a saved or fresh `InversionResult` and returns a new one (so edits can be chained).
+Rendering (render.py, the one path from codes to images, through one jitted program): `render_segments`
+draws one image per code (with a tuned result's weights and its optimised noise: `result_drawer`),
+`render` recomposes an image from (edited) latents and masks (paper eq. 1 and 3); `edit_result` edits a
+saved or fresh `InversionResult` and returns a new one (so edits can be chained).
 
 Region edits (paper section 5):
   - `local_edit`: project ONE segment into a user region (static mask = 1 - region, eq. 3), edit its
@@ -36,20 +38,20 @@ protocol (`initial_codes`): a dict of layers is S, [n, 1, w_dim] is W, [n, num_w
 Modules: spaces.py (latent spaces, the direction space, parsing), directions.py (resolving directions),
 principal.py (GANSpace directions, their cache and folders), labelled.py (directions fitted to labelled
 samples, InterFaceGAN-style: logistic regression, held-out accuracy, .npy plus a JSON sidecar),
-localized.py (StyleSpace channels whose effect lies inside a region: `localized_channels`), edits.py (edit specs and latent edits),
-render.py (recomposing, edit_result), region.py (local edits, hole filling), sheets.py (sheets to look
+localized.py (StyleSpace channels whose effect lies inside a region: `localized_channels`), edits.py (edit specs,
+latent edits, edit_result), render.py (drawing codes, recomposing), region.py (local edits, hole filling), sheets.py (sheets to look
 at), saved.py (editing a saved result as bin/edit does: sweeps, side-by-sides).
 """
 
 from .directions import as_direction, load_direction, resolve_direction
 from .edits import (DirectionEdit, StyleEdit, apply_direction, apply_edits, apply_style_edits, describe,
-                    edit_list, parse_s_edit)
+                    edit_list, edit_result, parse_s_edit)
 from .labelled import (LabelledDirection, direction_from_labels, fit_direction, read_labels, save_direction,
                        write_labelled_direction)
 from .localized import localized_channels, write_localized_channels
 from .principal import Directions, load_directions, principal_directions, write_directions
 from .region import RegionEdit, fill_holes, local_edit, recorded_projection, reedit
-from .render import BLENDS, current_image, edit_result, render, render_segments
+from .render import BLENDS, current_image, render, render_segments, result_drawer
 from .saved import SavedEdit, edit_saved_result, parse_sweep
 from .spaces import (direction_shape, direction_space, latent_space, layer_range, parse_segments,
                      resolve_style_layer, segment_indices, to_styles, to_wplus)
@@ -60,5 +62,5 @@ __all__ = ["BLENDS", "DirectionEdit", "Directions", "LabelledDirection", "direct
            "apply_style_edits", "current_image", "direction_shape", "direction_space", "edit_result",
            "SavedEdit", "edit_saved_result", "fill_holes", "latent_space", "layer_range", "load_direction", "load_directions",
            "local_edit", "parse_s_edit", "parse_segments", "parse_sweep", "principal_directions", "recorded_projection", "reedit",
-           "render", "render_segments", "resolve_direction", "resolve_style_layer", "segment_indices",
+           "render", "render_segments", "resolve_direction", "result_drawer", "resolve_style_layer", "segment_indices",
            "to_styles", "to_wplus", "write_directions"]

@@ -1,5 +1,6 @@
-"""Latent edits as data (`DirectionEdit`, `StyleEdit`) and as pure functions of the latent pytree that
-work under jit (strengths may be traced; layer ranges, channels and segment choices are static)."""
+"""Latent edits as data (`DirectionEdit`, `StyleEdit`), as pure functions of the latent pytree that
+work under jit (strengths may be traced; layer ranges, channels and segment choices are static), and
+applied to a whole result (`edit_result`: the edited codes rendered and recomposited by render.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import ConfigError
+from ..masks import composite
+from ..results import InversionResult
 from .directions import as_direction
-from .spaces import (as_number, count_segments, direction_codes, direction_rows, direction_shape, resolve_style_layer,
-                     segment_indices, to_styles)
+from .render import BLENDS, blend_region, render_segments, resolve_masks, result_drawer
+from .spaces import (as_number, count_segments, direction_codes, direction_rows, direction_shape, latent_space,
+                     resolve_style_layer, segment_indices, to_styles)
 
 # ---------------------------------------------------------------------------------------- edit specs
 @dataclasses.dataclass(frozen=True)
@@ -145,3 +149,47 @@ def _segments_record(segments):
     if segments is None or isinstance(segments, str):
         return segments or "all"
     return [int(i) for i in np.atleast_1d(segments)]
+
+
+# ---------------------------------------------------------------------------------------- a whole result
+def edit_result(result, generator, edits, *, blend="mask", mask_source=None):
+    """Edit the latents of an `InversionResult` and recomposite; returns a new InversionResult (same
+    target, static mask, settings and tuning plus an "edits" record) that can be saved and edited again.
+    `generator` is the one the result was inverted with; a tuned result applies its own weight delta.
+
+    blend: 'mask' composites like the projection did (eq. 3 with the result's static mask, if any);
+    'none' gives the raw blend of the segment images; 'poisson' blends the generated region into the
+    target in the gradient domain (needs a result with a static mask, e.g. from a local edit).
+    mask_source: recompute the masks from the (edited) latents, e.g. the segment generator when its code
+    X^S moved with the edit; otherwise the result's masks are kept."""
+    if blend not in BLENDS:
+        raise ConfigError(f"blend must be one of {BLENDS}, got {blend!r}")
+    edits_list = edit_list(edits)
+    if any(callable(e) and not isinstance(e, (DirectionEdit, StyleEdit)) for e in edits_list):
+        raise ConfigError("edit_result takes DirectionEdit / StyleEdit items")
+    if any(isinstance(e, DirectionEdit) and e.segment_code for e in edits_list) and mask_source is None:
+        raise ConfigError("moving the segment code changes the masks only with the segment generator "
+                          "that made them: pass mask_source")
+    settings = dict(result.settings)
+    noise_mode, dtype = settings.get("noise_mode", "const"), settings.get("dtype", "float32")
+    generator = result_drawer(generator, result)  # its own weights if tuned, its own noise if optimised
+    latents = apply_edits(result.latents, generator, edits_list)
+    n = count_segments(latents["codes"])
+    masks = resolve_masks(generator, latents, result.masks, mask_source, n)
+    imgs = np.asarray(render_segments(generator, latents["codes"], noise_mode=noise_mode, dtype=dtype))
+    raw = np.asarray(composite(jnp.asarray(imgs), masks))  # the same blend as render() and the inversion
+    target = np.asarray(result.target, np.float32)
+    if result.static_mask is None:
+        if blend == "poisson":
+            raise ConfigError("poisson blending needs a region, and this result was projected over the "
+                              "whole image (no static mask): use a local edit (region) or blend='mask'")
+        out = raw
+    else:
+        out = blend_region(raw, target, 1.0 - np.asarray(result.static_mask, np.float32), blend)
+    settings["space"] = latent_space(generator, latents["codes"])
+    settings["edits"] = list(settings.get("edits", [])) + [describe(e, generator) for e in edits_list]
+    return InversionResult(
+        target=target, composite=out.astype(np.float32), segment_images=imgs, masks=np.asarray(masks),
+        latents=jax.tree_util.tree_map(np.asarray, latents), loss_history=result.loss_history,
+        final_losses=dict(result.final_losses), settings=settings, static_mask=result.static_mask,
+        seconds=result.seconds, tuning=result.tuning)

@@ -38,7 +38,8 @@ from ..errors import ConfigError
 from ..files import atomic_path, check_writable
 from ..generators.protocol import fingerprint as generator_fingerprint
 from ..io import save_png, to_uint8
-from .principal import PREVIEW_STRENGTHS, _synthesize, principal_directions
+from .principal import PREVIEW_STRENGTHS, principal_directions
+from .render import render_segments
 from .sheets import tile_sheet
 from .spaces import direction_rows, direction_shape, direction_space
 
@@ -138,7 +139,7 @@ def sample_images(generator, seeds) -> np.ndarray:
     codes = np.stack([sample_code(generator, s) for s in seeds])
     if space == "w+":
         codes = np.broadcast_to(codes[:, None], (len(codes),) + direction_shape(generator))
-    return _synthesize(generator, codes, space)
+    return np.asarray(render_segments(generator, codes, space))
 
 
 def fit_codes(generator, codes, layers=None) -> np.ndarray:
@@ -290,7 +291,7 @@ def preview_strip(generator, found: LabelledDirection, seeds=(), strengths=PREVI
         base = np.concatenate([base, np.broadcast_to(samples[:, None] if space == "w+" else samples,
                                                      (len(seeds),) + base.shape[1:])])
     s = np.asarray(strengths, np.float32).reshape((-1,) + (1,) * (base.ndim - 1))
-    rows = [list(to_uint8(_synthesize(generator, b + s * found.direction, space))) for b in base]
+    rows = [list(to_uint8(np.asarray(render_segments(generator, b + s * found.direction, space)))) for b in base]
     labels = ["start"] + [f"seed {v}" for v in seeds]
     return tile_sheet(rows, col_labels=[f"{v:g}" for v in strengths], row_labels=labels)
 

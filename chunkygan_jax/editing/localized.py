@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..deltas import tuned_generator
 from ..errors import ConfigError
 from ..masks.composite import composite
+from .render import result_drawer
 from .spaces import count_segments, segment_indices, to_styles
 
 CHUNK = 32
@@ -75,10 +75,10 @@ def localized_channels(result, generator, region, *, top: int = 10, segments="al
     {"layer", "channel", "locality", "ratio", "effect"} (effect: the root of the summed squared change
     per unit of the channel); use a channel as StyleEdit(layer, channel, strength). `segments`: whose
     codes move ('all' or indices); `generator`: the one the result was inverted with (a tuned result
-    applies its own weights)."""
+    applies its own weights, a result with optimised noise its noise)."""
     if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
         raise ConfigError(f"top must be a positive integer, got {top!r}")
-    generator = tuned_generator(generator, result.tuning)
+    generator = result_drawer(generator, result)  # its own weights if tuned, its own noise if optimised
     styles = to_styles(generator, result.latents["codes"])  # ConfigError for a generator without S
     n = count_segments(result.latents["codes"])
     chosen = np.zeros(n, np.float32)

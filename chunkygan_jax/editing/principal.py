@@ -36,6 +36,7 @@ from ..generators.protocol import fingerprint as generator_fingerprint
 from ..generators.stylegan2 import sample_ws
 from ..io import save_png
 from ..progress import Progress
+from .render import render_segments
 from .sheets import tile_sheet
 from .spaces import direction_shape, direction_space
 
@@ -268,15 +269,6 @@ def principal_direction(generator, k: int, *, samples=None, seed: int = 0, cache
 
 
 # ---------------------------------------------------------------------------------------- preview
-_SYNTH: dict = {}
-
-
-def _synthesize(generator, codes, space):
-    if space not in _SYNTH:
-        _SYNTH[space] = jax.jit(lambda g, c: g.synthesize(c, space))
-    return np.asarray(_SYNTH[space](generator, jnp.asarray(codes, jnp.float32)))
-
-
 def preview_sheet(generator, found: Directions, strengths=PREVIEW_STRENGTHS) -> np.ndarray:
     """uint8 sheet: one row per direction, one column per strength, each tile the generator's starting
     code (w_avg for a StyleGAN2, the fixed start z of the demo DCGAN) moved along the direction."""
@@ -285,8 +277,8 @@ def preview_sheet(generator, found: Directions, strengths=PREVIEW_STRENGTHS) -> 
     space = direction_space(generator)
     base = np.asarray(generator.initial_codes(space, 1), np.float32)[0]
     s = np.asarray(strengths, np.float32).reshape((-1,) + (1,) * base.ndim)
-    rows = [list(to_uint8(_synthesize(generator, base + s * np.broadcast_to(d, base.shape), space)))
-            for d in found.directions]
+    rows = [list(to_uint8(np.asarray(render_segments(generator, base + s * np.broadcast_to(d, base.shape),
+                                                      space)))) for d in found.directions]
     labels = [f"pca:{k} {100 * v:.1f}%" for k, v in enumerate(found.record["explained_variance"])]
     return tile_sheet(rows, col_labels=[f"{v:g}" for v in strengths], row_labels=labels)
 

@@ -1,6 +1,18 @@
-"""Recomposing images from (edited) latents (paper eq. 1 and 3), and editing a whole result."""
+"""Turning codes into images: the one rendering path of the package. A result's codes (edited or not),
+with its tuning delta and optimised noise, become segment images here, and the segment images an image
+by its masks (paper eq. 1, and eq. 3 with a static mask); `blend_region` puts a region into an image.
+
+Every image drawn from codes, by `bin/edit`, the editor, region edits and the preview sheets, goes
+through one jitted program, `_draw`. JAX keys its compilations by what changes the program: the space,
+the noise mode and the compute dtype (static), and the structure and shapes of the arguments (the
+generator's tree, the codes, whether an edit's offsets are given). The values (the weights of a tuned
+generator, its noise, the codes, the offsets) are arguments, so a new result, edit or strength never
+compiles anything new.
+"""
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -11,30 +23,40 @@ from ..deltas import tuned_generator
 from ..errors import ConfigError
 from ..masks.composite import composite
 from ..noise import drawer, mask_params
-from ..results import InversionResult
-from .edits import DirectionEdit, StyleEdit, apply_edits, describe, edit_list
-from .spaces import check_space, count_segments, latent_space
+from .spaces import check_space, count_segments, direction_codes, direction_space, to_styles
 
 BLENDS = ("mask", "poisson", "none")
 
+
 # ---------------------------------------------------------------------------------------- rendering
-_SYNTH_CACHE: dict = {}
+def result_drawer(generator, result):
+    """The generator that draws `result`'s codes: `generator` (the one it was inverted with) with the
+    result's weight delta when it was tuned (deltas.tuned_generator, memoised per result) and with its
+    optimised noise when it has some (noise.drawer)."""
+    return drawer(tuned_generator(generator, result.tuning), result.latents)
 
 
-def render_segments(generator, latents, space=None, *, noise_mode="const", dtype="float32") -> jax.Array:
-    """One image per segment code: [n, H, W, 3]; with the latents' own noise when they hold one."""
+def render_segments(generator, latents, space=None, *, noise_mode="const", dtype="float32", w_offset=None,
+                    s_offset=None) -> jax.Array:
+    """One image per segment code: [n, H, W, 3]; with the latents' own noise when they hold one.
+
+    w_offset: added to every code in the direction space (W+ [num_ws, w_dim] for a StyleGAN2, whose W
+    codes become W+; [z_dim] for z codes), then s_offset ({layer: [1, channels]}) to every code's
+    styles: an edit folded into two offsets (the editor's), whose values do not recompile anything."""
     codes = latents["codes"] if isinstance(latents, dict) and "codes" in latents else latents
     space = check_space(generator, codes, space)
     codes = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), codes)
-    return _synthesize(drawer(generator, latents), codes, space, noise_mode, dtype)
+    return _draw(drawer(generator, latents), codes, w_offset, s_offset, space=space, noise_mode=noise_mode,
+                 dtype=dtype)
 
 
-def _synthesize(generator, codes, space, noise_mode, dtype):
-    key = (space, noise_mode, str(dtype))
-    if key not in _SYNTH_CACHE:  # one jitted function per setting; jax caches its compilations by shape
-        _SYNTH_CACHE[key] = jax.jit(lambda g, c: g.synthesize(c, space, noise_mode=noise_mode,
-                                                                dtype=dtype))
-    return _SYNTH_CACHE[key](generator, codes)
+@functools.partial(jax.jit, static_argnames=("space", "noise_mode", "dtype"))
+def _draw(generator, codes, w_offset, s_offset, *, space, noise_mode, dtype):
+    if w_offset is not None:
+        codes, space = direction_codes(generator, codes) + w_offset, direction_space(generator)
+    if s_offset is not None:
+        codes, space = {k: v + s_offset[k] for k, v in to_styles(generator, codes).items()}, "s"
+    return generator.synthesize(codes, space, noise_mode=noise_mode, dtype=dtype)
 
 
 def _masks_from_source(mask_source, latents):
@@ -97,46 +119,3 @@ def current_image(result) -> np.ndarray:
     has been edited (the input of the next local edit, paper Fig. 9), clipped to [-1, 1]."""
     image = result.composite if result.settings.get("edits") else result.target
     return np.clip(np.asarray(image, np.float32), -1.0, 1.0)  # generated pixels may overshoot slightly
-
-
-def edit_result(result, generator, edits, *, blend="mask", mask_source=None):
-    """Edit the latents of an `InversionResult` and recomposite; returns a new InversionResult (same
-    target, static mask, settings and tuning plus an "edits" record) that can be saved and edited again.
-    `generator` is the one the result was inverted with; a tuned result applies its own weight delta.
-
-    blend: 'mask' composites like the projection did (eq. 3 with the result's static mask, if any);
-    'none' gives the raw blend of the segment images; 'poisson' blends the generated region into the
-    target in the gradient domain (needs a result with a static mask, e.g. from a local edit).
-    mask_source: recompute the masks from the (edited) latents, e.g. the segment generator when its code
-    X^S moved with the edit; otherwise the result's masks are kept."""
-    if blend not in BLENDS:
-        raise ConfigError(f"blend must be one of {BLENDS}, got {blend!r}")
-    edits_list = edit_list(edits)
-    if any(callable(e) and not isinstance(e, (DirectionEdit, StyleEdit)) for e in edits_list):
-        raise ConfigError("edit_result takes DirectionEdit / StyleEdit items")
-    if any(isinstance(e, DirectionEdit) and e.segment_code for e in edits_list) and mask_source is None:
-        raise ConfigError("moving the segment code changes the masks only with the segment generator "
-                          "that made them: pass mask_source")
-    settings = dict(result.settings)
-    noise_mode, dtype = settings.get("noise_mode", "const"), settings.get("dtype", "float32")
-    generator = tuned_generator(generator, result.tuning)  # a tuned result draws with its own weights
-    latents = apply_edits(result.latents, generator, edits_list)
-    n = count_segments(latents["codes"])
-    masks = resolve_masks(generator, latents, result.masks, mask_source, n)
-    imgs = np.asarray(render_segments(generator, latents, noise_mode=noise_mode, dtype=dtype))
-    raw = np.asarray(composite(jnp.asarray(imgs), masks))  # the same blend as render() and the inversion
-    target = np.asarray(result.target, np.float32)
-    if result.static_mask is None:
-        if blend == "poisson":
-            raise ConfigError("poisson blending needs a region, and this result was projected over the "
-                              "whole image (no static mask): use a local edit (region) or blend='mask'")
-        out = raw
-    else:
-        out = blend_region(raw, target, 1.0 - np.asarray(result.static_mask, np.float32), blend)
-    settings["space"] = latent_space(generator, latents["codes"])
-    settings["edits"] = list(settings.get("edits", [])) + [describe(e, generator) for e in edits_list]
-    return InversionResult(
-        target=target, composite=out.astype(np.float32), segment_images=imgs, masks=np.asarray(masks),
-        latents=jax.tree_util.tree_map(np.asarray, latents), loss_history=result.loss_history,
-        final_losses=dict(result.final_losses), settings=settings, static_mask=result.static_mask,
-        seconds=result.seconds, tuning=result.tuning)

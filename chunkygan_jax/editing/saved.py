@@ -20,8 +20,6 @@ import numpy as np
 
 from .. import io
 from ..align import PASTES, Alignment, as_mode, paste_all, paste_back
-from ..deltas import tuned_generator
-from ..noise import drawer as noise_drawer
 from ..demo import resolve_generator
 from ..errors import ConfigError
 from ..files import check_writable
@@ -29,11 +27,11 @@ from ..groups import is_group, load_group
 from ..generators.protocol import bind_label
 from ..masks.options import segmenter_for_result
 from ..masks.segmenter import load_segmenter
-from ..results import RESULT_KIND, load_result
+from ..results import RESULT_KIND, generator_record, load_result
 from .directions import is_pca_spec, resolve_direction
-from .edits import DirectionEdit, parse_s_edit
+from .edits import DirectionEdit, edit_result, parse_s_edit
 from .region import REGION_STEPS, local_edit, recorded_projection, reedit
-from .render import current_image, edit_result
+from .render import current_image, result_drawer
 from .sheets import changed_pixels, tile_sheet
 from .spaces import as_number, count_segments, latent_space, parse_segments, segment_indices
 
@@ -202,7 +200,7 @@ def edit_saved_result(latents_dir, output, edit: SavedEdit | None = None, *, gen
     projection = recorded_projection({**settings, **(edit.projection or {})})
     steps = (edit.projection or {}).get("steps", REGION_STEPS)
     # what a region is projected with: the tuned weights and the result's noise (edit_result applies both too)
-    drawer = noise_drawer(tuned_generator(gen, result.tuning), result.latents)
+    drawer = result_drawer(gen, result)
     images, edited, step = [], None, None
     mask_source = None
     if segment_code:
@@ -256,7 +254,7 @@ def edit_saved_result(latents_dir, output, edit: SavedEdit | None = None, *, gen
                                         col_labels=["input" if region else "projection", "edit", "changed pixels"]),
                     overwrite=overwrite)
     if output_latents:
-        edited.settings["generator"] = "demo" if gen_path == "demo" else str(Path(gen_path).resolve())
+        edited.settings["generator"] = generator_record(gen) or settings.get("generator")  # the one that drew it
         edited.save(output_latents, overwrite=overwrite)
     return (f"{kind} edit ({what}, blend {blend}) -> {output}" + note
             + (f", side-by-side -> {compare}" if compare else "")

@@ -61,12 +61,6 @@ def remove_if_empty(folder) -> bool:
         return False
 
 
-def _generator_record(spec) -> str:
-    if spec is None or spec == "demo":
-        return "demo"
-    return str(Path(spec).resolve()) if isinstance(spec, (str, os.PathLike)) else str(spec)
-
-
 EDITOR_STEPS = 200  # a photo's inversion when the editor opens it: quicker than invert()'s 500
 
 
@@ -107,6 +101,7 @@ def open_session(*, latents=None, image=None, generator=None, settings=None, wor
         if spec is None:
             log("no --generator given: using the demo DCGAN face generator (64 px)")
         gen = resolve_generator(spec)
+        settings = settings.validate(gen)  # before the alignment and the inversion
         alignment = False
         if align:
             alignment = find_alignment(image, face=face)
@@ -116,17 +111,15 @@ def open_session(*, latents=None, image=None, generator=None, settings=None, wor
         folder = make_workdir(workdir)
         saved = next(folder / n for n in ("inversion", *(f"inversion-{k}" for k in range(2, 10_000)))
                      if not os.path.lexists(folder / n))  # chosen before the inversion runs
-        settings = settings.validate(gen)  # before the alignment and the inversion
         bar = Progress(settings.steps, unit="steps")
         monitor = Monitor(callback=lambda step, total, losses: bar.update(step, f"loss {float(losses[0]):.4f}"),
                           every=max(1, min(25, settings.steps // 20)))
         result = invert(str(image), gen, settings=settings, align=alignment, monitor=monitor)
         result.settings["image"] = str(Path(image).resolve())
-        result.settings["generator"] = _generator_record(spec)
         result.save(saved)
         log(f"inverted {image}: lpips {result.final_losses['lpips']:.4f}; saved as {saved}")
-    session = EditorSession(result, gen, workdir=folder, generator_record=_generator_record(spec),
-                            directions=directions, pca=pca, region_steps=region_steps, paste=paste)
+    session = EditorSession(result, gen, workdir=folder, directions=directions, pca=pca, region_steps=region_steps,
+                            paste=paste)
     if image is not None:
         session.mark_written(saved)
     return session

@@ -14,11 +14,11 @@ The document (`Document`, immutable) is
 Every change pushes a new document onto the history; undo and redo move along it.
 
 Rendering reuses what did not change. The inversion's own segment images stand for unedited segments.
-An edited code is rendered by one jitted program per code structure: the latent edits of a code are
-first folded into one W-space offset and one StyleSpace offset (with `editing.apply_edits` and
-`editing.apply_style_edits` on zero codes), and those offsets are arguments of the program. So a
-slider move, a new direction or another layer range never compiles anything new; it re-renders only
-the codes whose edits changed, and recomposites.
+An edited code is drawn by the package's one rendering path (`editing.render_segments`): the latent
+edits of a code are first folded into one W-space offset and one StyleSpace offset (with
+`editing.apply_edits` and `editing.apply_style_edits` on zero codes), and those offsets are arguments of
+its program. So a slider move, a new direction or another layer range never compiles anything new; it
+re-renders only the codes whose edits changed, and recomposites.
 
 All JAX work and every change of the document (commit, undo, redo, blending, a task's result) runs on
 one worker thread (`executor`), in the order the requests were accepted, each against the document as
@@ -34,7 +34,6 @@ import base64
 import binascii
 import collections
 import dataclasses
-import functools
 import math
 import os
 import re
@@ -52,10 +51,8 @@ import numpy as np
 from PIL import Image
 
 from .. import editing, io
-from ..deltas import tuned_generator
 from ..align import PASTES, Alignment, as_mode, paste_back
 from ..editing import DirectionEdit, StyleEdit, labelled
-from ..noise import drawer as noise_drawer
 from ..editing.directions import resolve_direction
 from ..editing.render import blend_region
 from ..editing.saved import default_paste
@@ -63,6 +60,7 @@ from ..errors import ChunkyGANError, ConfigError, ImageError
 from ..inversion import composite
 from ..masks.colors import color_code
 from ..progress import Progress
+from ..results import generator_record
 from .schema import MAX_STEPS, MAX_STRENGTH, check_edit, check_steps, check_target
 
 __all__ = ["Document", "Edit", "EditorBusy", "EditorSession", "RegionLayer", "png_bytes", "sanitize_name"]
@@ -263,20 +261,6 @@ class _Cache:
             self.size -= self.items.popitem(last=False)[1].nbytes
 
 
-@functools.partial(jax.jit, static_argnames=("noise_mode", "dtype"))
-def _render_code(generator, codes, w_offset, s_offset, *, noise_mode, dtype):
-    """G(code + offsets) for one code [1, ...]: the W offset as a direction of strength 1 over every
-    ws row, then the StyleSpace offset added to the code's styles. One compiled program per code
-    structure and offset presence; the offsets' values are arguments."""
-    latents = {"codes": codes}
-    if w_offset is not None:
-        latents = editing.apply_direction(latents, generator, w_offset, 1.0)
-    if s_offset is not None:
-        styles = editing.to_styles(generator, latents["codes"])
-        latents = {"codes": {k: v + s_offset[k] for k, v in styles.items()}}
-    return editing.render_segments(generator, latents, noise_mode=noise_mode, dtype=dtype)
-
-
 @dataclasses.dataclass
 class Task:
     id: int
@@ -300,20 +284,19 @@ class EditorSession:
     """The editor's state over one inversion result.
 
     result: an `InversionResult`; generator: the generator object it was made with; workdir: the only
-    folder the editor writes to (it must exist); generator_record: what exported results record as their
-    generator (a checkpoint path or "demo"), so that `bin/edit` can continue from them; directions: a
+    folder the editor writes to (it must exist; exported results record the generator as the result does,
+    or as `results.generator_record` finds it, so that `bin/edit` can continue from them); directions: a
     folder of .npy direction files; pca: how many "pca:K" directions to offer when the editing package
     can find directions in the generator itself; paste: how an aligned result's export goes into the
     photo, "residual" or "projection" (`align.PASTES`; None: residual where the face in the photo is larger
     than the generator's images, as `bin/edit` does)."""
 
-    def __init__(self, result, generator, *, workdir, generator_record=None, directions=None, pca: int = 8,
+    def __init__(self, result, generator, *, workdir, directions=None, pca: int = 8,
                  region_steps: int = 100, cache_bytes: int = CACHE_BYTES, paste: str | None = None):
         # generator: the one the result was inverted with (directions are its); drawer: what renders, the
-        # generator with the result's own weight delta when it was tuned (deltas.tuned_generator), drawing
-        # with the result's optimised noise when it has one (noise.drawer)
+        # generator with the result's own weights and noise (editing.result_drawer)
         self.result, self.generator = result, generator
-        self.drawer = noise_drawer(tuned_generator(generator, result.tuning), result.latents)
+        self.drawer = editing.result_drawer(generator, result)
         r = generator.resolution
         if tuple(np.shape(result.target)[:2]) != (r, r):
             raise ConfigError(f"the result is {np.shape(result.target)[0]} px but the generator makes {r} px")
@@ -321,7 +304,7 @@ class EditorSession:
         self.workdir = Path(workdir).resolve()
         if not self.workdir.is_dir():
             raise ConfigError(f"working folder {workdir} does not exist")
-        self.generator_record = generator_record or result.settings.get("generator")
+        self.recorded_generator = generator_record(generator) or result.settings.get("generator")
         self.settings = dict(result.settings)
         self.noise_mode = self.settings.get("noise_mode", "const")
         self.dtype = self.settings.get("dtype", "float32")
@@ -624,6 +607,10 @@ class EditorSession:
             s_offset = editing.apply_style_edits({"codes": zero}, self.drawer, styles)["codes"]
         return w_offset, s_offset
 
+    def _draw(self, codes, w_offset, s_offset) -> np.ndarray:
+        return np.asarray(editing.render_segments(self.drawer, codes, noise_mode=self.noise_mode, dtype=self.dtype,
+                                                  w_offset=w_offset, s_offset=s_offset), np.float32)
+
     def _code_image(self, key, codes, edits: list[Edit], unedited: np.ndarray) -> np.ndarray:
         if not edits:
             return unedited
@@ -631,8 +618,7 @@ class EditorSession:
         hit = self._cache.get(full)
         if hit is None:
             w_offset, s_offset = self._offsets(edits, codes)
-            hit = np.asarray(_render_code(self.drawer, codes, w_offset, s_offset, noise_mode=self.noise_mode,
-                                          dtype=self.dtype), np.float32)[0]
+            hit = self._draw(codes, w_offset, s_offset)[0]
             self._cache.put(full, hit)
         return hit
 
@@ -645,8 +631,7 @@ class EditorSession:
             codes += codes[-1:] * (self.n - len(codes))
         batch = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *codes)
         w_offset, s_offset = self._offsets(edits, self._base_codes[indices[0]])
-        out = np.asarray(_render_code(self.drawer, batch, w_offset, s_offset, noise_mode=self.noise_mode,
-                                      dtype=self.dtype), np.float32)
+        out = self._draw(batch, w_offset, s_offset)
         values = tuple(e.value for e in edits)
         for k, i in enumerate(indices):
             self._cache.put((("segment", i), values), out[k])
@@ -878,8 +863,8 @@ class EditorSession:
             for record, e in zip(records[len(records) - len(edits):], edits):
                 if e.kind == "direction":
                     record["direction"] = e.source  # the direction's name, not "array"
-        if self.generator_record:
-            out.settings["generator"] = self.generator_record
+        if self.recorded_generator:
+            out.settings["generator"] = self.recorded_generator
         out.settings["editor"] = {"edits": [e.to_json() for e in doc.edits],
                                   "layers": [l.to_json() for l in doc.layers], "blend": doc.blend}
         return out

@@ -1,16 +1,25 @@
-"""What every image generator G^I offers (`Generator`, a typing.Protocol), and its identity.
+"""What an image generator G^I offers, declared as `typing.Protocol`s, and its identity.
 
-`Generator` names every member the inversion, the masks and G^S, editing and tuning use; both generators
-(StyleGAN2 and the DCGAN) implement all of it, so the library calls members and never probes for them.
-Capabilities that only some generators have are declared by values, not by the presence of methods:
-  latent_spaces                      the spaces it draws from: W-space tools (the mapping, w_avg, PCA in
-                                     W, StyleSpace) apply where "w" / "s" are in it (StyleGAN2),
-  noise_buffers()                    {} for a generator without noise (the DCGAN),
+`Generator` declares the members that every generator implements (StyleGAN2 and the DCGAN both do) and
+that the library reads off any generator: its config and params, resolution, latent spaces and
+default space, `default_lambda_reg`, the segment space and features of G^S (`segment_space`,
+`feature_layers`, `feature_channels`, `features`, `sample_codes`, `checkerboard_features`), the
+inversion's `check_space`, `initial_codes`, `synthesize` and `prepare`, tuning's `drawing_params`,
+`noise_buffers`, `num_classes` / `label` and `replace`.
+`WSpaceGenerator` adds what only a generator with "w" in its `latent_spaces` has (StyleGAN2): `w_avg`,
+`w_dim`, `num_ws`, `mapping`, `to_ws` (W+), StyleSpace (`styles_from_ws`, `synthesis_from_styles`),
+`with_noise` and `with_label`. The library reads these only where a value of `Generator` says the
+generator has them; it never probes for a method:
+  latent_spaces                      "w" / "s" in it: the mapping, w_avg, PCA in W, W+ and StyleSpace,
+  noise_buffers()                    not {}: the generator has noise, and `with_noise` draws with given
+                                     buffers ({} for the DCGAN),
   num_classes / label                0 / None for an unconditional generator; a conditional one is bound
-                                     to a class by `bind_label` before it offers the rest,
+                                     to a class by `bind_label` (its `with_label`) before it offers the rest,
   checkerboard_features              whether features carry the period-2 pattern of transposed
                                      convolutions (phi filters it out; segmenter/features.py).
-`offers_features` and `require_generator` check a generator from elsewhere against the protocol.
+`offers_features` and `require_generator` check a generator from elsewhere against the protocol;
+`fingerprint` is a generator's identity (sha256 of its config and parameters), the key of every cache
+and record that depends on the weights.
 """
 
 from __future__ import annotations
