@@ -61,7 +61,7 @@ from .inversion import Inverter, as_settings, check_memory
 from .masks.options import as_mask_settings, make_mask_source, mask_source_record
 from .progress import Progress
 from .report import masks_sheet
-from .results import InversionResult, check_store, save_result
+from .results import InversionResult, check_store, generator_record, save_result
 from .sharding import allgather_ints, barrier, data_mesh, local_rows
 from .tuning import as_tuning, tune_results
 
@@ -172,6 +172,7 @@ def _result_complete(directory, expect: dict) -> bool:
         saved = json.loads((directory / "result" / "result.json").read_text())
         settings = dict(saved.get("settings"))
         settings.pop("photo_mode", None)  # what the photo is, not a setting of the job
+        settings.pop("generator", None)  # where it was loaded from; its identity is expect["generator"]
         if settings != expect["settings"]:
             return False
         for name in ("latents.npz", "arrays.npz"):
@@ -581,6 +582,8 @@ def invert_dataset(images, output_dir, generator=None, *, segments=None, steps=N
                         seconds=seconds)
                     if photo_mode(targets[i]) == "grey":  # compared in luminance (grey_loss), shown in grey
                         result.settings["photo_mode"] = "grey"
+                    # where to load the generator again (bin/edit, the editor); not part of what a rerun checks
+                    result.settings["generator"] = generator_record(generator)
                     record = {"version": RECORD_VERSION, "image": rel, "status": "done", **expect,
                               "lpips": losses["lpips"], "total": losses["total"], "seconds": seconds,
                               "batch_images": batch_size, "store": store, "process": jax.process_index(),

@@ -426,6 +426,8 @@ def test_two_processes_split_the_files_without_overlap_or_gap(images_dir, genera
         for k in ref[rel].latents:
             np.testing.assert_array_equal(got[rel].latents[k], ref[rel].latents[k], err_msg=rel)
         np.testing.assert_array_equal(got[rel].composite, ref[rel].composite, err_msg=rel)
+        # where bin/edit and the editor load the generator again
+        assert got[rel].settings["generator"] == str(Path(generator_dir).resolve())
 
 
 def test_cli_reports_bad_options_in_one_line(images_dir, generator_dir, tmp_path):
