@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import ConfigError
-from ..masks import composite
+from ..masks.composite import composite
 from ..results import InversionResult
 from .directions import as_direction
 from .render import BLENDS, blend_region, render_segments, resolve_masks, result_drawer
