@@ -57,6 +57,11 @@ def main():
     ap.add_argument("--sklearn", action="store_true", help="compare with scikit-learn's LogisticRegression")
     ap.add_argument("--output", default=None, help="write the rows as JSON here")
     args = ap.parse_args()
+    if args.sklearn:
+        try:
+            import sklearn  # noqa: F401  (checked before any work)
+        except ImportError:
+            sys.exit("--sklearn needs scikit-learn: python3 -m pip install scikit-learn (or leave --sklearn out)")
 
     import warnings
 
