@@ -21,6 +21,9 @@ an attribute from those that lack it, and its unit normal is the attribute's dir
   generator's latent distribution, as for `pca:K`. A StyleGAN2 direction is (num_ws, w_dim): the rows of the layer range hold it, the others 0.
 - Held-out accuracy: stratified k-fold cross-validation (k = 5, fewer when a class has fewer labels), the
   folds dealt from the codes themselves, never from the labels' order.
+- The samples to label (`panel_seeds`, what the editor's panel shows): not i.i.d. seeds but, of every 400
+  consecutive seeds, the 40 spread farthest apart over the generator's first 10 principal directions; from
+  20 labels they generalise better (bench/labelled_twenty.py). A sample is still the sample of its seed.
 Saved as an ordinary .npy (any front end resolves it), a JSON sidecar NAME.json (name, generator
 fingerprint, labels, accuracy) and optionally a preview strip NAME.png.
 """
