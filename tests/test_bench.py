@@ -85,9 +85,8 @@ CASES = {
     "global_edit_masks": ("global_edit_masks.py", ["--generator={ckpt}", "--steps=1", "--segments=2",
                                                    "--directions=0", "--strengths=3",
                                                    "--output={out}/global_edit_masks.json"], "relabelled"),
-    "editor_screenshot": ("editor_screenshot.py", ["{out}/result", "--output={out}/editor.png"], "wrote"),
-    "editor_screenshot_panel": ("editor_screenshot.py", ["{out}/result", "--panel", "--output={out}/panel.png"],
-                                "held-out accuracy"),
+    "editor_screenshot": ("editor_screenshot.py", ["{out}/result", "--output={out}/editor.png",
+                                                   "--panel_output={out}/panel.png"], "held-out accuracy"),
     "start_symmetry": ("start_symmetry.py", ["--generator={ckpt}", "--smoke"], '"lpips_apart"'),
     "noise_sharing": ("noise_sharing.py", ["--seeds=0", "--steps=2", "--lpips_net=alex"], "| setting |"),
     "vs_official_ours": ("vs_official.py", [], ""),  # our worker alone (our_worker)
@@ -141,7 +140,7 @@ def run_case(name, checkpoint, out):
     script, args, expected = CASES[name]
     if name == "vs_official_ours":
         return our_worker(out)
-    if name.startswith("editor_screenshot"):  # a saved result to open
+    if name == "editor_screenshot":  # a saved result to open
         from chunkygan_jax.checkpoints import load_generator
         from chunkygan_jax.inversion import invert
 
