@@ -75,7 +75,8 @@ def main():
 
     fresh = labelled.fit_codes(g, g.sample_codes(args.fresh, 99))
     fresh_values = pixel_properties(images(fresh))
-    fit_many = jax.jit(jax.vmap(jax.vmap(labelled._newton, in_axes=(None, None, 0, None)), in_axes=(None, None, None, 0)))
+    per_row = jax.vmap(labelled._newton, in_axes=(None, None, 0, None))  # sample-weight rows
+    fit_many = jax.jit(jax.vmap(per_row, in_axes=(None, None, None, 0)))  # x penalties
 
     def scaled(x):
         m = x.mean(0)
@@ -143,7 +144,8 @@ def main():
                             if pen != "inner" and rep == "5-fold":  # the library's own fit
                                 penalty = {"1/N": 1.0, "10/N": 10.0}[pen] / len(y)
                                 found = labelled.fit_direction(g, x, y, components=k, penalty=penalty)
-                                acc, unit = found.record["accuracy"], np.asarray(found.direction).reshape(-1, x.shape[1])[0]
+                                acc = found.record["accuracy"]
+                                unit = np.asarray(found.direction).reshape(-1, x.shape[1])[0]
                             else:
                                 basis = bases[k]
                                 acc, normal = evaluate(x @ basis if basis is not None else x, y, pen, rep)
@@ -168,7 +170,8 @@ def main():
         cells = []
         for p, v in per.items():
             a = np.asarray(v)
-            record[p] = {"held_out_mean": round(float(a[:, 0].mean()), 3), "held_out_min": round(float(a[:, 0].min()), 3),
+            record[p] = {"held_out_mean": round(float(a[:, 0].mean()), 3),
+                         "held_out_min": round(float(a[:, 0].min()), 3),
                          "share_at_least_0_8": round(float((a[:, 0] >= 0.8 - 1e-9).mean()), 3),
                          "fresh_accuracy": round(float(a[:, 1].mean()), 3)}
             cells += [f"{x:.3f}" for x in record[p].values()]

@@ -145,12 +145,15 @@ def sample_code(generator, seed: int) -> np.ndarray:
     return code[0] if direction_space(generator) == "w+" else code
 
 
-def _spread_block(generator, block: int) -> list[int]:
+def _spread_block(generator, fp: str, block: int) -> list[int]:
     """The SPREAD_PICKS seeds of block `block` (seeds block * SPREAD_POOL ...) in farthest-point order, in
     the generator's first SPREAD_COMPONENTS principal coordinates, each scaled to unit variance over the
-    block: first the sample farthest from the block's mean, then each time the one farthest from all picked."""
-    key = (generator_fingerprint(generator), int(block))
+    block: first the sample farthest from the block's mean, then each time the one farthest from all picked.
+    fp: the generator's fingerprint (the cache's key)."""
+    key = (fp, int(block))
     if key not in _SPREAD_CACHE:
+        if len(_SPREAD_CACHE) >= 256:  # bounded: a long-running editor may page through many blocks
+            _SPREAD_CACHE.clear()
         seeds = np.arange(block * SPREAD_POOL, (block + 1) * SPREAD_POOL)
         basis = prior_basis(generator, SPREAD_COMPONENTS)
         x = np.stack([sample_code(generator, s) for s in seeds])
@@ -175,7 +178,8 @@ def panel_seeds(generator, start: int, count: int) -> list[int]:
         raise ConfigError(f"panel positions: start >= 0 and count 0..1000, got {start!r}, {count!r}")
     if (start + count) // SPREAD_PICKS * SPREAD_POOL >= SEED_LIMIT:
         raise ConfigError(f"panel positions beyond {SEED_LIMIT // SPREAD_POOL * SPREAD_PICKS}")
-    return [_spread_block(generator, i // SPREAD_PICKS)[i % SPREAD_PICKS] for i in range(start, start + count)]
+    fp = generator_fingerprint(generator)  # once per call: it hashes every parameter
+    return [_spread_block(generator, fp, i // SPREAD_PICKS)[i % SPREAD_PICKS] for i in range(start, start + count)]
 
 
 def sample_images(generator, seeds) -> np.ndarray:

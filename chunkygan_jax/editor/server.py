@@ -361,7 +361,8 @@ def make_app(session: EditorSession, token: str, *, max_body: int = MAX_BODY, ti
         Route("/api/redo", redo, methods=["POST"]), Route("/api/blend", blend, methods=["POST"]),
         Route("/api/task/{kind}", start_task, methods=["POST"]), Route("/api/task", task),
         Route("/api/cancel", cancel, methods=["POST"]), Route("/api/directions", add_direction, methods=["POST"]),
-        Route("/api/samples", samples), Route("/api/sample/{seed}.png", sample), Route("/api/labelled", fit_labels, methods=["POST"]),
+        Route("/api/samples", samples), Route("/api/sample/{seed}.png", sample),
+        Route("/api/labelled", fit_labels, methods=["POST"]),
         Route("/api/localized", localized, methods=["POST"]),
         Route("/api/export", export, methods=["POST"]), Route("/api/files/{name}", download),
     ]
