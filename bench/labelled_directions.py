@@ -54,9 +54,15 @@ def main():
     ap.add_argument("--clear_labels", default="20", help="numbers of labels of the clear rows")
     ap.add_argument("--components", type=int, default=20, help="the prior's K")
     ap.add_argument("--reference", type=int, default=3000, help="samples of the pixel properties' truth")
-    ap.add_argument("--sklearn", action="store_true", help="compare with scikit-learn's LogisticRegression")
+    ap.add_argument("--sklearn", action="store_true",
+                    help="compare with scikit-learn's LogisticRegression (C = 1 / labelled.PENALTY)")
     ap.add_argument("--output", default=None, help="write the rows as JSON here")
     args = ap.parse_args()
+    if args.sklearn:
+        try:
+            import sklearn  # noqa: F401  (checked before any work)
+        except ImportError:
+            sys.exit("--sklearn needs scikit-learn: python3 -m pip install scikit-learn (or leave --sklearn out)")
 
     import warnings
 
@@ -91,7 +97,7 @@ def main():
     def sk_fit(x, y):
         from sklearn.linear_model import LogisticRegression
         xs = (x - x.mean(0)) / np.sqrt(((x - x.mean(0)) ** 2).sum(1).mean() / x.shape[1])
-        n = LogisticRegression(C=1.0, max_iter=1000).fit(xs, y).coef_[0]
+        n = LogisticRegression(C=1.0 / labelled.PENALTY, max_iter=1000).fit(xs, y).coef_[0]
         return n / np.linalg.norm(n)
 
     print(f"generator {args.generator or 'demo'} ({space} space, {fresh.shape[1]}-d); prior: the first {k_prior} "

@@ -157,6 +157,12 @@ def _json_safe(x):
     return json.loads(json.dumps(x, default=str))
 
 
+def _job_settings(recorded: dict) -> dict:
+    """A saved result's settings less what is not a setting of the job: the photo's mode (grey or not)
+    and where the generator was loaded from (its identity is expect["generator"])."""
+    return {k: v for k, v in recorded.items() if k not in ("photo_mode", "generator")}
+
+
 def _result_complete(directory, expect: dict) -> bool:
     """A result directory is complete (all files there, readable) and was made for `expect`. On a
     bucket, its marker (written after every other object) says complete and names the files; the
@@ -170,10 +176,7 @@ def _result_complete(directory, expect: dict) -> bool:
         if any(record.get(k) != v for k, v in expect.items()):
             return False
         saved = json.loads((directory / "result" / "result.json").read_text())
-        settings = dict(saved.get("settings"))
-        settings.pop("photo_mode", None)  # what the photo is, not a setting of the job
-        settings.pop("generator", None)  # where it was loaded from; its identity is expect["generator"]
-        if settings != expect["settings"]:
+        if _job_settings(saved["settings"]) != expect["settings"]:
             return False
         for name in ("latents.npz", "arrays.npz"):
             with np.load(directory / "result" / name, allow_pickle=False) as data:
@@ -197,7 +200,7 @@ def _remote_result_complete(directory: str, expect: dict) -> bool:
         if any(record.get(k) != v for k, v in expect.items()):
             return False
         saved = json.loads(paths.read_bytes(paths.join(directory, "result", "result.json")))
-        return saved.get("settings") == expect["settings"]
+        return _job_settings(saved["settings"]) == expect["settings"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
 

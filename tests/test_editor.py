@@ -1111,54 +1111,97 @@ def test_an_unexpected_error_is_a_500_logged_once_without_the_body(caplog):
 
 
 # ------------------------------------------------------------------------------------------ new direction
-def test_new_direction_panel_labels_fits_and_saves_a_slider(page, editor, g):
-    """Label the panel's samples by a property computed here from their pixels (the top third's
-    brightness), fit, save: the page shows the library's held-out accuracy for those labels, the saved
-    direction becomes a slider and raises that property on held-out samples; bad bodies get 400."""
+@pytest.fixture
+def demo_editor(demo_cache, tmp_path, monkeypatch):
+    """An editor on the demo generator (a hand-made 3-segment result in z), its principal directions cached
+    beside it (shared with tests/test_labelled_directions.py)."""
+    from chunkygan_jax import demo
     from chunkygan_jax.editing import labelled
 
-    page.wait_for_selector("#samples .sample img")
-    page.click("#more-samples")
-    page.click("#more-samples")
-    seeds = [int(s) for s in page.eval_on_selector_all("#samples .sample", "els => els.map(e => e.dataset.seed)")]
-    assert seeds == list(range(36))
+    monkeypatch.setenv("CHUNKYGAN_CACHE", str(demo_cache))
+    dcgan = demo.load_demo_generator(cache_dir=demo_cache, fetch=False)
+    r = dcgan.resolution
+    z = np.random.RandomState(2).randn(3, dcgan.z_dim).astype(np.float32)
+    imgs = np.asarray(jax.jit(lambda gen, c: gen.synthesize(c, "z"))(dcgan, jnp.asarray(z)), np.float32)
+    masks = np.stack([(_labels(r) == i).astype(np.float32) for i in range(3)])
+    comp = np.einsum("nhw,nhwc->hwc", masks, imgs)
+    result = InversionResult(target=np.clip(comp, -1, 1), composite=comp, segment_images=imgs, masks=masks,
+                             latents={"codes": z}, loss_history=np.zeros(1, np.float32), final_losses={},
+                             settings=InversionSettings(segments=3, space="z", steps=1).to_dict())
+    labelled.panel_seeds(dcgan, 0, 48)  # the principal directions the panel and the fit use, computed once
+    session = EditorSession(result, dcgan, workdir=tmp_path, pca=0)
+    running = RunningEditor(session)
+    yield running
+    running.stop()
+    session.close()
+
+
+def test_new_direction_panel_labels_fits_and_saves_a_slider(page, demo_editor):
+    """The issue's criterion: in the browser, 20 samples of the demo generator labelled by a property
+    computed here from their pixels (the top third's brightness): of the panel's first 40 samples, the 10
+    brightest "yes" and the 10 darkest "no", the rest skipped. The page shows the library's held-out
+    accuracy for those labels, at least 0.8; the saved direction becomes a slider and brightens the top
+    third of held-out samples (darkens it at -2); bad bodies get 400."""
+    from chunkygan_jax.editing import labelled
+    from chunkygan_jax.editing.principal import _synthesize
+
+    editor, g = demo_editor, demo_editor.session.generator
+    # a page of its own in the module's browser: the module's page stays as it is
+    tab = page.context.browser.new_page(viewport={"width": 1280, "height": 900}, bypass_csp=True)
+    errors = []
+    tab.on("pageerror", lambda e: errors.append(str(e)))
+    tab.goto(editor.url)
+    tab.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    tab.wait_for_selector("#samples .sample img", timeout=60_000)
+    for _ in range(3):
+        tab.click("#more-samples")
+    tab.wait_for_selector("#samples .sample:nth-child(48)", timeout=60_000)
+    seeds = [int(s) for s in tab.eval_on_selector_all("#samples .sample", "els => els.map(e => e.dataset.seed)")]
+    assert seeds == labelled.panel_seeds(g, 0, 48) and len(set(seeds)) == 48  # spread samples, in order
     r = g.resolution
     top = {}
-    for s in seeds:
+    for s in seeds[:40]:
         status, _, body = request(editor, f"/api/sample/{s}.png")
         assert status == 200
         top[s] = np.asarray(Image.open(BytesIO(body)).convert("RGB"), np.float32)[: r // 3].mean()
     np.testing.assert_allclose(  # the tile is the generator's sample of that seed
-        np.asarray(Image.open(BytesIO(request(editor, "/api/sample/5.png")[2]))),
-        io.to_uint8(labelled.sample_images(g, [5])[0]))
-    cut = np.median(list(top.values()))
-    labels = {}
-    for i, s in enumerate(seeds):
-        mark = "skip" if i % 9 == 8 else ("yes" if top[s] > cut else "no")
-        page.locator(f"#samples .sample[data-seed='{s}'] button[data-label='{mark}']").click()
-        if mark != "skip":
-            labels[s] = int(mark == "yes")
-    page.fill("#direction-name", "light top")
-    page.click("#fit")
-    page.wait_for_selector("#fit-status[data-accuracy]", timeout=60_000)
+        np.asarray(Image.open(BytesIO(request(editor, f"/api/sample/{seeds[5]}.png")[2]))),
+        io.to_uint8(labelled.sample_images(g, [seeds[5]])[0]))
+    ranked = sorted(top, key=top.get)
+    labels = {s: 0 for s in ranked[:10]} | {s: 1 for s in ranked[-10:]}
+    for s in seeds[:40]:
+        mark = {0: "no", 1: "yes"}.get(labels.get(s), "skip")
+        tab.locator(f"#samples .sample[data-seed='{s}'] button[data-label='{mark}']").click()
+    assert tab.inner_text("#fit-status") == "10 yes, 10 no"
+    tab.fill("#direction-name", "light top")
+    tab.click("#fit")
+    tab.wait_for_selector("#fit-status[data-accuracy]", timeout=60_000)
     expected = labelled.direction_from_labels(g, list(labels), list(labels.values()))
-    assert float(page.get_attribute("#fit-status", "data-accuracy")) == pytest.approx(expected.record["accuracy"])
-    assert page.is_visible("#fit-preview")
-    page.click("#save-direction")
-    page.wait_for_selector("#directions .direction[data-direction='labelled:light-top']", timeout=60_000)
+    shown = float(tab.get_attribute("#fit-status", "data-accuracy"))
+    assert shown == pytest.approx(expected.record["accuracy"]) and shown >= 0.8  # measured: 0.85
+    assert expected.record["components"] == labelled.default_components(g) and tab.is_visible("#fit-preview")
+    tab.click("#save-direction")
+    tab.wait_for_selector("#directions .direction[data-direction='labelled:light-top']", timeout=60_000)
     workdir = editor.session.workdir
     np.testing.assert_allclose(np.load(workdir / "light-top.npy"), expected.direction, atol=1e-5)
     record = json.loads((workdir / "light-top.json").read_text())
-    assert record["name"] == "light-top" and record["labels"] == len(labels) == 32
-    held = labelled.fit_codes(g, g.sample_codes(40, 1234))[:, None].repeat(g.num_ws, 1)
-    brightness = lambda codes: np.asarray(g.synthesis(codes))[:, : r // 3].mean(axis=(1, 2, 3))
-    assert np.mean(brightness(held + 2 * expected.direction) > brightness(held)) >= 0.8
+    assert record["name"] == "light-top" and record["labels"] == len(labels) == 20
+    held = g.sample_codes(40, 1234)  # i.i.d. samples of seed 1234's stream, none of them labelled
+    assert 1234 not in labels
+    moved = np.concatenate([held, held + 2 * expected.direction, held - 2 * expected.direction])
+    base, up, down = _synthesize(g, moved, "z")[:, : r // 3].mean(axis=(1, 2, 3)).reshape(3, -1)  # one program
+    assert np.mean(up > base) >= 0.9 and np.mean(down < base) >= 0.9
+    assert not errors
     for body in ({"labels": [[1, 2]]}, {"labels": [[-1, 1]]}, {"labels": "x"}, {"labels": [], "save": "yes"}):
         status, _, text = request(editor, "/api/labelled", method="POST", body=json.dumps(body).encode())
         assert status == 400, (body, text)
     status, _, text = request(editor, "/api/labelled", method="POST", body=b'{"labels": [[1, 1], [2, 0]]}')
     assert status == 400 and b"too few labels of a class" in text
     assert request(editor, "/api/sample/99999999999.png")[0] == 404
+    for query in ("start=-1", "count=101", "start=x"):
+        status, _, text = request(editor, f"/api/samples?{query}")
+        assert status == 400 and b"an integer" in text, (query, text)
+    tab.close()
 
 
 def test_channels_acting_on_the_selected_segment(page, editor, g):

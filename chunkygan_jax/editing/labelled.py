@@ -19,7 +19,11 @@ an attribute from those that lack it, and its unit normal is the attribute's dir
   the standard deviation along n of 2,000 of the generator's own samples (not of the labelled codes,
   whose spread along n the fit itself inflates), so strength 1 is one standard deviation of the
   generator's latent distribution, as for `pca:K`. A StyleGAN2 direction is (num_ws, w_dim): the rows of the layer range hold it, the others 0.
-- Held-out accuracy: stratified k-fold cross-validation (k = 5, fewer when a class has fewer labels).
+- Held-out accuracy: stratified k-fold cross-validation (k = 5, fewer when a class has fewer labels), the
+  folds dealt from the codes themselves, never from the labels' order.
+- The samples to label (`panel_seeds`, what the editor's panel shows): not i.i.d. seeds but, of every 400
+  consecutive seeds, the 40 spread farthest apart over the generator's first 10 principal directions; from
+  20 labels they generalise better (bench/labelled_twenty.py). A sample is still the sample of its seed.
 Saved as an ordinary .npy (any front end resolves it), a JSON sidecar NAME.json (name, generator
 fingerprint, labels, accuracy) and optionally a preview strip NAME.png.
 """
@@ -55,7 +59,16 @@ SEED_LIMIT = 2**32  # numpy RandomState seeds
 # bench/labelled_directions.py: the span of 20 helps the demo DCGAN's z; in W of the (random-weight) test
 # StyleGAN2 it did not, so W keeps the full space unless asked.
 PRIOR_COMPONENTS = {"z": 20, "w": 0}
+# The L2 penalty times the number of labels (scikit-learn's C = 1 / PENALTY). From 20 labels of the demo
+# generator 10 gained at most 0.015 of accuracy on fresh samples and an inner cross-validation over
+# 0.1..100 no more (bench/labelled_twenty.py); in W of the test StyleGAN2 10 pulled the normal off a known
+# truth, so 1 stays.
+PENALTY = 1.0
 STD_SAMPLES, STD_SEED = 2000, 123  # the generator's own samples that measure a standard deviation
+# The panel's samples: SPREAD_PICKS of every SPREAD_POOL consecutive seeds, spread over the generator's
+# first SPREAD_COMPONENTS principal directions (`panel_seeds`). Blocks are cached per generator.
+SPREAD_POOL, SPREAD_PICKS, SPREAD_COMPONENTS = 400, 40, 10
+_SPREAD_CACHE: dict = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +146,43 @@ def sample_code(generator, seed: int) -> np.ndarray:
     return code[0] if direction_space(generator) == "w+" else code
 
 
+def _spread_block(generator, fp: str, block: int) -> list[int]:
+    """The SPREAD_PICKS seeds of block `block` (seeds block * SPREAD_POOL ...) in farthest-point order, in
+    the generator's first SPREAD_COMPONENTS principal coordinates, each scaled to unit variance over the
+    block: first the sample farthest from the block's mean, then each time the one farthest from all picked.
+    fp: the generator's fingerprint (the cache's key)."""
+    key = (fp, int(block))
+    if key not in _SPREAD_CACHE:
+        if len(_SPREAD_CACHE) >= 256:  # bounded: a long-running editor may page through many blocks
+            _SPREAD_CACHE.clear()
+        seeds = np.arange(block * SPREAD_POOL, (block + 1) * SPREAD_POOL)
+        basis = prior_basis(generator, SPREAD_COMPONENTS)
+        x = np.stack([sample_code(generator, s) for s in seeds])
+        x = x @ basis if basis is not None else x
+        x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-8)
+        picked = [int(np.argmax((x ** 2).sum(axis=1)))]
+        dist = ((x - x[picked[0]]) ** 2).sum(axis=1)
+        while len(picked) < SPREAD_PICKS:
+            picked.append(int(np.argmax(dist)))
+            dist = np.minimum(dist, ((x - x[picked[-1]]) ** 2).sum(axis=1))
+        _SPREAD_CACHE[key] = [int(seeds[i]) for i in picked]
+    return _SPREAD_CACHE[key]
+
+
+def panel_seeds(generator, start: int, count: int) -> list[int]:
+    """The seeds of the samples a labelling panel shows, positions start .. start+count-1: not i.i.d.
+    seeds but samples spread over the generator's principal span, so that a few labels cover it (measured
+    by bench/labelled_twenty.py). Position i is pick i % SPREAD_PICKS of block i // SPREAD_PICKS (see
+    `_spread_block`); a block's seeds are its own, so every position is a distinct seed, the same one on
+    every run."""
+    if not (isinstance(start, int) and isinstance(count, int) and start >= 0 and 0 <= count <= 1000):
+        raise ConfigError(f"panel positions: start >= 0 and count 0..1000, got {start!r}, {count!r}")
+    if (start + count) // SPREAD_PICKS * SPREAD_POOL >= SEED_LIMIT:
+        raise ConfigError(f"panel positions beyond {SEED_LIMIT // SPREAD_POOL * SPREAD_PICKS}")
+    fp = generator_fingerprint(generator)  # once per call: it hashes every parameter
+    return [_spread_block(generator, fp, i // SPREAD_PICKS)[i % SPREAD_PICKS] for i in range(start, start + count)]
+
+
 def sample_images(generator, seeds) -> np.ndarray:
     """The images of the samples of `seeds` [k, H, W, 3] in about [-1, 1] (what a grid of samples shows)."""
     space = direction_space(generator)
@@ -184,13 +234,15 @@ def _fit_all(x, y, train, penalty):
     return jax.vmap(_newton, in_axes=(None, None, 0, None))(x, y, train, penalty)
 
 
-def _folds(labels, k, seed=0) -> np.ndarray:
-    """Stratified fold index [N]: each class shuffled and dealt round-robin over k folds."""
-    rng = np.random.RandomState(seed)
+def _folds(labels, k, x, seed=0) -> np.ndarray:
+    """Stratified fold index [N]: each class ordered by its codes' projection on a fixed random vector and
+    dealt round-robin over k folds, so that the folds (and the held-out accuracy) do not depend on the
+    order in which the labels were given. x: the codes [N, D]."""
+    key = np.asarray(x, np.float64) @ np.random.RandomState(seed).standard_normal(np.shape(x)[1])
     fold = np.zeros(len(labels), np.int32)
     for c in (0, 1):
         idx = np.flatnonzero(labels == c)
-        fold[rng.permutation(idx)] = np.arange(len(idx)) % k
+        fold[idx[np.argsort(key[idx], kind="stable")]] = np.arange(len(idx)) % k
     return fold
 
 
@@ -228,9 +280,9 @@ def default_components(generator) -> int:
 def fit_direction(generator, codes, labels, *, layers=None, name="direction", penalty=None,
                   folds=FOLDS, components=None) -> LabelledDirection:
     """A direction from codes (see `fit_codes`) and their 0/1 labels (see the module doc). penalty: the
-    L2 weight on the standardised codes (default 1 / N, scikit-learn's C = 1). components: the fit runs
-    in the span of the generator's first K principal directions (0 = the full space; default
-    `default_components`: 20 in z, the full space in W)."""
+    L2 weight on the standardised codes (default PENALTY / N, scikit-learn's C = 1 / PENALTY).
+    components: the fit runs in the span of the generator's first K principal directions (0 = the full
+    space; default `default_components`: 20 in z, the full space in W)."""
     x = fit_codes(generator, codes, layers)
     y = np.asarray(labels)
     counts = _class_counts(y, len(x))
@@ -239,12 +291,12 @@ def fit_direction(generator, codes, labels, *, layers=None, name="direction", pe
     if basis is not None:
         x = x @ basis  # coordinates in the span: the basis comes from the generator, never the labels
     k = min(folds, min(counts))
-    fold = _folds(y, k)
+    fold = _folds(y, k, x)
     mean = x.mean(axis=0)
     scale = float(np.sqrt(((x - mean) ** 2).sum(axis=1).mean() / x.shape[1])) or 1.0
     xs = jnp.asarray((x - mean) / scale)
     train = np.concatenate([(fold != f)[None] for f in range(k)] + [np.ones((1, len(y)), bool)]).astype(np.float32)
-    penalty = 1.0 / len(y) if penalty is None else float(penalty)
+    penalty = PENALTY / len(y) if penalty is None else float(penalty)
     normals, biases = (np.asarray(a, np.float64) for a in _fit_all(xs, jnp.asarray(y, jnp.float32),
                                                                    jnp.asarray(train), penalty))
     scores = np.einsum("fd,nd->fn", normals[:k], np.asarray(xs, np.float64)) + biases[:k, None]

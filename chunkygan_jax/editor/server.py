@@ -310,6 +310,16 @@ def make_app(session: EditorSession, token: str, *, max_body: int = MAX_BODY, ti
         return JSONResponse(await work("add_direction", name, await _body(request, max_body)))
 
     @_endpoint
+    async def samples(request):
+        def position(key, default, most):
+            text = request.query_params.get(key, default)
+            if not (text.isdigit() and len(text) <= 9 and int(text) <= most):
+                raise HTTPException(400, f"{key} is an integer 0..{most}, got {text[:16]!r}")
+            return int(text)
+        seeds = await work("panel_seeds", position("start", "0", 10**7), position("count", "12", 100))
+        return JSONResponse({"seeds": seeds})
+
+    @_endpoint
     async def sample(request):
         text = request.path_params["seed"]
         if not (text.isdigit() and len(text) <= 10 and int(text) < 2**32):
@@ -351,7 +361,8 @@ def make_app(session: EditorSession, token: str, *, max_body: int = MAX_BODY, ti
         Route("/api/redo", redo, methods=["POST"]), Route("/api/blend", blend, methods=["POST"]),
         Route("/api/task/{kind}", start_task, methods=["POST"]), Route("/api/task", task),
         Route("/api/cancel", cancel, methods=["POST"]), Route("/api/directions", add_direction, methods=["POST"]),
-        Route("/api/sample/{seed}.png", sample), Route("/api/labelled", fit_labels, methods=["POST"]),
+        Route("/api/samples", samples), Route("/api/sample/{seed}.png", sample),
+        Route("/api/labelled", fit_labels, methods=["POST"]),
         Route("/api/localized", localized, methods=["POST"]),
         Route("/api/export", export, methods=["POST"]), Route("/api/files/{name}", download),
     ]

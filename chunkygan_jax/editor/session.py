@@ -408,6 +408,16 @@ class EditorSession:
         """The generator's random sample `seed`, the one the new-direction panel shows and labels."""
         return self._call(self._sample_png, seed)
 
+    def panel_seeds(self, start: int, count: int) -> list[int]:
+        """The seeds of the panel's samples at positions start .. start+count-1 (`labelled.panel_seeds`:
+        samples spread over the generator's principal span, not i.i.d. ones)."""
+        return self._call(self._panel_seeds, start, count)
+
+    def _panel_seeds(self, start: int, count: int) -> list[int]:
+        if not self.editable:
+            raise ConfigError(f"this result cannot be edited: {self.why_not}")
+        return labelled.panel_seeds(self.generator, start, count)
+
     def _sample_png(self, seed: int) -> bytes:
         if not self.editable:
             raise ConfigError(f"this result cannot be edited: {self.why_not}")
@@ -493,7 +503,7 @@ class EditorSession:
 
     # the worker's operations, by the names the server asks for them (`request`)
     OPERATIONS = ("preview", "commit", "undo", "redo", "set_blend", "image_png", "add_direction", "export",
-                  "sample_png", "fit_labels", "localized")
+                  "panel_seeds", "sample_png", "fit_labels", "localized")
 
     def request(self, name: str, *args) -> Future:
         if name not in self.OPERATIONS:

@@ -480,35 +480,44 @@ async function undoRedo(which) {
 }
 
 // ------------------------------------------------------------------------------------------ new direction
-let nextSeed = 0;
+let nextPosition = 0;  // the panel's samples are spread over the generator's span: the server picks the seeds
+let samplesAdded = Promise.resolve();  // one request at a time, so tiles keep the panel's order
 const sampleLabels = new Map();  // seed -> 1 (has the attribute) or 0; skipped samples are absent
 
 function addSamples(count = 12) {
-  for (let i = 0; i < count; i++) {
-    const seed = nextSeed++;
-    const tile = document.createElement("div");
-    tile.className = "sample";
-    tile.dataset.seed = String(seed);
-    const img = document.createElement("img");
-    img.src = `api/sample/${seed}.png`;
-    img.alt = `sample ${seed}`;
-    img.draggable = false;
-    tile.append(img);
-    for (const [text, value] of [["yes", 1], ["no", 0], ["skip", null]]) {
-      const b = document.createElement("button");
-      b.type = "button";
-      b.textContent = text;
-      b.dataset.label = text;
-      b.addEventListener("click", () => {
-        if (value === null) sampleLabels.delete(seed); else sampleLabels.set(seed, value);
-        tile.dataset.label = text;
-        const yes = [...sampleLabels.values()].filter((v) => v === 1).length;
-        $("fit-status").textContent = `${yes} yes, ${sampleLabels.size - yes} no`;
-      });
-      tile.append(b);
-    }
-    $("samples").append(tile);
+  samplesAdded = samplesAdded.then(async () => {
+    try {
+      const seeds = (await api(`api/samples?start=${nextPosition}&count=${count}`)).seeds;
+      nextPosition += count;
+      seeds.forEach(addSample);
+    } catch (e) { fail(e); }
+  });
+  return samplesAdded;
+}
+
+function addSample(seed) {
+  const tile = document.createElement("div");
+  tile.className = "sample";
+  tile.dataset.seed = String(seed);
+  const img = document.createElement("img");
+  img.src = `api/sample/${seed}.png`;
+  img.alt = `sample ${seed}`;
+  img.draggable = false;
+  tile.append(img);
+  for (const [text, value] of [["yes", 1], ["no", 0], ["skip", null]]) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = text;
+    b.dataset.label = text;
+    b.addEventListener("click", () => {
+      if (value === null) sampleLabels.delete(seed); else sampleLabels.set(seed, value);
+      tile.dataset.label = text;
+      const yes = [...sampleLabels.values()].filter((v) => v === 1).length;
+      $("fit-status").textContent = `${yes} yes, ${sampleLabels.size - yes} no`;
+    });
+    tile.append(b);
   }
+  $("samples").append(tile);
 }
 
 async function fitLabels(save) {
