@@ -1143,7 +1143,7 @@ def test_new_direction_panel_labels_fits_and_saves_a_slider(page, demo_editor):
     accuracy for those labels, at least 0.8; the saved direction becomes a slider and brightens the top
     third of held-out samples (darkens it at -2); bad bodies get 400."""
     from chunkygan_jax.editing import labelled
-    from chunkygan_jax.editing.principal import _synthesize
+    from chunkygan_jax.editing.render import render_segments
 
     editor, g = demo_editor, demo_editor.session.generator
     # a page of its own in the module's browser: the module's page stays as it is
@@ -1189,7 +1189,7 @@ def test_new_direction_panel_labels_fits_and_saves_a_slider(page, demo_editor):
     held = g.sample_codes(40, 1234)  # i.i.d. samples of seed 1234's stream, none of them labelled
     assert 1234 not in labels
     moved = np.concatenate([held, held + 2 * expected.direction, held - 2 * expected.direction])
-    base, up, down = _synthesize(g, moved, "z")[:, : r // 3].mean(axis=(1, 2, 3)).reshape(3, -1)  # one program
+    base, up, down = np.asarray(render_segments(g, moved, "z"))[:, : r // 3].mean(axis=(1, 2, 3)).reshape(3, -1)  # one program
     assert np.mean(up > base) >= 0.9 and np.mean(down < base) >= 0.9
     assert not errors
     for body in ({"labels": [[1, 2]]}, {"labels": [[-1, 1]]}, {"labels": "x"}, {"labels": [], "save": "yes"}):
