@@ -61,7 +61,7 @@ def main():
 
     from chunkygan_jax.demo import resolve_generator
     from chunkygan_jax.editing import labelled
-    from chunkygan_jax.editing.principal import _synthesize
+    from chunkygan_jax.editing.render import render_segments
     from chunkygan_jax.editing.spaces import direction_space
 
     g = resolve_generator(args.generator)
@@ -71,7 +71,7 @@ def main():
 
     def images(x):  # codes in the fit space -> images
         x = x[:, None].repeat(g.num_ws, 1) if space == "w+" else x
-        return np.concatenate([_synthesize(g, c, space) for c in np.array_split(x, max(1, len(x) // 200))])
+        return np.concatenate([np.asarray(render_segments(g, c, space)) for c in np.array_split(x, max(1, len(x) // 200))])
 
     fresh = labelled.fit_codes(g, g.sample_codes(args.fresh, 99))
     fresh_values = pixel_properties(images(fresh))
