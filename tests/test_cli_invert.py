@@ -7,6 +7,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -176,10 +177,14 @@ def _bad_inputs(tmp_path, face):
 
 
 def test_bad_input_one_line_exit_2_nothing_written(checkpoint, face, tmp_path):
-    # One line and nothing else: the output checks run before the progress bar could start.
-    for args, message in _bad_inputs(tmp_path, face):
-        out = tmp_path / "never"
-        proc = run(f"--generator={checkpoint}", f"--output_dir={out}", "--steps=6", *args)
+    # One line and nothing else: the output checks run before the progress bar could start. The runs are
+    # independent (each only reads its inputs), so two run at a time.
+    out = tmp_path / "never"
+    cases = list(_bad_inputs(tmp_path, face))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        procs = list(pool.map(lambda case: run(f"--generator={checkpoint}", f"--output_dir={out}", "--steps=6",
+                                               *case[0]), cases))
+    for (args, message), proc in zip(cases, procs):
         assert proc.returncode == 2, (args, proc.stderr[-1500:])
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, (args, proc.stderr)
