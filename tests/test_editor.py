@@ -457,8 +457,10 @@ def test_principal_direction_sliders_edit_the_chosen_segment(g, tmp_path, monkey
     session.close()
 
 
-def test_the_demo_generator_edits_in_z_space(demo_cache, tmp_path):
+def _demo_result(demo_cache):
+    """The demo generator and a hand-made 3-segment result of it in z (three random codes, three bands)."""
     from chunkygan_jax import demo
+
     dcgan = demo.load_demo_generator(cache_dir=demo_cache, fetch=False)
     r = dcgan.resolution
     z = np.random.RandomState(2).randn(3, dcgan.z_dim).astype(np.float32)
@@ -468,16 +470,21 @@ def test_the_demo_generator_edits_in_z_space(demo_cache, tmp_path):
     result = InversionResult(target=np.clip(comp, -1, 1), composite=comp, segment_images=imgs, masks=masks,
                              latents={"codes": z}, loss_history=np.zeros(1, np.float32), final_losses={},
                              settings=InversionSettings(segments=3, space="z", steps=1).to_dict())
+    return dcgan, result
+
+
+def test_the_demo_generator_edits_in_z_space(demo_cache, tmp_path):
+    dcgan, result = _demo_result(demo_cache)
     (tmp_path / "dirs").mkdir()
     np.save(tmp_path / "dirs" / "d.npy", np.random.RandomState(0).randn(dcgan.z_dim).astype(np.float32))
     session = EditorSession(result, dcgan, workdir=tmp_path, directions=tmp_path / "dirs", pca=0)
     state = session.state()
     assert state["editable"] and state["num_ws"] is None and state["styles"] == []
     before = session.render()
-    np.testing.assert_allclose(before, np.asarray(editing.render(dcgan, {"codes": z}, masks)), atol=1e-5)
+    np.testing.assert_allclose(before, np.asarray(editing.render(dcgan, result.latents, result.masks)), atol=1e-5)
     edit = {"kind": "direction", "direction": "file:d.npy", "strength": 2.0, "target": {"segments": [2]}}
     session.commit(edit)
-    assert _changed_only_in(before, session.render(), _labels(r) == 2)
+    assert _changed_only_in(before, session.render(), _labels(dcgan.resolution) == 2)
     with pytest.raises(ChunkyGANError, match="has no ws rows"):  # never silently ignored
         session.commit(dict(edit, layers=[0, 1]))
     with pytest.raises(ChunkyGANError, match="StyleSpace edits need a StyleGAN2"):
@@ -1115,19 +1122,10 @@ def test_an_unexpected_error_is_a_500_logged_once_without_the_body(caplog):
 def demo_editor(demo_cache, tmp_path, monkeypatch):
     """An editor on the demo generator (a hand-made 3-segment result in z), its principal directions cached
     beside it (shared with tests/test_labelled_directions.py)."""
-    from chunkygan_jax import demo
     from chunkygan_jax.editing import labelled
 
     monkeypatch.setenv("CHUNKYGAN_CACHE", str(demo_cache))
-    dcgan = demo.load_demo_generator(cache_dir=demo_cache, fetch=False)
-    r = dcgan.resolution
-    z = np.random.RandomState(2).randn(3, dcgan.z_dim).astype(np.float32)
-    imgs = np.asarray(jax.jit(lambda gen, c: gen.synthesize(c, "z"))(dcgan, jnp.asarray(z)), np.float32)
-    masks = np.stack([(_labels(r) == i).astype(np.float32) for i in range(3)])
-    comp = np.einsum("nhw,nhwc->hwc", masks, imgs)
-    result = InversionResult(target=np.clip(comp, -1, 1), composite=comp, segment_images=imgs, masks=masks,
-                             latents={"codes": z}, loss_history=np.zeros(1, np.float32), final_losses={},
-                             settings=InversionSettings(segments=3, space="z", steps=1).to_dict())
+    dcgan, result = _demo_result(demo_cache)
     labelled.panel_seeds(dcgan, 0, 48)  # the principal directions the panel and the fit use, computed once
     session = EditorSession(result, dcgan, workdir=tmp_path, pca=0)
     running = RunningEditor(session)
