@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from chunkygan_jax import io  # noqa: E402
-from chunkygan_jax.align import align  # noqa: E402
+from chunkygan_jax.align import align, as_mode  # noqa: E402
 from chunkygan_jax.demo import resolve_generator  # noqa: E402
 from chunkygan_jax.inversion import invert_batch  # noqa: E402
 from chunkygan_jax.masks.colors import color_code  # noqa: E402
@@ -115,7 +115,8 @@ def sheet(photos, results, methods, resolution) -> np.ndarray:
         cells = [io.to_uint8(io.as_target_image(photo, resolution))]
         for m in methods:
             r = results[(name, m)]
-            cells += [r.image_uint8()] + ([color_code(r.masks)] if m in with_masks else [])
+            shown = as_mode(r.image_uint8(), r.settings.get("photo_mode", "rgb"))  # a grey photo: in grey
+            cells += [shown] + ([color_code(r.masks)] if m in with_masks else [])
         grid.append(np.concatenate([enlarge(c, k) for c in cells], axis=1))
     header = Image.new("RGB", (tile * len(names), 18), (255, 255, 255))
     draw = ImageDraw.Draw(header)
