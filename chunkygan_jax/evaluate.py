@@ -50,12 +50,13 @@ from .identity import NAME as IDENTITY_NAME
 from .identity import IdentityModel
 from .inversion import InversionSettings, Monitor, invert
 from .lpips import load_lpips, resize_for_lpips
+from .masks.composite import luminance_where_grey
 from .masks.options import MASK_KINDS, MaskSettings, make_mask_source, mask_kind, mask_source_record
 from .progress import Progress
 
 __all__ = ["Method", "methods_for", "evaluate", "LPIPS_MEASURE"]
 
-RECORD_VERSION = 2  # 2: a grey photo is compared in luminance (grey_loss); 1 in colour
+RECORD_VERSION = 3  # 3: a grey photo's projection is measured as shown, in grey; 2: inverted in luminance
 LPIPS_NET, LPIPS_RESOLUTION = "vgg", 256
 LPIPS_MEASURE = f"LPIPS {LPIPS_NET} v0.1, images area-downsampled to at most {LPIPS_RESOLUTION} px"
 L2_MEASURE = "mean squared pixel error, images in [-1, 1]"
@@ -221,10 +222,12 @@ def evaluate(photos, generator=None, output_dir="out/evaluate", *, steps=500, se
             result = invert(target, generator, settings=settings, tune=m.tune_steps or None,
                             masks=MaskSettings(masks, segmenter=segmenter) if m.segments > 1 else None,
                             monitor=Monitor(callback=lambda step, total, _: bar.update(done, f"{label}, step {step}/{total}")))
+            # measured and saved as shown: a grey photo's projection in grey (it was inverted in luminance)
+            shown = np.asarray(luminance_where_grey(result.composite[None], target[None])[0])
             record = {"version": RECORD_VERSION, "photo": rel, "photo_sha256": sha, "method": m.key,
-                      **_measure(lp, ident, target, result.composite), "objective": result.final_losses,
+                      **_measure(lp, ident, target, shown), "objective": result.final_losses,
                       "seconds": result.seconds}
-            io.save_png(folder / f"{m.key}.png", io.to_uint8(result.composite), overwrite=True)
+            io.save_png(folder / f"{m.key}.png", io.to_uint8(shown), overwrite=True)
             _write_json(folder / f"{m.key}.json", record)
             have[m.key] = record
             done += 1
